@@ -1,0 +1,5 @@
+"""``python -m mlplatform`` is the ``mlsuite`` command."""
+
+from mlplatform.cli import main
+
+main()

@@ -1,0 +1,209 @@
+"""The ``mlsuite`` command line.
+
+Platform commands live here; each app adds its own group (``mlsuite recommender ...``,
+``mlsuite fraud ...``) through the "mlsuite.commands" entry points, so the platform
+never imports an app. A configuration error ends any command with a message naming the
+setting and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mlplatform.config import Settings, get_settings
+from mlplatform.errors import ConfigError, MLSuiteError
+from mlplatform.logs import configure_logging
+
+__all__ = ["cli", "main"]
+
+
+class _PluginGroup(click.Group):
+    """A group that also lists the apps' command groups from entry points."""
+
+    def _plugins(self) -> dict[str, Any]:
+        return {ep.name: ep for ep in entry_points(group="mlsuite.commands")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self._plugins()))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is None and name in self._plugins():
+            try:
+                command = self._plugins()[name].load()
+            except Exception as exc:  # one broken app must not take the whole CLI down
+                command = _broken_plugin(name, exc)
+        return command
+
+
+def _broken_plugin(name: str, exc: Exception) -> click.Command:
+    def fail() -> None:
+        raise click.ClickException(f"the {name} commands failed to load: {exc}")
+
+    return click.Command(name, callback=fail, help=f"(unavailable: {exc})")
+
+
+def _settings() -> Settings:
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    return settings
+
+
+@click.group(cls=_PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mlsuite")
+def cli() -> None:
+    """mlsuite: a real-time recommender and a fraud scorer on one ML platform.
+
+    Settings come from MLSUITE_* environment variables (see README); with none set,
+    everything runs embedded in ./data.
+    """
+
+
+@cli.command()
+@click.argument("service")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port (default: MLSUITE_<SERVICE>_PORT).")
+@click.option("--workers", type=click.IntRange(1, 64), help="Worker processes (default: MLSUITE_WORKERS).")
+@click.option("--server", type=click.Choice(["granian", "gunicorn"]), help="WSGI server (default: MLSUITE_SERVER).")
+def serve(service: str, port: int | None, workers: int | None, server: str | None) -> None:
+    """Run SERVICE (recommender or fraud) under a production WSGI server until Ctrl-C."""
+    from mlplatform import serving
+
+    settings = _settings()
+    default_port = {"recommender": settings.recommender_port, "fraud": settings.fraud_port}
+    code = serving.serve(
+        service, settings,
+        port=port if port is not None else default_port.get(service, 8000),
+        workers=workers or settings.workers, server=server or settings.server,
+    )
+    sys.exit(code)
+
+
+@cli.command()
+@click.option("--seed", type=int, default=None, help="Random seed (default: MLSUITE_SEED).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Data folder to write into (default: MLSUITE_DATA_DIR).")
+@click.option("--users", type=click.IntRange(1), default=None, help="Shop users.")
+@click.option("--items", type=click.IntRange(1), default=None, help="Shop items.")
+@click.option("--interactions", type=click.IntRange(1), default=None, help="Shop interactions.")
+@click.option("--cards", type=click.IntRange(1), default=None, help="Payment cards.")
+@click.option("--merchants", type=click.IntRange(1), default=None, help="Merchants.")
+@click.option("--transactions", type=click.IntRange(1), default=None, help="Payment transactions.")
+@click.option("--only", type=click.Choice(["shop", "payments"]), default=None, help="Simulate one domain.")
+def simulate(seed: int | None, out_dir: Path | None, only: str | None, **sizes: int | None) -> None:
+    """Write a deterministic simulated shop and payment stream as parquet files."""
+    from mlplatform import simulate as sim
+
+    settings = _settings()
+    data_dir = out_dir or settings.data_dir
+    seed = settings.seed if seed is None else seed
+    names = {"users": "n_users", "items": "n_items", "interactions": "n_interactions",
+             "cards": "n_cards", "merchants": "n_merchants", "transactions": "n_transactions"}
+    chosen = {**sim.DEFAULT_SIZES, **{names[k]: v for k, v in sizes.items() if v is not None}}
+    shop_keys = ("n_users", "n_items", "n_interactions")
+    summary: dict[str, Any] = {}
+    if only in (None, "shop"):
+        summary["shop"] = sim.simulate_shop(data_dir, seed=seed, **{k: chosen[k] for k in shop_keys})
+    if only in (None, "payments"):
+        summary["payments"] = sim.simulate_payments(
+            data_dir, seed=seed, **{k: v for k, v in chosen.items() if k not in shop_keys})
+    click.echo(json.dumps(summary, indent=2, default=str))
+
+
+@cli.group()
+def feast() -> None:
+    """Feast feature store: register definitions, load the online store."""
+
+
+@feast.command("apply")
+def feast_apply() -> None:
+    """Register feature_repo/'s definitions in the registry (in the data folder)."""
+    from mlplatform.features import FeatureStoreAdapter
+
+    FeatureStoreAdapter.from_settings(_settings()).apply()
+    click.echo("feast: definitions applied")
+
+
+@feast.command("materialize")
+def feast_materialize() -> None:
+    """Load the latest feature values from the offline files into the online store."""
+    from mlplatform.features import FeatureStoreAdapter
+
+    FeatureStoreAdapter.from_settings(_settings()).materialize()
+    click.echo("feast: online store materialized")
+
+
+@cli.group()
+def models() -> None:
+    """Model registry: list versions, promote, roll back."""
+
+
+def _registry() -> Any:
+    from mlplatform.registry import ModelRegistry
+
+    return ModelRegistry(_settings().data_dir / "models")
+
+
+@models.command("list")
+@click.argument("name", required=False)
+def models_list(name: str | None) -> None:
+    """List models, or the versions and aliases of NAME."""
+    registry = _registry()
+    for model in [name] if name else registry.names():
+        aliases = registry.aliases(model)
+        click.echo(f"{model}: aliases {aliases or '{}'}")
+        for v in registry.versions(model):
+            tags = [a for a, n in aliases.items() if n == v.version]
+            click.echo(f"  v{v.version}  {v.metadata.get('created_at')}  "
+                       f"{json.dumps(v.metadata.get('metrics', {}), default=str)[:120]}"
+                       f"{'  <- ' + ', '.join(tags) if tags else ''}")
+
+
+@models.command("promote")
+@click.argument("name")
+@click.argument("version", type=int)
+@click.option("--alias", default="production", show_default=True)
+def models_promote(name: str, version: int, alias: str) -> None:
+    """Point ALIAS of model NAME at VERSION; running services swap to it."""
+    _registry().promote(name, version, alias)
+    click.echo(f"{name}: {alias} -> v{version}")
+
+
+@models.command("rollback")
+@click.argument("name")
+@click.option("--alias", default="production", show_default=True)
+def models_rollback(name: str, alias: str) -> None:
+    """Move ALIAS of model NAME back to the version it pointed at before."""
+    v = _registry().rollback(name, alias)
+    click.echo(f"{name}: {alias} rolled back to v{v.version}")
+
+
+@cli.command()
+@click.option("--services", default="recommender,fraud", show_default=True,
+              help="Comma-separated services to start.")
+def demo(services: str) -> None:
+    """Set everything up and run the suite embedded: data, Feast, Redis, models, services."""
+    from mlplatform.demo import run_demo
+
+    sys.exit(run_demo(_settings(), [s.strip() for s in services.split(",") if s.strip()]))
+
+
+def main() -> None:
+    """Console-script entry point: configuration errors become one clear line, exit 2."""
+    try:
+        cli(standalone_mode=True)
+    except ConfigError as exc:
+        click.echo(f"mlsuite: configuration error: {exc}", err=True)
+        sys.exit(2)
+    except MLSuiteError as exc:
+        click.echo(f"mlsuite: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

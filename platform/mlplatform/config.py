@@ -1,0 +1,180 @@
+"""Settings: read once per process from ``MLSUITE_*`` environment variables.
+
+Every setting has a default for the embedded setup (a laptop, no services running).
+A malformed value raises ``ConfigError`` naming the variable and what it expects, so a
+bad deployment stops at start-up instead of failing on the first request.
+
+>>> s = Settings.from_env({"MLSUITE_WORKERS": "3"})
+>>> s.workers, s.redis_url is None
+(3, True)
+>>> Settings.from_env({"MLSUITE_WORKERS": "many"})
+Traceback (most recent call last):
+...
+mlplatform.errors.ConfigError: MLSUITE_WORKERS must be an integer >= 1, got 'many'
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from mlplatform.errors import ConfigError
+
+__all__ = ["Settings", "get_settings", "PREFIX", "source_root"]
+
+PREFIX = "MLSUITE_"
+SERVERS = ("granian", "gunicorn")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def source_root() -> Path:
+    """The checkout this package runs from (platform/mlplatform -> repo root)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def _default_feast_repo() -> Path:
+    return source_root() / "feature_repo"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Process-wide settings; build with ``Settings.from_env`` or ``get_settings``."""
+
+    data_dir: Path = Path("data")
+    redis_url: str | None = None
+    feast_repo: Path = Path("feature_repo")
+    # "sqlite" (embedded default), "redis" (Redis online store on redis_url), or a YAML path.
+    feast_online_store: str = "sqlite"
+    host: str = "127.0.0.1"
+    recommender_port: int = 8001
+    fraud_port: int = 8002
+    workers: int = 2
+    server: str = "granian"
+    log_level: str = "INFO"
+    max_request_bytes: int = 1_048_576
+    experiments_file: Path | None = None
+    seed: int = 42
+    # Seconds between checks of the model registry for a moved alias (hot swap).
+    model_poll_seconds: float = 1.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        raw = {k[len(PREFIX):].lower(): v for k, v in env.items() if k.startswith(PREFIX)}
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {
+            "data_dir": Path("data").resolve(),
+            "feast_repo": _default_feast_repo(),
+        }
+        for name, text in raw.items():
+            if name not in known:
+                continue  # other MLSUITE_* variables belong to other tools (e.g. tests)
+            values[name] = _parse(name, text)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.redis_url is not None:
+            scheme = urlparse(self.redis_url).scheme
+            if scheme not in ("redis", "rediss", "unix"):
+                raise ConfigError(
+                    f"MLSUITE_REDIS_URL must be a redis://, rediss:// or unix:// URL, "
+                    f"got {self.redis_url!r}"
+                )
+        if self.feast_online_store not in ("sqlite", "redis") and not Path(
+            self.feast_online_store
+        ).is_file():
+            raise ConfigError(
+                "MLSUITE_FEAST_ONLINE_STORE must be 'sqlite', 'redis' or the path of a "
+                f"feature_store YAML file, got {self.feast_online_store!r}"
+            )
+        if not (self.feast_repo / "feature_store.yaml").is_file():
+            raise ConfigError(
+                f"MLSUITE_FEAST_REPO must be a Feast repo folder with a feature_store.yaml, "
+                f"got {str(self.feast_repo)!r}"
+            )
+        if self.experiments_file is not None and not self.experiments_file.is_file():
+            raise ConfigError(
+                f"MLSUITE_EXPERIMENTS_FILE must be an existing TOML file, "
+                f"got {str(self.experiments_file)!r}"
+            )
+
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with some settings changed (tests, CLI flags)."""
+        return replace(self, **changes)
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as MLSUITE_* variables, to hand to worker processes."""
+        env: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                env[PREFIX + f.name.upper()] = str(value)
+        return env
+
+
+def _parse(name: str, text: str) -> Any:
+    var = PREFIX + name.upper()
+    text = text.strip()
+
+    def integer(lo: int, hi: int | None = None) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < lo or (hi is not None and value > hi):
+            rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+            raise ConfigError(f"{var} must be an integer {rng}, got {text!r}")
+        return value
+
+    match name:
+        case "data_dir" | "feast_repo":
+            if not text:
+                raise ConfigError(f"{var} must be a folder path, got an empty value")
+            return Path(text).expanduser().resolve()
+        case "experiments_file":
+            return Path(text).expanduser().resolve() if text else None
+        case "redis_url":
+            return text or None
+        case "recommender_port" | "fraud_port":
+            return integer(0, 65535)
+        case "workers":
+            return integer(1, 64)
+        case "max_request_bytes":
+            return integer(1024)
+        case "seed":
+            return integer(0)
+        case "model_poll_seconds":
+            try:
+                seconds = float(text)
+            except ValueError:
+                seconds = -1.0
+            if not 0 < seconds <= 3600:
+                raise ConfigError(f"{var} must be a number of seconds in (0, 3600], got {text!r}")
+            return seconds
+        case "server":
+            if text not in SERVERS:
+                raise ConfigError(f"{var} must be one of {', '.join(SERVERS)}, got {text!r}")
+            return text
+        case "log_level":
+            if text.upper() not in LOG_LEVELS:
+                raise ConfigError(f"{var} must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
+            return text.upper()
+        case "host":
+            if not text:
+                raise ConfigError(f"{var} must be a host name or address, got an empty value")
+            return text
+        case _:
+            return text
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The settings of this process, read from the environment once."""
+    return Settings.from_env()

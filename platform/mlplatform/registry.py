@@ -1,0 +1,306 @@
+"""Model registry: versioned artifacts with metadata, and named aliases that move.
+
+Layout under ``root`` (``<data_dir>/models``; a shared volume in production)::
+
+    <name>/versions/<N>/            artifacts written by the trainer + metadata.json
+    <name>/aliases.json             {"aliases": {"production": 3}, "previous": {"production": [1, 2]}}
+    <name>/history.jsonl            one line per alias move (who moved what, when)
+
+A version appears atomically (written to a temporary folder, then renamed), so a reader
+never sees half an artifact. Promotion moves an alias and remembers the version it
+replaced; rollback moves it back. Running services hold a ``LiveModel`` that notices a
+moved alias and swaps to the new version between requests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from mlplatform.config import source_root
+from mlplatform.errors import NotFound, Unavailable
+
+__all__ = ["ModelRegistry", "ModelVersion", "LiveModel", "fingerprint", "code_version"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered version: its folder and its metadata."""
+
+    name: str
+    version: int
+    path: Path
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}:v{self.version}"
+
+
+class ModelRegistry:
+    """Versions and aliases of named models, in a folder shared by every replica."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def register(self, name: str, *, writer: Callable[[Path], None], params: dict[str, Any],
+                 metrics: dict[str, Any], data_fingerprint: str,
+                 alias: str | None = None) -> ModelVersion:
+        """Store a new version: ``writer`` fills a folder with the artifacts."""
+        model_dir = self._model_dir(name, create=True)
+        tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            writer(tmp)
+            with self._lock(name):
+                version = max((v.version for v in self.versions(name)), default=0) + 1
+                metadata = {
+                    "name": name,
+                    "version": version,
+                    "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "params": params,
+                    "metrics": metrics,
+                    "data_fingerprint": data_fingerprint,
+                    "code_version": code_version(),
+                    "files": sorted(p.name for p in tmp.iterdir()),
+                }
+                (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2, default=str))
+                (model_dir / "versions").mkdir(exist_ok=True)
+                os.rename(tmp, model_dir / "versions" / str(version))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        log.info("registered %s:v%d", name, version)
+        if alias:
+            self.set_alias(name, alias, version)
+        return self.get(name, version)
+
+    def set_alias(self, name: str, alias: str, version: int, *, action: str = "set") -> None:
+        """Point ``alias`` at ``version``, remembering the version it pointed at."""
+        self.get(name, version)  # must exist
+        with self._lock(name):
+            state = self._read_aliases(name)
+            current = state["aliases"].get(alias)
+            if current == version:
+                return
+            if current is not None and action != "rollback":
+                state["previous"].setdefault(alias, []).append(current)
+            state["aliases"][alias] = version
+            self._write_aliases(name, state)
+            self._log_move(name, {"alias": alias, "from": current, "to": version, "action": action})
+        log.info("%s: alias %s %s -> v%d", name, alias, f"v{current}" if current else "(none)", version)
+
+    def promote(self, name: str, version: int, alias: str = "production") -> ModelVersion:
+        self.set_alias(name, alias, version, action="promote")
+        return self.get(name, version)
+
+    def rollback(self, name: str, alias: str = "production") -> ModelVersion:
+        """Move ``alias`` back to the version it pointed at before its last move."""
+        with self._lock(name):
+            state = self._read_aliases(name)
+            stack = state["previous"].get(alias, [])
+            if not stack:
+                raise NotFound(f"{name}: alias {alias!r} has no earlier version to roll back to",
+                               field="alias")
+            target = stack.pop()
+            current = state["aliases"].get(alias)
+            state["aliases"][alias] = target
+            self._write_aliases(name, state)
+            self._log_move(name, {"alias": alias, "from": current, "to": target, "action": "rollback"})
+        log.info("%s: rolled back %s v%s -> v%d", name, alias, current, target)
+        return self.get(name, target)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def get(self, name: str, version: int) -> ModelVersion:
+        path = self.root / name / "versions" / str(version)
+        try:
+            metadata = json.loads((path / "metadata.json").read_text())
+        except FileNotFoundError:
+            raise NotFound(f"model {name!r} has no version {version}", field="version") from None
+        return ModelVersion(name, int(version), path, metadata)
+
+    def resolve(self, name: str, ref: str) -> ModelVersion:
+        """A version by alias (``production``) or number (``3`` or ``v3``)."""
+        text = ref.removeprefix("v")
+        if text.isdigit():
+            return self.get(name, int(text))
+        version = self.aliases(name).get(ref)
+        if version is None:
+            raise NotFound(f"model {name!r} has no alias {ref!r}", field="alias")
+        return self.get(name, version)
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        folder = self.root / name / "versions"
+        if not folder.is_dir():
+            return []
+        found = [self.get(name, int(p.name)) for p in folder.iterdir() if p.name.isdigit()]
+        return sorted(found, key=lambda v: v.version)
+
+    def aliases(self, name: str) -> dict[str, int]:
+        return dict(self._read_aliases(name)["aliases"])
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / "versions").is_dir())
+
+    def live(self, name: str, alias: str, loader: Callable[[ModelVersion], T], *,
+             poll_seconds: float = 1.0,
+             on_swap: Callable[[ModelVersion, T], None] | None = None) -> LiveModel[T]:
+        return LiveModel(self, name, alias, loader, poll_seconds=poll_seconds, on_swap=on_swap)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _model_dir(self, name: str, create: bool = False) -> Path:
+        path = self.root / name
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @contextlib.contextmanager
+    def _lock(self, name: str) -> Iterator[None]:
+        # A file lock, so trainers and operators on several machines sharing the
+        # folder never hand out one version number twice or lose an alias move.
+        lock_path = self._model_dir(name, create=True) / ".lock"
+        with open(lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _read_aliases(self, name: str) -> dict[str, Any]:
+        try:
+            state = json.loads((self.root / name / "aliases.json").read_text())
+        except FileNotFoundError:
+            state = {}
+        state.setdefault("aliases", {})
+        state.setdefault("previous", {})
+        return state
+
+    def _write_aliases(self, name: str, state: dict[str, Any]) -> None:
+        target = self.root / name / "aliases.json"
+        tmp = target.with_suffix(f".{uuid.uuid4().hex}.tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, target)  # readers see the old file or the new one, never half
+
+    def _log_move(self, name: str, entry: dict[str, Any]) -> None:
+        entry = {"at": datetime.now(UTC).isoformat(timespec="seconds"), **entry}
+        with open(self.root / name / "history.jsonl", "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
+
+class LiveModel(Generic[T]):
+    """The loaded model an alias points at, swapped in the background when the alias moves.
+
+    Requests call ``get()``, which never waits for a load once a model is there: a
+    background thread polls the alias, loads the new version fully, then swaps one
+    reference, so in-flight requests finish on the old model and none fails.
+    """
+
+    def __init__(self, registry: ModelRegistry, name: str, alias: str,
+                 loader: Callable[[ModelVersion], T], *, poll_seconds: float = 1.0,
+                 on_swap: Callable[[ModelVersion, T], None] | None = None) -> None:
+        self.registry, self.name, self.alias = registry, name, alias
+        self.loader, self.poll_seconds, self.on_swap = loader, poll_seconds, on_swap
+        self._current: tuple[ModelVersion, T] | None = None
+        self._load_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def get(self) -> tuple[ModelVersion, T]:
+        current = self._current
+        if current is None:
+            current = self.refresh()
+            self._start_polling()
+            if current is None:
+                raise Unavailable(
+                    f"no model {self.name!r} at alias {self.alias!r}: train one with "
+                    f"`mlsuite {self.name.split('-')[0]} train`",
+                    dependency="model",
+                )
+        return current
+
+    def refresh(self) -> tuple[ModelVersion, T] | None:
+        """Load the alias's version now if it differs from the one held; return the current."""
+        with self._load_lock:
+            version = self.registry.aliases(self.name).get(self.alias)
+            if version is None:
+                return self._current
+            if self._current is not None and self._current[0].version == version:
+                return self._current
+            model_version = self.registry.get(self.name, version)
+            started = time.perf_counter()
+            obj = self.loader(model_version)
+            self._current = (model_version, obj)
+            log.info("%s: serving %s (loaded in %.2fs)", self.alias, model_version.label,
+                     time.perf_counter() - started)
+            if self.on_swap is not None:
+                self.on_swap(model_version, obj)
+            return self._current
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _start_polling(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._poll, name=f"live-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.refresh()
+            except Exception:  # keep serving the old model; say why
+                log.exception("%s: could not load the new version of alias %s", self.name, self.alias)
+
+
+def fingerprint(*items: Path | str | bytes) -> str:
+    """A short content hash of files (by path) and byte strings, for model metadata.
+
+    >>> fingerprint(b"abc") == fingerprint(b"abc") != fingerprint(b"abd")
+    True
+    """
+    digest = hashlib.sha256()
+    for item in items:
+        if isinstance(item, bytes):
+            digest.update(item)
+            continue
+        with open(item, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
+def code_version() -> str:
+    """The git commit the code runs from, else the package version."""
+    try:
+        out = subprocess.run(["git", "-C", str(source_root()), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=2, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        from mlplatform import __version__
+        return __version__

@@ -1,0 +1,67 @@
+"""Session fixtures shared by every test package: a private real Redis, settings, small simulated data.
+
+No fakes: ``redis_url`` is a real redis-server started for this test session on a free
+port, and the data fixtures come from the real simulator at a small size.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from mlplatform.config import Settings  # noqa: E402
+from mlplatform.redisdb import EmbeddedRedis, connect  # noqa: E402
+
+SMALL_SHOP = {"n_users": 300, "n_items": 120, "n_interactions": 20_000}
+SMALL_PAYMENTS = {"n_cards": 400, "n_merchants": 60, "n_transactions": 20_000}
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real redis-server private to this test session."""
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis-server"))
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A client on the session server, emptied before the test."""
+    client = connect(redis_url)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, redis_client: redis.Redis, redis_url: str) -> Settings:
+    """Settings for one test: its own data folder, the session Redis (flushed)."""
+    return Settings.from_env({}).with_(data_dir=tmp_path / "data", redis_url=redis_url)
+
+
+@pytest.fixture(scope="session")
+def sim_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder holding a small simulated shop and payments stream (seed 7)."""
+    from mlplatform.simulate import simulate_payments, simulate_shop
+
+    data_dir = tmp_path_factory.mktemp("sim-data")
+    simulate_shop(data_dir, seed=7, progress=False, **SMALL_SHOP)
+    simulate_payments(data_dir, seed=7, progress=False, **SMALL_PAYMENTS)
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def shop_dir(sim_data_dir: Path) -> Path:
+    return sim_data_dir / "shop"
+
+
+@pytest.fixture(scope="session")
+def payments_dir(sim_data_dir: Path) -> Path:
+    return sim_data_dir / "payments"
