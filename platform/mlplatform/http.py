@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -238,7 +239,7 @@ def _init_error_handlers(app: Flask) -> None:
 def _init_ops_routes(app: Flask, service: str) -> None:
     @app.get("/healthz")
     def healthz() -> Response:
-        return jsonify({"status": "alive", "service": service})
+        return jsonify({"status": "alive", "service": service, "pid": os.getpid()})
 
     @app.get("/readyz")
     def readyz() -> tuple[Response, int]:

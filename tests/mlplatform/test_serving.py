@@ -1,0 +1,75 @@
+"""Serving: `mlsuite serve` under the production server, several workers, one /metrics."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mlplatform.redisdb import free_port
+from mlplatform.serving import wait_ready
+
+pytestmark = pytest.mark.slow
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)  # a new connection each time
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    return resp.status, body
+
+
+def _serve(tmp_path: Path, port: int, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "MLSUITE_DATA_DIR": str(tmp_path), **extra_env}
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlplatform", "serve", "baseline-conventions",
+         "--port", str(port), "--workers", "2"], env=env)
+
+
+@pytest.fixture
+def server(tmp_path: Path, redis_url: str) -> Iterator[int]:
+    port = free_port()
+    proc = _serve(tmp_path, port, {"MLSUITE_REDIS_URL": redis_url})
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", timeout=60, proc=proc)
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_metrics_count_every_request_across_worker_processes(server: int) -> None:
+    pids = set()
+    for _ in range(60):
+        status, body = _get(server, "/healthz")
+        assert status == 200
+        pids.add(json.loads(body)["pid"])
+    assert len(pids) == 2, f"expected both workers to serve, saw pids {pids}"
+    status, text = _get(server, "/metrics")
+    match = re.search(rb'mlsuite_http_requests_total\{endpoint="/healthz",method="GET",'
+                      rb'service="baseline",status="200"\} (\d+)', text)
+    assert match and float(match.group(1)) == 60
+
+
+def test_embedded_redis_is_started_and_stopped_with_the_service(tmp_path: Path) -> None:
+    port = free_port()
+    proc = _serve(tmp_path, port, {"MLSUITE_REDIS_URL": ""})
+    try:
+        ready = wait_ready(f"http://127.0.0.1:{port}", timeout=60, proc=proc)
+        assert ready["checks"]["redis"]["ok"] is True  # type: ignore[index]
+        assert (tmp_path / "redis" / "redis.url").is_file()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert not (tmp_path / "redis" / "redis.url").exists()
+    assert (tmp_path / "redis" / "appendonly.aof").exists()
