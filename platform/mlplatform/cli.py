@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,18 @@ from mlplatform.logs import configure_logging
 __all__ = ["cli", "main"]
 
 
+# Heavier platform commands, imported only when used: `mlsuite --help` stays fast.
+_LAZY = {
+    "bench": EntryPoint("bench", "mlplatform.bench:bench", "mlsuite.lazy"),
+    "loadtest": EntryPoint("loadtest", "mlplatform.loadtest:loadtest", "mlsuite.lazy"),
+}
+
+
 class _PluginGroup(click.Group):
     """A group that also lists the apps' command groups from entry points."""
 
     def _plugins(self) -> dict[str, Any]:
-        return {ep.name: ep for ep in entry_points(group="mlsuite.commands")}
+        return {**_LAZY, **{ep.name: ep for ep in entry_points(group="mlsuite.commands")}}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self._plugins()))
