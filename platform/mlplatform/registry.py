@@ -8,8 +8,9 @@ Layout under ``root`` (``<data_dir>/models``; a shared volume in production)::
 
 A version appears atomically (written to a temporary folder, then renamed), so a reader
 never sees half an artifact. Promotion moves an alias and remembers the version it
-replaced; rollback moves it back. Running services hold a ``LiveModel`` that notices a
-moved alias and swaps to the new version between requests.
+replaced; rollback moves it back. A canary serves the ``candidate`` alias to a fixed
+share of units (``set_rollout``). Running services hold a ``LiveModel`` (or a
+``RolloutModel``) that notices a moved alias and swaps between requests.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from mlplatform.config import source_root
-from mlplatform.errors import NotFound, Unavailable
+from mlplatform.assignment import in_rollout
+from mlplatform.errors import BadRequest, NotFound, Unavailable
 
-__all__ = ["ModelRegistry", "ModelVersion", "LiveModel", "fingerprint", "code_version"]
+__all__ = ["ModelRegistry", "ModelVersion", "LiveModel", "RolloutModel", "fingerprint",
+           "code_version"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -111,8 +114,36 @@ class ModelRegistry:
         log.info("%s: alias %s %s -> v%d", name, alias, f"v{current}" if current else "(none)", version)
 
     def promote(self, name: str, version: int, alias: str = "production") -> ModelVersion:
+        """Point ``alias`` at ``version``; promoting to production ends any canary."""
         self.set_alias(name, alias, version, action="promote")
+        if alias == "production" and self.rollout(name)[1] > 0:
+            self.set_rollout(name, 0.0)
         return self.get(name, version)
+
+    def set_rollout(self, name: str, fraction: float, version: int | None = None) -> None:
+        """Canary: serve the ``candidate`` alias (moved to ``version`` if given) to a share of units.
+
+        The share is chosen by ``mlplatform.assignment.in_rollout`` with the model's name as
+        salt, so a unit in a 5% canary stays in it at 20%, and never flips back and forth.
+        """
+        if not 0.0 <= fraction <= 1.0:
+            raise BadRequest(f"fraction must be a number in [0, 1], got {fraction!r}",
+                             field="fraction")
+        if version is not None:
+            self.set_alias(name, "candidate", version, action="canary")
+        with self._lock(name):
+            state = self._read_aliases(name)
+            if fraction > 0 and "candidate" not in state["aliases"]:
+                raise NotFound(f"{name}: a canary needs a 'candidate' alias", field="version")
+            state["rollout"] = {"alias": "candidate", "fraction": fraction}
+            self._write_aliases(name, state)
+            self._log_move(name, {"alias": "candidate", "rollout": fraction, "action": "rollout"})
+        log.info("%s: canary candidate at %.1f%%", name, 100 * fraction)
+
+    def rollout(self, name: str) -> tuple[str, float]:
+        """The canary alias and the share of units it serves (0.0: no canary)."""
+        rollout = self._read_aliases(name).get("rollout") or {}
+        return str(rollout.get("alias", "candidate")), float(rollout.get("fraction", 0.0))
 
     def rollback(self, name: str, alias: str = "production") -> ModelVersion:
         """Move ``alias`` back to the version it pointed at before its last move."""
@@ -169,6 +200,11 @@ class ModelRegistry:
              poll_seconds: float = 1.0,
              on_swap: Callable[[ModelVersion, T], None] | None = None) -> LiveModel[T]:
         return LiveModel(self, name, alias, loader, poll_seconds=poll_seconds, on_swap=on_swap)
+
+    def live_rollout(self, name: str, loader: Callable[[ModelVersion], T], *,
+                     poll_seconds: float = 1.0) -> RolloutModel[T]:
+        """Production for most units, the canary candidate for its share of them."""
+        return RolloutModel(self, name, loader, poll_seconds=poll_seconds)
 
     # -- internals -----------------------------------------------------------------------
 
@@ -270,11 +306,46 @@ class LiveModel(Generic[T]):
         self._thread.start()
 
     def _poll(self) -> None:
-        while not self._stop.wait(self.poll_seconds):
+        while not self._stop.wait(max(self.poll_seconds, 0.01)):
             try:
                 self.refresh()
             except Exception:  # keep serving the old model; say why
                 log.exception("%s: could not load the new version of alias %s", self.name, self.alias)
+
+
+class RolloutModel(Generic[T]):
+    """Production and, while a canary runs, the candidate: ``get(unit_id)`` picks one.
+
+    Both stay loaded, so promoting the candidate (blue-green) swaps instantly; a canary
+    unit is chosen by the deterministic hash, the same on every replica.
+    """
+
+    def __init__(self, registry: ModelRegistry, name: str, loader: Callable[[ModelVersion], T],
+                 *, poll_seconds: float = 1.0) -> None:
+        self.registry, self.name, self.poll_seconds = registry, name, poll_seconds
+        self.production = registry.live(name, "production", loader, poll_seconds=poll_seconds)
+        self.candidate = registry.live(name, "candidate", loader, poll_seconds=poll_seconds)
+        self._fraction = 0.0
+        self._checked = 0.0
+
+    def get(self, unit_id: str | None = None) -> tuple[ModelVersion, T]:
+        if unit_id is not None and self.fraction() > 0 and in_rollout(self.name, unit_id, self._fraction):
+            try:
+                return self.candidate.get()
+            except Unavailable:
+                pass  # the candidate is still loading or gone: production serves
+        return self.production.get()
+
+    def fraction(self) -> float:
+        now = time.monotonic()
+        if now - self._checked >= self.poll_seconds:
+            self._checked = now
+            self._fraction = self.registry.rollout(self.name)[1]
+        return self._fraction
+
+    def stop(self) -> None:
+        self.production.stop()
+        self.candidate.stop()
 
 
 def fingerprint(*items: Path | str | bytes) -> str:

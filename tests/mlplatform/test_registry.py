@@ -99,3 +99,28 @@ def test_live_model_swaps_when_the_alias_moves(tmp_path: Path) -> None:
         time.sleep(0.02)
     assert live.get()[1] == "first"
     live.stop()
+
+
+def test_canary_serves_a_stable_share_and_promotion_ends_it(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path)
+    _register(reg, "blue", alias="production")
+    _register(reg, "green")
+    live = reg.live_rollout("clf", lambda mv: (mv.path / "model.txt").read_text(), poll_seconds=0.0)
+    units = [f"card{i}" for i in range(2000)]
+    assert {live.get(u)[1] for u in units} == {"blue"}
+    reg.set_rollout("clf", 0.10, version=2)
+    served = {u: live.get(u)[1] for u in units}
+    share = sum(v == "green" for v in served.values()) / len(units)
+    assert 0.07 < share < 0.13
+    reg.set_rollout("clf", 0.30)
+    wider = {u: live.get(u)[1] for u in units}
+    assert all(wider[u] == "green" for u, v in served.items() if v == "green")  # no flip back
+    reg.promote("clf", 2)
+    assert reg.rollout("clf")[1] == 0.0
+    deadline = time.monotonic() + 5
+    while live.get("card1")[1] != "green" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert {live.get(u)[1] for u in units[:200]} == {"green"}
+    with pytest.raises(Exception, match="fraction must be a number in"):
+        reg.set_rollout("clf", 1.5)
+    live.stop()
