@@ -1,0 +1,40 @@
+"""Entities: the business objects features are keyed by.
+
+Join keys are the ids the simulator and the services use verbatim ("u000001",
+"i00001", "c000001", "m00001"), so a request row needs no translation before it
+reaches Feast. Every key is a string: ids are opaque labels, never numbers.
+"""
+
+from feast import Entity, ValueType
+
+# --- shop (recommender) ---------------------------------------------------------
+
+user = Entity(
+    name="user",
+    join_keys=["user_id"],
+    value_type=ValueType.STRING,
+    description="A shopper on the e-commerce site.",
+)
+
+item = Entity(
+    name="item",
+    join_keys=["item_id"],
+    value_type=ValueType.STRING,
+    description="A product in the shop's catalogue.",
+)
+
+# --- payments (fraud) -----------------------------------------------------------
+
+card = Entity(
+    name="card",
+    join_keys=["card_id"],
+    value_type=ValueType.STRING,
+    description="A payment card; the unit fraud velocity and profiles are kept for.",
+)
+
+merchant = Entity(
+    name="merchant",
+    join_keys=["merchant_id"],
+    value_type=ValueType.STRING,
+    description="A merchant accepting card payments.",
+)
