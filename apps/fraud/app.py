@@ -1,0 +1,120 @@
+"""The fraud scoring service (Flask): views parse, call ``FraudService``, serialise.
+
+Endpoints:
+
+- ``POST /v1/transactions/score``: one transaction -> score, decision, reasons, model.
+- ``POST /v1/transactions/score/batch``: ``{"transactions": [...]}`` -> ``{"results": [...]}``;
+  every item is validated before anything is scored (one bad item applies nothing).
+- ``POST /v1/labels``: one label, a list, or ``{"labels": [...]}`` -> 202 with offsets.
+- ``GET /v1/model``: version, thresholds, online metrics, drift state
+  (``?sync=true`` first waits until every label posted so far is learned).
+
+Plus the platform's ``/healthz``, ``/readyz`` (Redis, model, Feast) and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Flask, current_app, jsonify
+
+from mlplatform.config import Settings, get_settings
+from mlplatform.http import (
+    add_readiness_check,
+    create_service_app,
+    get_redis,
+    json_body,
+    query_bool,
+)
+
+from fraud.config import FraudConfig
+from fraud.labels import parse_labels
+from fraud.profiles import CachedProfiles, FeastProfiles, ProfileSource
+from fraud.schema import parse_transaction, parse_transactions
+from fraud.service import FraudService
+
+__all__ = ["create_app", "get_service"]
+
+bp = Blueprint("fraud", __name__)
+
+
+def create_app(settings: Settings | None = None, test_config: dict[str, Any] | None = None
+               ) -> Flask:
+    """The fraud service app. ``test_config`` may hold ``FRAUD`` (dict of ``FraudConfig``
+    overrides) and ``FRAUD_PROFILES`` (a ``ProfileSource`` instead of Feast)."""
+    settings = settings or get_settings()
+    app = create_service_app("fraud", settings, test_config)
+    config = FraudConfig.from_env()
+    overrides = app.config.get("FRAUD") or {}
+    if overrides:
+        config = config.with_(**overrides)
+    source: ProfileSource | None = app.config.get("FRAUD_PROFILES")
+    feast: FeastProfiles | None = None
+    if source is None:
+        feast = FeastProfiles(_feast_factory(settings))
+        source = feast
+    profiles = CachedProfiles(source, config.profile_cache_seconds, config.profile_cache_size)
+    service = FraudService(settings, config, get_redis(app), profiles)
+    app.extensions["fraud"] = service
+    add_readiness_check(app, "model", lambda: service.learner.state().label)
+    if feast is not None:
+        add_readiness_check(app, "feast", feast.ping)
+    app.register_blueprint(bp)
+    return app
+
+
+def _feast_factory(settings: Settings) -> Any:
+    def make() -> Any:
+        from mlplatform.features import FeatureStoreAdapter
+
+        return FeatureStoreAdapter.from_settings(settings)
+
+    return make
+
+
+def get_service(app: Flask | None = None) -> FraudService:
+    return (app or current_app).extensions["fraud"]  # type: ignore[no-any-return]
+
+
+@bp.post("/v1/transactions/score")
+def score() -> Any:
+    service = get_service()
+    body = json_body()
+    if isinstance(body, dict) and "transactions" in body:
+        from mlplatform.errors import BadRequest
+
+        raise BadRequest("transactions belongs on /v1/transactions/score/batch; this endpoint "
+                         "takes one transaction object", field="transactions")
+    tx = parse_transaction(body, extra_fields=service.config.extra_fields)
+    [decision] = service.score([tx])
+    return jsonify(decision.to_response())
+
+
+@bp.post("/v1/transactions/score/batch")
+def score_batch() -> Any:
+    service = get_service()
+    body = json_body()
+    items = body.get("transactions") if isinstance(body, dict) else body
+    txs = parse_transactions(items, extra_fields=service.config.extra_fields,
+                             max_items=service.config.max_batch)
+    decisions = service.score(txs)
+    state = service.learner.state()
+    return jsonify({"results": [d.to_response() for d in decisions],
+                    "model_version": state.label, "count": len(decisions)})
+
+
+@bp.post("/v1/labels")
+def labels() -> Any:
+    service = get_service()
+    body = json_body()
+    parsed = parse_labels(body, max_items=service.config.max_batch)
+    offsets = service.add_labels(parsed)
+    return jsonify({"accepted": len(offsets), "offsets": offsets}), 202
+
+
+@bp.get("/v1/model")
+def model() -> Any:
+    service = get_service()
+    if query_bool("sync", False):
+        service.learner.sync()
+    return jsonify(service.model_info())

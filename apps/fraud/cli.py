@@ -1,0 +1,238 @@
+"""``mlsuite fraud ...``: train, replay, bench; and ``ensure_model`` for ``make demo``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mlplatform.config import Settings, get_settings
+from mlplatform.errors import MLSuiteError
+
+__all__ = ["cli", "ensure_model", "ensure_trained", "seed_velocity"]
+
+log = logging.getLogger(__name__)
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def _default_transactions(settings: Settings) -> Path:
+    return settings.data_dir / "payments" / "transactions.parquet"
+
+
+def _settings() -> Settings:
+    from mlplatform.logs import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    return settings
+
+
+def ensure_model(settings: Settings) -> None:
+    """Make the service ready to score (``make demo``): train and promote a production
+    model unless one exists, and seed Redis velocity state from the history once."""
+    from fraud.config import FraudConfig
+
+    config = FraudConfig.from_env()
+    path = _default_transactions(settings)
+    ensure_trained(settings, config)
+    if settings.redis_url and path.is_file():
+        seed_velocity(settings, config, path, force=False)
+
+
+def ensure_trained(settings: Settings, config: Any) -> None:
+    """Train and promote the models unless the served one has a production version."""
+    from mlplatform.registry import ModelRegistry
+
+    from fraud.training import load_dataset, train
+
+    registry = ModelRegistry(settings.data_dir / "models")
+    if config.model_alias in registry.aliases(config.model_name):
+        log.info("fraud: %s has a %s version", config.model_name, config.model_alias)
+        return
+    path = _default_transactions(settings)
+    if not path.is_file():
+        raise MLSuiteError(f"no transactions at {path}: run `mlsuite simulate` first")
+    data = load_dataset(path, extra_fields=config.extra_fields, progress=True)
+    train(data, registry, config, promote=True, progress=True)
+
+
+def seed_velocity(settings: Settings, config: Any, path: Path, *, force: bool) -> int:
+    """Replay ``path`` into the Redis velocity state, once per file (a marker key
+    remembers it), so the first live payment of a card is compared with its past."""
+    from mlplatform.redisdb import connect
+    from mlplatform.registry import fingerprint
+
+    from fraud.features import event_of
+    from fraud.schema import read_transactions, transactions_from_frame
+    from fraud.velocity import RedisVelocityStore, seed
+
+    client = connect(settings.redis_url or "")
+    marker = f"{config.key_prefix}velocity:seeded"
+    digest = fingerprint(path)
+    if not force and client.get(marker) == digest.encode():
+        log.info("fraud: velocity state already seeded from %s", path.name)
+        return 0
+    events = [event_of(t) for t in transactions_from_frame(read_transactions(path))]
+    n = seed(RedisVelocityStore(client, config.key_prefix), events)
+    client.set(marker, digest)
+    log.info("fraud: velocity state seeded with %d transactions from %s", n, path.name)
+    return n
+
+
+@click.group("fraud", context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Fraud scoring: train models, replay history, benchmark the scorer."""
+
+
+@cli.command("train")
+@click.option("--transactions", "path", type=_FILE,
+              help="Parquet or CSV with the transaction columns plus is_fraud "
+                   "(default: <data_dir>/payments/transactions.parquet).")
+@click.option("--validation-fraction", type=click.FloatRange(0.05, 0.5), default=0.2,
+              show_default=True, help="Latest share of the time range used for validation.")
+@click.option("--promote/--no-promote", default=True, show_default=True,
+              help="Point the production alias at the new versions.")
+@click.option("--batch/--no-batch", default=True, show_default=True,
+              help="Also train the scikit-learn batch model (fraud-batch).")
+def train_command(path: Path | None, validation_fraction: float, promote: bool,
+                  batch: bool) -> None:
+    """Train the online (river) and batch (scikit-learn) models and register both."""
+    from mlplatform.registry import ModelRegistry
+
+    from fraud.config import FraudConfig
+    from fraud.training import train
+
+    settings = _settings()
+    config = FraudConfig.from_env()
+    path = path or _default_transactions(settings)
+    data = _load(path, config, progress=True)
+    versions = train(data, ModelRegistry(settings.data_dir / "models"), config,
+                     validation_fraction=validation_fraction, promote=promote, batch=batch,
+                     progress=True)
+    for role, v in versions.items():
+        click.echo(f"{role}: {v.label}{' (production)' if promote else ''}  "
+                   f"validation {json.dumps(v.metadata['metrics'])}")
+
+
+@cli.command("seed-velocity")
+@click.option("--transactions", "path", type=_FILE,
+              help="Transaction history (default: <data_dir>/payments/transactions.parquet).")
+def seed_command(path: Path | None) -> None:
+    """Load a transaction history into the Redis velocity state (before first serving)."""
+    from fraud.config import FraudConfig
+
+    settings = _settings()
+    if not settings.redis_url:
+        raise click.ClickException("MLSUITE_REDIS_URL is not set: seeding needs the Redis "
+                                   "the service uses")
+    n = seed_velocity(settings, FraudConfig.from_env(),
+                      path or _default_transactions(settings), force=True)
+    click.echo(f"velocity state seeded with {n} transactions")
+
+
+@cli.command("replay")
+@click.option("--transactions", "path", type=_FILE,
+              help="Transaction file in time order with is_fraud "
+                   "(default: <data_dir>/payments/transactions.parquet).")
+@click.option("--label-delay", type=click.FloatRange(0), default=None,
+              help="Seconds after a transaction its label becomes known "
+                   "(default: the file's labelled_at column).")
+@click.option("--train-fraction", type=click.FloatRange(0.05, 0.9), default=0.3,
+              show_default=True, help="Share of the time range both models learn first.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per model.")
+def replay_command(path: Path | None, label_delay: float | None, train_fraction: float,
+                   as_json: bool) -> None:
+    """Prequential evaluation in time order: the online model vs a static batch model."""
+    from fraud.config import FraudConfig
+    from fraud.replay import replay
+
+    settings = _settings()
+    config = FraudConfig.from_env()
+    data = _load(path or _default_transactions(settings), config, progress=not as_json)
+    try:
+        result = replay(data, label_delay=label_delay, train_fraction=train_fraction,
+                        positive_weight=config.positive_weight, progress=not as_json)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    _print_replay(result.models, result.info)
+
+
+def _load(path: Path, config: Any, progress: bool) -> Any:
+    from fraud.schema import TransactionFileError
+    from fraud.training import load_dataset
+
+    try:
+        return load_dataset(path, extra_fields=config.extra_fields, progress=progress)
+    except TransactionFileError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _print_replay(models: dict[str, dict[str, Any]], info: dict[str, Any]) -> None:
+    click.echo(f"replayed {info['transactions']} transactions: {info['train_rows']} to learn "
+               f"first, {info['eval_rows']} evaluated prequentially; labels from "
+               f"{info['labels_from']}; drift {info['drift_pattern']} from {info['drift_start']}")
+    metric_names = [k for k, v in models["online"].items()
+                    if k not in ("segments", "model", "n", "frauds")]
+    rows: list[tuple[str, str, dict[str, Any]]] = []
+    for name, result in models.items():
+        rows.append((name, "all", result))
+        for seg, metrics in result.get("segments", {}).items():
+            rows.append((name, seg, metrics))
+    extra = sorted({k for _, _, m in rows for k in m
+                    if k.endswith("fpr") and k not in metric_names})
+    header = ["model", "segment", *metric_names, *extra, "frauds"]
+    widths = [max(len(h), 8) for h in header]
+    widths[1] = 24
+    click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for name, seg, m in rows:
+        cells = [name, seg, *[_fmt(m.get(k)) for k in metric_names + extra], str(m.get("frauds"))]
+        click.echo("  ".join(c.ljust(w) for c, w in zip(cells, widths)))
+    click.echo(f"online model: {info['online_labels_learned']} labels learned, "
+               f"{info['drift_detections']} drift detections "
+               f"(first {info['first_detection_after_drift_hours']} h after the drift start)")
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+@cli.command("bench")
+@click.option("--n", "n_single", type=click.IntRange(10), default=2000, show_default=True,
+              help="Single-transaction requests per measurement.")
+@click.option("--batch-size", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--batches", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--http/--no-http", default=True, show_default=True,
+              help="Also measure over HTTP against a real server on a free port.")
+@click.option("--server", type=click.Choice(["granian", "gunicorn"]), default=None,
+              help="WSGI server for the HTTP part (default: MLSUITE_SERVER).")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Server worker processes (default: MLSUITE_WORKERS).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Also write the results to this JSON file ('-': stdout only).")
+def bench_command(n_single: int, batch_size: int, batches: int, http: bool, server: str | None,
+                  workers: int | None, json_path: Path | None) -> None:
+    """Scoring latency (p50/p99) and throughput, in process and over HTTP, single and batch."""
+    from fraud.bench import print_report, run_bench
+
+    settings = _settings()
+    report = run_bench(settings, n_single=n_single, batch_size=batch_size, batches=batches,
+                       http=http, server=server or settings.server,
+                       workers=workers or settings.workers)
+    if json_path is not None and str(json_path) == "-":
+        click.echo(json.dumps(report, indent=2))
+        return
+    print_report(report)
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2))
+        click.echo(f"written to {json_path}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    cli(sys.argv[1:])

@@ -1,0 +1,193 @@
+"""Fraud-service configuration: defaults here, overrides from ``MLSUITE_FRAUD_*`` or a TOML file.
+
+Platform settings (data folder, Redis, ports) stay in ``mlplatform.config.Settings``; this
+holds only what is specific to fraud scoring. Resolution order: the defaults below, then
+the TOML file named by ``MLSUITE_FRAUD_CONFIG`` (keys as the field names), then the
+``MLSUITE_FRAUD_<FIELD>`` variables. A malformed value raises ``ConfigError`` naming it.
+
+>>> FraudConfig.from_env({"MLSUITE_FRAUD_REVIEW_FPR": "0.05"}).review_fpr
+0.05
+>>> FraudConfig.from_env({"MLSUITE_FRAUD_EXTRA_FIELDS": "risk_hint, basket_size"}).extra_fields
+('risk_hint', 'basket_size')
+>>> FraudConfig.from_env({"MLSUITE_FRAUD_DECLINE_FPR": "2"})
+Traceback (most recent call last):
+...
+mlplatform.errors.ConfigError: MLSUITE_FRAUD_DECLINE_FPR must be a number in (0, 1), got '2'
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from mlplatform.errors import ConfigError
+
+__all__ = ["FraudConfig", "PREFIX"]
+
+PREFIX = "MLSUITE_FRAUD_"
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+
+
+@dataclass(frozen=True)
+class FraudConfig:
+    """Settings of the fraud service and its commands."""
+
+    # Registry name of the model served and learned online, and the alias served.
+    model_name: str = "fraud-online"
+    model_alias: str = "production"
+    # Target false-positive rates used to choose thresholds on validation data.
+    review_fpr: float = 0.02
+    decline_fpr: float = 0.005
+    # Fixed thresholds, when set, override the ones stored with the model.
+    review_threshold: float | None = None
+    decline_threshold: float | None = None
+    # Optional numeric request fields (declared here, absent -> 0.0), e.g. "basket_size".
+    extra_fields: tuple[str, ...] = ()
+    # How many reasons a decision carries.
+    top_reasons: int = 3
+    # Largest batch accepted by /score/batch and /labels.
+    max_batch: int = 5000
+    # How long a decision (with its features) stays joinable to a late label.
+    decision_ttl_seconds: int = 30 * 86400
+    # Decision stream (audit trail) length cap; 0 keeps everything (archive it elsewhere).
+    decision_stream_maxlen: int = 0
+    # Feast profiles are cached in process for this long (never a Feast call per transaction).
+    profile_cache_seconds: float = 300.0
+    profile_cache_size: int = 200_000
+    # Online learning: snapshot the model every N labels or T seconds, whichever first.
+    snapshot_every_labels: int = 1000
+    snapshot_every_seconds: float = 30.0
+    # Longest wait of the learner thread for new labels (bounds label -> model latency).
+    learner_block_ms: int = 100
+    # Positive-class weight of the online model's log loss (class imbalance).
+    positive_weight: float = 5.0
+    # Every Redis key of the service starts with this (lets a bench or test run beside prod).
+    key_prefix: str = "fraud:"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> FraudConfig:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        path = env.get(PREFIX + "CONFIG", "").strip()
+        if path:
+            values.update(_read_file(Path(path)))
+        known = {f.name for f in fields(cls)}
+        for key, text in env.items():
+            if not key.startswith(PREFIX) or key == PREFIX + "CONFIG":
+                continue
+            name = key[len(PREFIX):].lower()
+            if name in known:  # others (e.g. MLSUITE_FRAUD_PORT) belong to the platform
+                values[name] = text
+        return cls.from_mapping(values)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> FraudConfig:
+        parsed = {name: _parse(name, value) for name, value in values.items()}
+        config = cls(**parsed)
+        config.validate()
+        return config
+
+    def with_(self, **changes: Any) -> FraudConfig:
+        config = replace(self, **{k: _parse(k, v) for k, v in changes.items()})
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.decline_fpr > self.review_fpr:
+            raise ConfigError(
+                f"{PREFIX}DECLINE_FPR ({self.decline_fpr}) must not exceed "
+                f"{PREFIX}REVIEW_FPR ({self.review_fpr}): declines are the stricter band"
+            )
+        if (
+            self.review_threshold is not None
+            and self.decline_threshold is not None
+            and self.decline_threshold < self.review_threshold
+        ):
+            raise ConfigError(
+                f"{PREFIX}DECLINE_THRESHOLD must be >= {PREFIX}REVIEW_THRESHOLD, got "
+                f"{self.decline_threshold} < {self.review_threshold}"
+            )
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(
+            f"{PREFIX}CONFIG must name a readable TOML file, got {str(path)!r}: {exc}"
+        ) from exc
+    section = data.get("fraud", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [fraud] must be a table")
+    return dict(section)
+
+
+_FLOATS = {
+    "review_fpr": (0.0, 1.0),
+    "decline_fpr": (0.0, 1.0),
+    "profile_cache_seconds": (0.0, 86400.0),
+    "snapshot_every_seconds": (0.0, 86400.0),
+    "positive_weight": (0.0, 1e6),
+}
+_INTS = {
+    "top_reasons": (0, 50),
+    "max_batch": (1, 1_000_000),
+    "decision_ttl_seconds": (60, 10 * 365 * 86400),
+    "decision_stream_maxlen": (0, 10**12),
+    "profile_cache_size": (0, 10**9),
+    "snapshot_every_labels": (1, 10**9),
+    "learner_block_ms": (1, 60_000),
+}
+
+
+def _parse(name: str, value: Any) -> Any:
+    var = PREFIX + name.upper()
+    text = value.strip() if isinstance(value, str) else value
+    if name in _FLOATS:
+        lo, hi = _FLOATS[name]
+        number = _number(text)
+        if number is None or not lo < number < hi:
+            raise ConfigError(f"{var} must be a number in ({lo:g}, {hi:g}), got {value!r}")
+        return number
+    if name in _INTS:
+        lo, hi = _INTS[name]
+        number = _number(text)
+        if number is None or number != int(number) or not lo <= number <= hi:
+            raise ConfigError(f"{var} must be an integer in [{lo}, {hi}], got {value!r}")
+        return int(number)
+    if name in ("review_threshold", "decline_threshold"):
+        if text in (None, ""):
+            return None
+        number = _number(text)
+        if number is None or not 0.0 <= number <= 1.0:
+            raise ConfigError(f"{var} must be a probability in [0, 1], got {value!r}")
+        return number
+    if name == "extra_fields":
+        items = text.split(",") if isinstance(text, str) else list(text)
+        names = tuple(str(i).strip() for i in items if str(i).strip())
+        for n in names:
+            if not _NAME.match(n):
+                raise ConfigError(
+                    f"{var} must list snake_case field names, got {n!r} in {value!r}"
+                )
+        return names
+    if name in ("model_name", "model_alias", "key_prefix"):
+        if not isinstance(text, str) or not text:
+            raise ConfigError(f"{var} must be a non-empty string, got {value!r}")
+        return text
+    raise ConfigError(f"{var} is not a fraud setting")
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,419 @@
+"""Velocity features: how fast a card, device and merchant have been transacting.
+
+One feature function (``velocity_features``) over the recent history of a transaction's
+card, device and merchant; two stores of that history with the same semantics:
+
+- ``RedisVelocityStore``: shared by every replica. One Lua script per transaction reads
+  the prior history and records the transaction atomically (one round trip; a batch is
+  one pipeline), so concurrent replicas see a consistent serial order.
+- ``MemoryVelocityStore``: in process, for replaying history offline (training, replay).
+
+Both return the same ``History`` for the same sequence of transactions, so online and
+offline feature vectors are identical (tests/fraud/test_velocity.py shows it).
+
+State per entity (keys under the service prefix):
+- ``v:c:<card>``   sorted set, score = timestamp, member = id|amount|merchant|country (24 h)
+- ``v:ch:<card>``  hash: n, amount total in milli-units, last timestamp, seen devices/countries
+- ``v:d:<device>`` sorted set, member = id|card (24 h)
+- ``v:m:<merchant>`` sorted set, member = id (24 h)
+
+Amounts are summed as integers (milli-units) and window sums with ``math.fsum`` so the
+result does not depend on the order Redis returns ties in.
+
+>>> store = MemoryVelocityStore()
+>>> e = lambda i, ts, amt: Event(f"t{i}", ts, "c1", "m1", amt, "FR", "d1")
+>>> [h] = store.observe([e(1, 1000.0, 10.0)]); [h] = store.observe([e(2, 1030.0, 20.0)])
+>>> f = velocity_features(e(2, 1030.0, 20.0), h)
+>>> f["card_count_1m"], f["card_amount_1h"], f["card_secs_since_prev"], f["card_new_device"]
+(1.0, 10.0, 30.0, 0.0)
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import redis
+
+__all__ = [
+    "Event",
+    "History",
+    "VelocityStore",
+    "MemoryVelocityStore",
+    "RedisVelocityStore",
+    "velocity_features",
+    "seed",
+    "VELOCITY_FEATURES",
+    "WINDOWS",
+]
+
+WINDOWS: dict[str, float] = {"1m": 60.0, "1h": 3600.0, "24h": 86400.0}
+HORIZON = 86400.0
+# Entries this much older than the newest transaction of an entity are dropped.
+TRIM = HORIZON + 3600.0
+# A card never seen before: "seconds since previous" is this cap (30 days).
+NO_PREVIOUS = 30 * 86400.0
+SEP = "\x1f"  # never in an identifier (schema) nor in a float's repr
+WINDOW_KEY_TTL = int(2 * HORIZON)
+CARD_KEY_TTL = 400 * 86400
+
+VELOCITY_FEATURES: tuple[str, ...] = (
+    "card_count_1m", "card_count_1h", "card_count_24h",
+    "card_amount_1m", "card_amount_1h", "card_amount_24h",
+    "card_distinct_merchants_24h", "card_distinct_countries_24h",
+    "card_secs_since_prev", "card_amount_vs_usual", "card_history_count",
+    "card_new_device", "card_new_country", "card_new_merchant_24h",
+    "device_count_1h", "device_count_24h", "device_distinct_cards_24h",
+    "merchant_count_1m", "merchant_count_1h", "merchant_count_24h",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """What the velocity state needs from a transaction."""
+
+    transaction_id: str
+    timestamp: float
+    card_id: str
+    merchant_id: str
+    amount: float
+    country: str
+    device_id: str | None
+
+
+@dataclass(slots=True)
+class History:
+    """State of a transaction's card, device and merchant just before it."""
+
+    card_events: list[tuple[float, float, str, str]]  # (ts, amount, merchant, country), 24 h
+    card_n: int  # transactions of the card ever (within the state's retention)
+    card_amount_milli: int
+    card_last_ts: float | None
+    device_known: bool  # the card used this device before (False when there is no device)
+    country_known: bool
+    merchant_counts: tuple[int, int, int]  # 1 m, 1 h, 24 h
+    device_events: list[tuple[float, str]]  # (ts, card) of the device's transactions, 24 h
+
+
+class VelocityStore(Protocol):
+    def observe(self, events: Sequence[Event]) -> list[History]:
+        """Record each event in order, returning the history each one saw."""
+        ...
+
+
+def velocity_features(event: Event, h: History) -> dict[str, float]:
+    """The velocity feature values of ``event`` given the ``History`` it saw."""
+    ts = event.timestamp
+    lo1m, lo1h = ts - WINDOWS["1m"], ts - WINDOWS["1h"]
+    amounts_1m: list[float] = []
+    amounts_1h: list[float] = []
+    amounts_24h: list[float] = []
+    merchants: set[str] = set()
+    countries: set[str] = set()
+    last = -math.inf
+    for ets, amount, merchant, country in h.card_events:
+        amounts_24h.append(amount)
+        if ets >= lo1h:
+            amounts_1h.append(amount)
+            if ets >= lo1m:
+                amounts_1m.append(amount)
+        merchants.add(merchant)
+        countries.add(country)
+        last = max(last, ets)
+    if last == -math.inf and h.card_last_ts is not None:
+        last = h.card_last_ts
+    since = NO_PREVIOUS if last == -math.inf else min(max(ts - last, 0.0), NO_PREVIOUS)
+    usual = h.card_amount_milli / 1000.0 / h.card_n if h.card_n else event.amount
+    cards = {card for _, card in h.device_events}
+    cards.discard(event.card_id)
+    has_device = event.device_id is not None
+    m1, m60, m1440 = h.merchant_counts
+    return {
+        "card_count_1m": float(len(amounts_1m)),
+        "card_count_1h": float(len(amounts_1h)),
+        "card_count_24h": float(len(amounts_24h)),
+        "card_amount_1m": math.fsum(amounts_1m),
+        "card_amount_1h": math.fsum(amounts_1h),
+        "card_amount_24h": math.fsum(amounts_24h),
+        "card_distinct_merchants_24h": float(len(merchants)),
+        "card_distinct_countries_24h": float(len(countries)),
+        "card_secs_since_prev": since,
+        "card_amount_vs_usual": (event.amount + 1.0) / (usual + 1.0),
+        "card_history_count": float(h.card_n),
+        "card_new_device": 1.0 if has_device and not h.device_known else 0.0,
+        "card_new_country": 0.0 if h.country_known else 1.0,
+        "card_new_merchant_24h": 0.0 if event.merchant_id in merchants else 1.0,
+        "device_count_1h": float(sum(1 for dts, _ in h.device_events if dts >= lo1h)),
+        "device_count_24h": float(len(h.device_events)),
+        "device_distinct_cards_24h": float(len(cards)),
+        "merchant_count_1m": float(m1),
+        "merchant_count_1h": float(m60),
+        "merchant_count_24h": float(m1440),
+    }
+
+
+# ------------------------------------------------------------------------ shared encoding
+
+
+def _card_member(e: Event) -> str:
+    return f"{e.transaction_id}{SEP}{e.amount!r}{SEP}{e.merchant_id}{SEP}{e.country}"
+
+
+def _device_member(e: Event) -> str:
+    return f"{e.transaction_id}{SEP}{e.card_id}"
+
+
+def _milli(amount: float) -> int:
+    return int(round(amount * 1000.0))
+
+
+def _decode_card(member: str, score: float) -> tuple[float, float, str, str]:
+    _, amount, merchant, country = member.split(SEP)
+    return (score, float(amount), merchant, country)
+
+
+# ------------------------------------------------------------------------------ in memory
+
+
+class _Window:
+    """A sorted (timestamp, member) list with Redis ZSET range semantics (inclusive)."""
+
+    __slots__ = ("scores", "members", "index")
+
+    def __init__(self) -> None:
+        self.scores: list[float] = []
+        self.members: list[str] = []
+        self.index: set[str] = set()
+
+    def range(self, lo: float, hi: float) -> tuple[list[float], list[str]]:
+        i = bisect.bisect_left(self.scores, lo)
+        j = bisect.bisect_right(self.scores, hi)
+        return self.scores[i:j], self.members[i:j]
+
+    def count(self, lo: float, hi: float) -> int:
+        return bisect.bisect_right(self.scores, hi) - bisect.bisect_left(self.scores, lo)
+
+    def add(self, score: float, member: str) -> None:
+        if member in self.index:  # a ZADD of an existing member moves it
+            k = self.members.index(member)
+            del self.scores[k], self.members[k]
+        self.index.add(member)
+        k = bisect.bisect_right(self.scores, score)
+        self.scores.insert(k, score)
+        self.members.insert(k, member)
+
+    def trim(self, before: float) -> None:
+        k = bisect.bisect_left(self.scores, before)
+        if k:
+            self.index.difference_update(self.members[:k])
+            del self.scores[:k], self.members[:k]
+
+
+class MemoryVelocityStore:
+    """Velocity state in this process (offline replay); same semantics as the Redis store."""
+
+    def __init__(self) -> None:
+        self._cards: dict[str, _Window] = {}
+        self._card_stats: dict[str, dict[str, object]] = {}
+        self._devices: dict[str, _Window] = {}
+        self._merchants: dict[str, _Window] = {}
+
+    def observe(self, events: Sequence[Event]) -> list[History]:
+        return [self._observe_one(e) for e in events]
+
+    def _observe_one(self, e: Event) -> History:
+        ts = e.timestamp
+        lo = ts - HORIZON
+        trim = ts - TRIM
+        card = self._cards.setdefault(e.card_id, _Window())
+        scores, members = card.range(lo, ts)
+        card_events = [_decode_card(m, s) for s, m in zip(scores, members)]
+        card.add(ts, _card_member(e))
+        card.trim(trim)
+
+        stats = self._card_stats.setdefault(e.card_id, {"n": 0, "amt": 0, "last": None})
+        device_field = f"d:{e.device_id}" if e.device_id is not None else None
+        country_field = f"c:{e.country}"
+        n, amt, last = stats["n"], stats["amt"], stats["last"]
+        device_known = device_field is not None and device_field in stats
+        country_known = country_field in stats
+        stats["n"] = int(n) + 1  # type: ignore[call-overload]
+        stats["amt"] = int(amt) + _milli(e.amount)  # type: ignore[call-overload]
+        stats["last"] = ts
+        if device_field is not None:
+            stats[device_field] = ts
+        stats[country_field] = ts
+
+        merchant = self._merchants.setdefault(e.merchant_id, _Window())
+        counts = (
+            merchant.count(ts - WINDOWS["1m"], ts),
+            merchant.count(ts - WINDOWS["1h"], ts),
+            merchant.count(lo, ts),
+        )
+        merchant.add(ts, e.transaction_id)
+        merchant.trim(trim)
+
+        device_events: list[tuple[float, str]] = []
+        if e.device_id is not None:
+            device = self._devices.setdefault(e.device_id, _Window())
+            dscores, dmembers = device.range(lo, ts)
+            device_events = [(s, m.split(SEP)[1]) for s, m in zip(dscores, dmembers)]
+            device.add(ts, _device_member(e))
+            device.trim(trim)
+        return History(
+            card_events=card_events,
+            card_n=int(n),  # type: ignore[call-overload]
+            card_amount_milli=int(amt),  # type: ignore[call-overload]
+            card_last_ts=None if last is None else float(last),  # type: ignore[arg-type]
+            device_known=device_known,
+            country_known=country_known,
+            merchant_counts=counts,
+            device_events=device_events,
+        )
+
+
+# --------------------------------------------------------------------------------- Redis
+
+# KEYS: card window, card stats, merchant window, device window ('' = none), guard ('' = none)
+# ARGV: ts, 24h lower bound, 1h lower bound, 1m lower bound, trim bound, card member,
+#       merchant member, device member, amount (milli), device field, country field,
+#       window ttl, card ttl
+# Every number arrives as a string made by Python (Lua's tostring would lose digits).
+_OBSERVE = """
+if KEYS[5] ~= '' and redis.call('EXISTS', KEYS[5]) == 1 then return {'dup'} end
+local ts, lo = ARGV[1], ARGV[2]
+local trim = '(' .. ARGV[5]
+local card = redis.call('ZRANGEBYSCORE', KEYS[1], lo, ts, 'WITHSCORES')
+redis.call('ZADD', KEYS[1], ts, ARGV[6])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', trim)
+redis.call('EXPIRE', KEYS[1], ARGV[12])
+local stats
+if ARGV[10] ~= '' then
+  stats = redis.call('HMGET', KEYS[2], 'n', 'amt', 'last', ARGV[11], ARGV[10])
+  redis.call('HSET', KEYS[2], 'last', ts, ARGV[11], ts, ARGV[10], ts)
+else
+  stats = redis.call('HMGET', KEYS[2], 'n', 'amt', 'last', ARGV[11])
+  redis.call('HSET', KEYS[2], 'last', ts, ARGV[11], ts)
+end
+redis.call('HINCRBY', KEYS[2], 'n', 1)
+redis.call('HINCRBY', KEYS[2], 'amt', ARGV[9])
+redis.call('EXPIRE', KEYS[2], ARGV[13])
+local m1 = redis.call('ZCOUNT', KEYS[3], ARGV[4], ts)
+local m60 = redis.call('ZCOUNT', KEYS[3], ARGV[3], ts)
+local m1440 = redis.call('ZCOUNT', KEYS[3], lo, ts)
+redis.call('ZADD', KEYS[3], ts, ARGV[7])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', trim)
+redis.call('EXPIRE', KEYS[3], ARGV[12])
+local dev = {}
+if KEYS[4] ~= '' then
+  dev = redis.call('ZRANGEBYSCORE', KEYS[4], lo, ts, 'WITHSCORES')
+  redis.call('ZADD', KEYS[4], ts, ARGV[8])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', trim)
+  redis.call('EXPIRE', KEYS[4], ARGV[12])
+end
+return {card, stats, {m1, m60, m1440}, dev}
+"""
+
+
+class RedisVelocityStore:
+    """Velocity state in Redis, shared by every replica; one script call per transaction."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "fraud:") -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._script = client.register_script(_OBSERVE)
+
+    def observe(self, events: Sequence[Event]) -> list[History]:
+        return self.observe_guarded(events, None)  # type: ignore[return-value]
+
+    def observe_guarded(
+        self, events: Sequence[Event], guards: Sequence[str] | None
+    ) -> list[History | None]:
+        """Record ``events`` in order; an event whose guard key exists is left untouched
+        and its slot in the result holds ``None`` (a retry of an already scored transaction)."""
+        calls = [self._call(e, guards[i] if guards else "") for i, e in enumerate(events)]
+        sha = self._script.sha
+        if len(calls) == 1:
+            keys, args = calls[0]
+            try:
+                replies = [self._redis.evalsha(sha, len(keys), *keys, *args)]
+            except redis.exceptions.NoScriptError:
+                self._script.sha = self._redis.script_load(_OBSERVE)
+                replies = [self._redis.evalsha(self._script.sha, len(keys), *keys, *args)]
+        else:
+            replies = self._pipeline(calls)
+        return [self._decode(r) for r in replies]
+
+    def _pipeline(self, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
+        # Not MULTI: each script is atomic on its own, and the pipeline keeps their order.
+        for attempt in range(2):
+            pipe = self._redis.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+            try:
+                return pipe.execute()
+            except redis.exceptions.NoScriptError:
+                if attempt:
+                    raise
+                self._script.sha = self._redis.script_load(_OBSERVE)
+        raise AssertionError("unreachable")
+
+    def _call(self, e: Event, guard: str) -> tuple[list[str], list[str]]:
+        p = self._prefix
+        ts = e.timestamp
+        keys = [
+            f"{p}v:c:{e.card_id}",
+            f"{p}v:ch:{e.card_id}",
+            f"{p}v:m:{e.merchant_id}",
+            f"{p}v:d:{e.device_id}" if e.device_id is not None else "",
+            guard,
+        ]
+        args = [
+            repr(ts),
+            repr(ts - HORIZON),
+            repr(ts - WINDOWS["1h"]),
+            repr(ts - WINDOWS["1m"]),
+            repr(ts - TRIM),
+            _card_member(e),
+            e.transaction_id,
+            _device_member(e) if e.device_id is not None else "",
+            str(_milli(e.amount)),
+            f"d:{e.device_id}" if e.device_id is not None else "",
+            f"c:{e.country}",
+            str(WINDOW_KEY_TTL),
+            str(CARD_KEY_TTL),
+        ]
+        return keys, args
+
+    @staticmethod
+    def _decode(reply: Any) -> History | None:
+        if len(reply) == 1:
+            return None  # {'dup'}: the guard key exists
+        card, stats, counts, dev = reply
+        events = [
+            _decode_card(card[i].decode(), float(card[i + 1])) for i in range(0, len(card), 2)
+        ]
+        n, amt, last, country, device = (list(stats) + [None])[:5]
+        return History(
+            card_events=events,
+            card_n=int(n) if n is not None else 0,
+            card_amount_milli=int(amt) if amt is not None else 0,
+            card_last_ts=float(last) if last is not None else None,
+            device_known=device is not None,
+            country_known=country is not None,
+            merchant_counts=(int(counts[0]), int(counts[1]), int(counts[2])),
+            device_events=[
+                (float(dev[i + 1]), dev[i].decode().split(SEP)[1]) for i in range(0, len(dev), 2)
+            ],
+        )
+
+
+def seed(store: VelocityStore, events: Sequence[Event], chunk: int = 2000) -> int:
+    """Load history into ``store`` (e.g. Redis before a service first starts), so the
+    first live transaction of each card is compared with its past, not with nothing."""
+    for start in range(0, len(events), chunk):
+        store.observe(events[start:start + chunk])
+    return len(events)

@@ -1,0 +1,377 @@
+"""The serving engine: recommendations, similar items and events, with no HTTP in sight.
+
+One request (one user or a batch) costs one Redis round trip (the users' live histories,
+pipelined), no Feast read for users the model knows (item flags come from the
+in-process ``ItemState``), and one vectorised scoring pass per A/B variant (a batch:
+sparse matrices and implicit; one user: the same maths in plain numpy, which is what a
+page view asks for and costs a fraction of the sparse-matrix overhead):
+
+    live.get() -> model version          (swapped in the background on promotion)
+    experiment.assign(user) -> variant   (same answer on every replica, nothing stored)
+    training history + live events newer than the model's cutoff -> fold-in -> scores
+    mask out-of-stock / other categories / already seen -> top n
+
+A user with no usable history gets the popular items of their segment (Feast), else of
+everyone, flagged ``fallback``. If Redis is down, recommendations use the training
+history alone and say ``degraded: ["redis"]``; if Feast is down, ``degraded: ["feast"]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import redis
+from mlplatform.assignment import Experiment
+from mlplatform.errors import BadRequest
+from mlplatform.metrics import set_model_info
+from mlplatform.registry import LiveModel, ModelVersion
+from prometheus_client import Counter, Gauge, Histogram
+
+from recommender.bundle import ModelBundle
+from recommender.catalogue import ItemFeatures, ItemState, SegmentCache
+from recommender.history import Event, HistoryStore
+from recommender.ranking import exclude, top_n
+
+__all__ = ["Engine", "ServingModel", "SimilarItems", "UserRecommendations", "load_serving_model"]
+
+log = logging.getLogger(__name__)
+
+SERVICE = "recommender"
+COLD = "_cold"  # the group of users with no usable history
+
+RECOMMENDATIONS = Counter(
+    "mlsuite_recommender_recommendations_total",
+    "Recommendation lists served, by A/B variant and what produced them",
+    ["variant", "strategy"],
+)
+EVENTS = Counter("mlsuite_recommender_events_total", "Interaction events recorded", ["event_type"])
+DEGRADED = Counter(
+    "mlsuite_recommender_degraded_total",
+    "Responses served without a dependency (redis: no live history; feast: no stock filter)",
+    ["dependency"],
+)
+TOP_SCORE = Histogram(
+    "mlsuite_recommender_top_score", "Score of the first item of each list, by strategy",
+    ["strategy"], buckets=(-1.0, 0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0),
+)
+ITEM_FEATURES_REFRESHED = Gauge(
+    "mlsuite_recommender_item_features_refreshed_timestamp_seconds",
+    "When the item stock/category state was last read from Feast (alert on its age)",
+    multiprocess_mode="min",
+)
+
+
+@dataclass(eq=False)
+class ServingModel:
+    """A loaded version and the item flags for its catalogue (replaced as they refresh)."""
+
+    version: ModelVersion
+    bundle: ModelBundle
+    items: ItemState
+
+
+def load_serving_model(version: ModelVersion, item_features: ItemFeatures) -> ServingModel:
+    bundle = ModelBundle.load(version.path)
+    state = item_features.load([str(i) for i in bundle.items.ids.tolist()], bundle.categories,
+                               bundle.item_category)
+    # Warm both scoring paths so the first request after a swap pays nothing extra.
+    row = 0 if len(bundle.users) else -1
+    for model in bundle.models.values():
+        model.scores(bundle.histories([row]))
+        model.score_one(*bundle.history_of(row))
+    set_model_info(SERVICE, version.name, str(version.version))
+    if not state.degraded:
+        ITEM_FEATURES_REFRESHED.set(state.loaded_at)
+    return ServingModel(version, bundle, state)
+
+
+@dataclass(frozen=True)
+class UserRecommendations:
+    user_id: str
+    items: list[dict[str, Any]]
+    variant: str
+    strategy: str  # "als" | "bpr" | "popularity" | "segment_popularity" | "global_popularity"
+    fallback: bool
+
+
+@dataclass(frozen=True)
+class SimilarItems:
+    item_id: str
+    items: list[dict[str, Any]]
+    strategy: str
+    fallback: bool
+
+
+class Engine:
+    """Serves one model alias: recommend, similar, record events, describe."""
+
+    def __init__(self, live: LiveModel[ServingModel], history: HistoryStore | None,
+                 item_features: ItemFeatures, segments: SegmentCache,
+                 experiment: Experiment | None) -> None:
+        self.live = live
+        self.history = history
+        self.item_features = item_features
+        self.segments = segments
+        self.experiment = experiment
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    # -- model ---------------------------------------------------------------------------
+
+    def current(self) -> ServingModel:
+        _, serving = self.live.get()
+        self.item_features.watch(self.refresh_items)
+        return serving
+
+    def refresh_items(self) -> None:
+        """Re-read the item flags of the model being served (the background thread's job)."""
+        serving = self.current()
+        b = serving.bundle
+        state = self.item_features.load([str(i) for i in b.items.ids.tolist()], b.categories,
+                                        b.item_category)
+        serving.items = state  # one reference swap: requests see the old or the new state
+        if not state.degraded:
+            ITEM_FEATURES_REFRESHED.set(state.loaded_at)
+
+    def _blocked(self, state: ItemState, category: str | None) -> np.ndarray:
+        """Indices of items a request must not get: out of stock or another category."""
+        blocked = state.masks.get(category)
+        if blocked is None:
+            allowed = state.in_stock.copy()
+            if category is not None:
+                in_category = state.category_mask(category)
+                if in_category is None:
+                    raise BadRequest(
+                        f"category must be one of {', '.join(state.categories) or '(none known)'}, "
+                        f"got {category!r}", field="category")
+                allowed &= in_category
+            blocked = np.flatnonzero(~allowed)
+            state.masks[category] = blocked  # lives as long as this state, no longer
+        return blocked
+
+    # -- recommendations -----------------------------------------------------------------
+
+    def recommend(self, user_ids: Sequence[str], *, n: int, exclude_seen: bool = True,
+                  category: str | None = None) -> tuple[ServingModel, list[UserRecommendations],
+                                                       list[str]]:
+        """Top ``n`` items for each user; also the model served and the degraded deps."""
+        if len(user_ids) == 1:
+            return self._recommend_one(user_ids[0], n=n, exclude_seen=exclude_seen,
+                                       category=category)
+        serving = self.current()
+        b, state = serving.bundle, serving.items
+        blocked = self._blocked(state, category)
+        degraded = ["feast"] if state.degraded else []
+
+        live = self._live_weights(b, user_ids, degraded)
+        lookup = b.users.lookup
+        rows = np.fromiter((-1 if (r := lookup(u)) is None else r for u in user_ids),
+                           np.int64, len(user_ids))
+        histories = b.histories(rows, live)
+        warm = np.diff(histories.indptr) > 0
+        if self.experiment is None:
+            variants = [b.variants[0]] * len(user_ids)
+        else:
+            assign, variant_for = self.experiment.assign, b.variant_for
+            variants = [variant_for(assign(u)) for u in user_ids]
+        segment = self._segments(b, user_ids, rows, warm, variants, degraded)
+
+        results: list[UserRecommendations | None] = [None] * len(user_ids)
+        groups: dict[str, list[int]] = {}
+        for i, v in enumerate(variants):
+            groups.setdefault(v if warm[i] else COLD, []).append(i)
+        for group, idx in groups.items():
+            cold = group == COLD
+            sub = histories if len(idx) == len(user_ids) else histories[idx]
+            scores = b.models["popularity" if cold else group].scores(sub, segment[idx])
+            if len(blocked):
+                scores[:, blocked] = -np.inf
+            if exclude_seen and not cold:
+                exclude(scores, sub)
+            ids, best = top_n(scores, n)
+            for j, i in enumerate(idx):
+                strategy = group if not cold else (
+                    "segment_popularity" if segment[i] >= 0 else "global_popularity")
+                items = self._items(b, ids[j], best[j])
+                results[i] = UserRecommendations(user_ids[i], items, variants[i], strategy,
+                                                 fallback=cold)
+                self._count(variants[i], strategy, items)
+        for dep in degraded:
+            DEGRADED.labels(dep).inc()
+        return serving, results, degraded  # type: ignore[return-value]
+
+    def _recommend_one(self, user_id: str, *, n: int, exclude_seen: bool, category: str | None
+                       ) -> tuple[ServingModel, list[UserRecommendations], list[str]]:
+        """``recommend`` for one user (the per-request path): same answers, no sparse matrices."""
+        serving = self.current()
+        b, state = serving.bundle, serving.items
+        blocked = self._blocked(state, category)
+        degraded = ["feast"] if state.degraded else []
+        live = self._live_weights(b, [user_id], degraded)
+        row = b.users.lookup(user_id)
+        row = -1 if row is None else row
+        items, weights = b.history_of(row, live[0] if live else None)
+        warm = len(items) > 0
+        variant = (b.variant_for(self.experiment.assign(user_id)) if self.experiment
+                   else b.variants[0])
+        if row >= 0 or (warm and variant != "popularity") or not b.segments:
+            segment = int(b.user_segment[row]) if row >= 0 and b.segments else -1
+        else:  # a user the model does not know, on the fallback or popularity path
+            segment = int(self._segments(b, [user_id], np.array([row]), np.array([warm]),
+                                         [variant], degraded)[0])
+        scores = b.models[variant if warm else "popularity"].score_one(items, weights, segment)
+        if len(blocked):
+            scores[blocked] = -np.inf
+        if exclude_seen and warm:
+            scores[items] = -np.inf
+        ids, best = top_n(scores[None, :], n)
+        strategy = variant if warm else (
+            "segment_popularity" if segment >= 0 else "global_popularity")
+        result = UserRecommendations(user_id, self._items(b, ids[0], best[0]), variant,
+                                     strategy, fallback=not warm)
+        self._count(variant, strategy, result.items)
+        for dep in degraded:
+            DEGRADED.labels(dep).inc()
+        return serving, [result], degraded
+
+    def _segments(self, b: ModelBundle, user_ids: Sequence[str], rows: np.ndarray,
+                  warm: np.ndarray, variants: list[str], degraded: list[str]) -> np.ndarray:
+        """Segment code per user: the model's for users it knows, Feast's (cached) for the
+        others where needed (cold start, or the popularity variant); -1 unknown."""
+        segment = np.full(len(user_ids), -1, np.int64)
+        if not b.segments:
+            return segment
+        known = rows >= 0
+        segment[known] = b.user_segment[rows[known]]
+        need = [u for i, u in enumerate(user_ids)
+                if not known[i] and (not warm[i] or variants[i] == "popularity")]
+        if need:
+            found, ok = self.segments.segments(need)
+            if not ok and "feast" not in degraded:
+                degraded.append("feast")
+            for i, u in enumerate(user_ids):
+                if u in found:
+                    segment[i] = b.segment_code(found[u])
+        return segment
+
+    def _count(self, variant: str, strategy: str, items: list[dict[str, Any]]) -> None:
+        children = self._children.get((variant, strategy))
+        if children is None:
+            children = (RECOMMENDATIONS.labels(variant, strategy), TOP_SCORE.labels(strategy))
+            self._children[(variant, strategy)] = children
+        children[0].inc()
+        if items:
+            children[1].observe(items[0]["score"])
+
+    def _live_weights(self, b: ModelBundle, user_ids: Sequence[str],
+                      degraded: list[str]) -> list[dict[int, float]] | None:
+        """Per user: item index -> summed weight of live events newer than the model."""
+        if self.history is None:
+            return None
+        try:
+            events = self.history.read(user_ids)
+        except redis.RedisError as exc:
+            log.warning("live history unavailable, serving training history only: %s", exc)
+            degraded.append("redis")
+            return None
+        weights = b.event_weights
+        lookup = b.items.lookup
+        cutoff = b.cutoff
+        out: list[dict[int, float]] = []
+        for user_events in events:
+            acc: dict[int, float] = {}
+            for ts, event_type, item_id in user_events:
+                if ts <= cutoff:
+                    continue  # already in the training history
+                idx = lookup(item_id)
+                if idx is not None:
+                    acc[idx] = acc.get(idx, 0.0) + weights.get(event_type, 1.0)
+            out.append(acc)
+        return out
+
+    @staticmethod
+    def _items(b: ModelBundle, ids: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
+        keep = ids >= 0
+        ext = b.items.externals(ids[keep])
+        return [{"item_id": item, "score": s}
+                for item, s in zip(ext, np.round(scores[keep].astype(np.float64), 6).tolist(),
+                                   strict=True)]
+
+    # -- similar items -------------------------------------------------------------------
+
+    def similar(self, item_id: str, *, n: int, category: str | None = None
+                ) -> tuple[ServingModel, SimilarItems, list[str]]:
+        serving = self.current()
+        b, state = serving.bundle, serving.items
+        blocked = self._blocked(state, category)
+        degraded = ["feast"] if state.degraded else []
+        idx = b.items.lookup(item_id)
+        # Similar items come from the item vectors of the first factor model in the bundle.
+        variant = next((v for v in ("als", "bpr") if v in b.models), None)
+        scores = b.models[variant].similar(idx) if variant and idx is not None else None
+        if scores is not None:
+            strategy, fallback = str(variant), False
+        else:
+            # Unknown or unplaceable item: popular items of its category, else of everyone.
+            scores = b.popularity.ranking().copy()
+            strategy, fallback = "global_popularity", True
+            own = int(state.category[idx]) if idx is not None else -1
+            if own >= 0 and category is None:
+                scores[state.category != own] = -np.inf
+                strategy = "category_popularity"
+            if idx is not None:
+                scores[idx] = -np.inf
+        scores = scores[None, :].copy()
+        if len(blocked):
+            scores[:, blocked] = -np.inf
+        ids, best = top_n(scores, n)
+        for dep in degraded:
+            DEGRADED.labels(dep).inc()
+        return serving, SimilarItems(item_id, self._items(b, ids[0], best[0]), strategy,
+                                     fallback), degraded
+
+    # -- events --------------------------------------------------------------------------
+
+    def record(self, events: Sequence[Event], *, request_id: str = "") -> list[str]:
+        """Store events in the live history and the durable stream; their stream ids."""
+        if self.history is None:
+            from mlplatform.errors import Unavailable
+
+            raise Unavailable("redis is not configured: set MLSUITE_REDIS_URL", dependency="redis")
+        ids = self.history.append(events, request_id=request_id)
+        for e in events:
+            EVENTS.labels(e.event_type).inc()
+        return ids
+
+    # -- description ---------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        serving = self.current()
+        v, b, state = serving.version, serving.bundle, serving.items
+        return {
+            "model": v.label,
+            "name": v.name,
+            "version": v.version,
+            "alias": self.live.alias,
+            "created_at": v.metadata.get("created_at"),
+            "variants": b.variants,
+            "experiment": None if self.experiment is None else {
+                "name": self.experiment.name, "salt": self.experiment.salt,
+                "weights": dict(self.experiment.variants)},
+            "metrics": v.metadata.get("metrics", b.metrics),
+            "params": v.metadata.get("params", {}),
+            "data_fingerprint": v.metadata.get("data_fingerprint"),
+            "catalogue_size": len(b.items),
+            "known_users": len(b.users),
+            "data_cutoff": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(b.cutoff)),
+            "item_features": {
+                "source": state.source,
+                "in_stock": int(state.in_stock.sum()),
+                "age_seconds": round(time.time() - state.loaded_at, 3),
+                "refresh_seconds": round(self.item_features.period, 3),
+            },
+        }

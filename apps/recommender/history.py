@@ -1,0 +1,106 @@
+"""Live interaction history in Redis: what every replica reads to personalise in real time.
+
+Two structures, written together in one MULTI/EXEC round trip per request:
+
+- ``mlsuite:rec:hist:<user_id>``: a LIST of the user's most recent events, newest first,
+  trimmed to ``max_events`` and expiring ``ttl_seconds`` after the user's last event.
+  A request reads one list (one LRANGE, one round trip; a batch pipelines them), so
+  an event posted to any replica changes the next recommendation on every replica.
+  Bounded by design: a bot cannot grow a key without limit, and an idle user costs nothing.
+- ``mlsuite:rec:events``: a durable STREAM of every event (XADD), the record that feeds
+  the offline store and the next training run. ``MAXLEN ~ stream_maxlen`` trims the
+  oldest entries approximately (cheap whole-node trimming), so the stream holds the
+  last ~1M events (~150 MB): consumers (export to parquet/Feast offline store) must
+  read within that window. Durability is Redis's: AOF with fsync every second (the
+  embedded server's setting) loses at most the last second on a crash of the host.
+
+An event is acknowledged (HTTP 201) only after EXEC returned, i.e. both writes are in
+Redis; a Redis error is an ``Unavailable(dependency="redis")`` and nothing was written.
+
+>>> encode_event(1700000000.5, "view", "i00042")
+b'1700000000500|view|i00042'
+>>> decode_event(b'1700000000500|view|i00042')
+(1700000000.5, 'view', 'i00042')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+from mlplatform.errors import Unavailable
+
+__all__ = ["Event", "HistoryStore", "decode_event", "encode_event"]
+
+HISTORY_PREFIX = "mlsuite:rec:hist:"
+STREAM_KEY = "mlsuite:rec:events"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One interaction: who, what, which kind, when (epoch seconds, UTC)."""
+
+    user_id: str
+    item_id: str
+    event_type: str
+    timestamp: float
+
+
+def encode_event(timestamp: float, event_type: str, item_id: str) -> bytes:
+    # Item id last: ids may contain any character the API allows, the split stops at 2.
+    return f"{round(timestamp * 1000)}|{event_type}|{item_id}".encode()
+
+
+def decode_event(raw: bytes) -> tuple[float, str, str]:
+    ts, event_type, item_id = raw.decode().split("|", 2)
+    return int(ts) / 1000, event_type, item_id
+
+
+class HistoryStore:
+    """Per-user recent events plus the durable event stream, on one Redis."""
+
+    def __init__(self, client: redis.Redis, *, max_events: int = 200,
+                 ttl_seconds: int = 30 * 86_400, stream_maxlen: int = 1_000_000) -> None:
+        self.client = client
+        self.max_events = max_events
+        self.ttl_seconds = ttl_seconds
+        self.stream_maxlen = stream_maxlen
+
+    def append(self, events: Sequence[Event], *, request_id: str = "") -> list[str]:
+        """Write events atomically (one round trip); the stream ids, in order."""
+        pipe = self.client.pipeline(transaction=True)
+        for e in events:
+            key = HISTORY_PREFIX + e.user_id
+            pipe.lpush(key, encode_event(e.timestamp, e.event_type, e.item_id))
+            pipe.ltrim(key, 0, self.max_events - 1)
+            pipe.expire(key, self.ttl_seconds)
+            pipe.xadd(STREAM_KEY, {"user_id": e.user_id, "item_id": e.item_id,
+                                   "event_type": e.event_type, "ts": f"{e.timestamp:.3f}",
+                                   "request_id": request_id},
+                      maxlen=self.stream_maxlen, approximate=True)
+        try:
+            results = pipe.execute()
+        except redis.RedisError as exc:
+            raise Unavailable(f"redis is unavailable, events not recorded: {exc}",
+                              dependency="redis") from exc
+        return [r.decode() if isinstance(r, bytes) else str(r) for r in results[3::4]]
+
+    def read(self, user_ids: Sequence[str]) -> list[list[tuple[float, str, str]]]:
+        """Each user's recent events, newest first (one round trip). Raises RedisError."""
+        raws: list[list[bytes]]
+        if len(user_ids) == 1:
+            key = HISTORY_PREFIX + user_ids[0]
+            raws = [self.client.lrange(key, 0, self.max_events - 1)]  # type: ignore[list-item]
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for user_id in user_ids:
+                pipe.lrange(HISTORY_PREFIX + user_id, 0, self.max_events - 1)
+            raws = pipe.execute()
+        return [[decode_event(r) for r in raw] for raw in raws]
+
+    def stream_length(self) -> int:
+        return int(self.client.xlen(STREAM_KEY))
+
+    def clear(self, user_id: str) -> None:
+        self.client.delete(HISTORY_PREFIX + user_id)

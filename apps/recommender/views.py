@@ -1,0 +1,165 @@
+"""HTTP views: parse the request, call the engine, serialise. Nothing else lives here.
+
+Every bad input is a ``BadRequest`` naming the field (``n``, ``user_ids[3]``,
+``events[0].event_type``, ``body``); mlplatform.http turns it into the JSON error shape.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify
+from mlplatform.errors import BadRequest
+from mlplatform.http import check_id, json_body, query_bool, query_int, query_str
+
+from recommender.data import EVENT_TYPES
+from recommender.engine import Engine, UserRecommendations
+from recommender.history import Event
+
+__all__ = ["MAX_N", "bp", "get_engine"]
+
+bp = Blueprint("recommender", __name__, url_prefix="/v1")
+
+MAX_N = 100
+FUTURE_TOLERANCE_SECONDS = 300  # clock skew we accept on client timestamps
+
+
+def get_engine() -> Engine:
+    return current_app.extensions["recommender.engine"]  # type: ignore[no-any-return]
+
+
+def _user_result(r: UserRecommendations) -> dict[str, Any]:
+    return {"user_id": r.user_id, "variant": r.variant, "strategy": r.strategy,
+            "fallback": r.fallback, "items": r.items}
+
+
+@bp.get("/users/<user_id>/recommendations")
+def user_recommendations(user_id: str) -> Response:
+    user_id = check_id(user_id, "user_id")
+    n = query_int("n", 10, 1, MAX_N)
+    exclude_seen = query_bool("exclude_seen", True)
+    category = query_str("category")
+    serving, results, degraded = get_engine().recommend(
+        [user_id], n=n, exclude_seen=exclude_seen, category=category)
+    body = _user_result(results[0])
+    return jsonify({"model": serving.version.label, **body, "degraded": degraded})
+
+
+@bp.post("/recommendations/batch")
+def batch_recommendations() -> Response:
+    body = json_body()
+    if not isinstance(body, dict):
+        raise BadRequest(f"body must be a JSON object, got {type(body).__name__}", field="body")
+    limit = current_app.config["RECOMMENDER_MAX_BATCH_USERS"]
+    user_ids = body.get("user_ids")
+    if not isinstance(user_ids, list) or not 1 <= len(user_ids) <= limit:
+        got = f"{len(user_ids)} ids" if isinstance(user_ids, list) else type(user_ids).__name__
+        raise BadRequest(f"user_ids must be a list of 1 to {limit} user ids, got {got}",
+                         field="user_ids")
+    ids = [check_id(u, f"user_ids[{i}]") for i, u in enumerate(user_ids)]
+    n = _int_field(body, "n", 10, 1, MAX_N)
+    exclude_seen = _bool_field(body, "exclude_seen", True)
+    category = body.get("category")
+    if category is not None and not isinstance(category, str):
+        raise BadRequest(f"category must be a string or null, got {type(category).__name__}",
+                         field="category")
+    serving, results, degraded = get_engine().recommend(
+        ids, n=n, exclude_seen=exclude_seen, category=category or None)
+    return jsonify({"model": serving.version.label, "degraded": degraded,
+                    "results": [_user_result(r) for r in results]})
+
+
+@bp.get("/items/<item_id>/similar")
+def similar_items(item_id: str) -> Response:
+    item_id = check_id(item_id, "item_id")
+    n = query_int("n", 10, 1, MAX_N)
+    category = query_str("category")
+    serving, result, degraded = get_engine().similar(item_id, n=n, category=category)
+    return jsonify({"model": serving.version.label, "item_id": result.item_id,
+                    "strategy": result.strategy, "fallback": result.fallback,
+                    "items": result.items, "degraded": degraded})
+
+
+@bp.post("/events")
+def post_events() -> tuple[Response, int]:
+    body = json_body()
+    if isinstance(body, dict) and "events" in body:
+        raw, prefix = body["events"], "events"
+    elif isinstance(body, list):
+        raw, prefix = body, "events"
+    else:
+        raw, prefix = [body], ""
+    limit = current_app.config["RECOMMENDER_MAX_EVENTS_PER_REQUEST"]
+    if not isinstance(raw, list) or not 1 <= len(raw) <= limit:
+        got = f"{len(raw)} events" if isinstance(raw, list) else type(raw).__name__
+        raise BadRequest(f"events must be a list of 1 to {limit} events, got {got}",
+                         field="events")
+    now = time.time()
+    events = [_event(e, f"{prefix}[{i}]." if prefix else "", now) for i, e in enumerate(raw)]
+    ids = get_engine().record(events, request_id=g.get("request_id", ""))
+    return jsonify({"accepted": len(ids), "ids": ids}), 201
+
+
+@bp.get("/model")
+def model_info() -> Response:
+    return jsonify(get_engine().describe())
+
+
+# -- parsing helpers ---------------------------------------------------------------------
+
+def _int_field(body: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
+    value = body.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise BadRequest(f"{name} must be an integer in [{lo}, {hi}], got {value!r}", field=name)
+    return value
+
+
+def _bool_field(body: dict[str, Any], name: str, default: bool) -> bool:
+    value = body.get(name, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name} must be true or false, got {value!r}", field=name)
+    return value
+
+
+def _event(raw: Any, prefix: str, now: float) -> Event:
+    if not isinstance(raw, dict):
+        field = prefix.rstrip(".") or "body"
+        raise BadRequest(f"{field} must be an event object with user_id, item_id and "
+                         f"event_type, got {type(raw).__name__}", field=field)
+    for name in ("user_id", "item_id", "event_type"):
+        if raw.get(name) is None:
+            raise BadRequest(f"{prefix}{name} is required", field=prefix + name)
+    user_id = check_id(raw["user_id"], prefix + "user_id")
+    item_id = check_id(raw["item_id"], prefix + "item_id")
+    event_type = raw["event_type"]
+    if event_type not in EVENT_TYPES:
+        raise BadRequest(f"{prefix}event_type must be one of {', '.join(EVENT_TYPES)}, "
+                         f"got {event_type!r}", field=prefix + "event_type")
+    timestamp = _timestamp(raw.get("timestamp"), prefix + "timestamp", now)
+    return Event(user_id, item_id, event_type, timestamp)
+
+
+def _timestamp(value: Any, field: str, now: float) -> float:
+    """Epoch seconds or ISO-8601 with a zone; default now; not in the future."""
+    if value is None:
+        return now
+    if isinstance(value, bool):
+        ts = math.nan
+    elif isinstance(value, int | float):
+        ts = float(value)
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+            ts = moment.timestamp() if moment.tzinfo is not None else math.nan
+        except ValueError:
+            ts = math.nan
+    else:
+        ts = math.nan
+    if not math.isfinite(ts) or ts < 0 or ts > now + FUTURE_TOLERANCE_SECONDS:
+        raise BadRequest(
+            f"{field} must be epoch seconds or an ISO-8601 time with a zone, not in the "
+            f"future, got {value!r}", field=field)
+    return ts

@@ -1,0 +1,150 @@
+"""``mlsuite bench``: start the stack, drive every endpoint, report.
+
+For each endpoint, in order (the bare Flask baseline first: it is the ceiling any Flask
+endpoint reaches on this machine and server):
+
+1. **saturation**: a closed loop over ``connections`` keep-alive connections, after a
+   warm-up, for ``duration`` seconds: the peak requests/s and the latency under it;
+2. **half of peak**: an open loop at half that rate for ``duration`` seconds: the
+   latency a service shows at a moderate load, measured from each request's scheduled
+   send time.
+
+One generator (``mlplatform.bench.loadgen``) drives every endpoint, so the ratios
+between them are fair; it runs in its own process(es) on the same machine, taking CPU
+from the servers as any local load generator would (its share is in the JSON).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mlplatform.bench.loadgen import LoadResult, Progress, run_load
+from mlplatform.bench.payloads import Endpoint, endpoints_for
+from mlplatform.bench.report import build_report, format_row, format_table, write_json
+from mlplatform.bench.stack import Stack
+from mlplatform.config import Settings
+
+__all__ = ["BenchOptions", "measure_endpoint", "run_bench"]
+
+
+class BenchOptions:
+    """What ``mlsuite bench`` was asked to do."""
+
+    def __init__(self, *, services: Sequence[str], server: str, workers: int, duration: float,
+                 warmup: float, connections: int, processes: int, batch_size: int,
+                 only: Sequence[str] = (), json_path: Path | None = None,
+                 progress: str = "bar") -> None:
+        self.services = list(services)
+        self.server = server
+        self.workers = workers
+        self.duration = duration
+        self.warmup = warmup
+        self.connections = connections
+        self.processes = processes
+        self.batch_size = batch_size
+        self.only = list(only)
+        self.json_path = json_path
+        self.progress = progress  # "bar" (a terminal), "lines" or "none"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"server": self.server, "workers": self.workers, "duration_s": self.duration,
+                "warmup_s": self.warmup, "connections": self.connections,
+                "batch_size": self.batch_size, "services": self.services,
+                "generator": {"kind": "mlplatform.bench.loadgen", "processes": self.processes}}
+
+
+class _Bar:
+    """A tqdm bar over one measurement's seconds, with the live rate and error count."""
+
+    def __init__(self, label: str, seconds: float, mode: str, say: Callable[[str], None]) -> None:
+        self.bar = None
+        if mode == "lines":  # not a terminal: one line per measurement
+            say(f"  {label}: {seconds:g}s ...")
+        elif mode == "bar":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=round(seconds, 1), desc=label, unit="s", leave=False,
+                            bar_format="{desc:<44} {bar:20} {n:4.0f}/{total:.0f}s {postfix}")
+        self._last = (time.monotonic(), 0)
+
+    def __call__(self, p: Progress) -> None:
+        if self.bar is None:
+            return
+        now = time.monotonic()
+        t0, n0 = self._last
+        if now - t0 >= 0.5:
+            rate = (p.responses - n0) / (now - t0)
+            self._last = (now, p.responses)
+            self.bar.set_postfix_str(f"{p.phase}: {rate:,.0f} req/s, {p.errors} errors",
+                                     refresh=False)
+        self.bar.n = min(p.elapsed, self.bar.total)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def measure_endpoint(endpoint: Endpoint, host: str, port: int, opts: BenchOptions,
+                     say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Saturation, then half of its peak: one report row."""
+    target = endpoint.target(host, port)
+    bar = _Bar(f"{endpoint.name} saturation", opts.warmup + opts.duration, opts.progress, say)
+    try:
+        peak = run_load(target, connections=opts.connections, duration=opts.duration,
+                        warmup=opts.warmup, processes=opts.processes, progress=bar)
+    finally:
+        bar.close()
+    row: dict[str, Any] = {
+        "name": endpoint.name, "service": endpoint.service, "route": endpoint.route,
+        "unit": endpoint.unit, "items_per_request": endpoint.items_per_request,
+        "saturation": peak.summary(), "half_rate": None,
+    }
+    if peak.rps > 0:
+        rate = peak.rps / 2
+        warm = min(opts.warmup, 1.0)
+        bar = _Bar(f"{endpoint.name} at {rate:,.0f} req/s", warm + opts.duration, opts.progress,
+                   say)
+        try:
+            half: LoadResult = run_load(target, connections=opts.connections,
+                                        duration=opts.duration, warmup=warm, rate=rate,
+                                        processes=opts.processes, progress=bar)
+        finally:
+            bar.close()
+        row["half_rate"] = half.summary()
+    return row
+
+
+def run_bench(settings: Settings, opts: BenchOptions, say: Callable[[str], None] = print
+              ) -> dict[str, Any]:
+    """Everything ``mlsuite bench`` does; returns the report (also written as JSON)."""
+    loadavg = os.getloadavg() if hasattr(os, "getloadavg") else None
+    rows: list[dict[str, Any]] = []
+    with Stack(settings, opts.services, server=opts.server, workers=opts.workers,
+               name="bench", say=say) as stack:
+        endpoints = endpoints_for(opts.services, stack.settings.data_dir,
+                                  batch_size=opts.batch_size, seed=settings.seed)
+        if opts.only:
+            endpoints = [e for e in endpoints if e.name == "baseline.ping"
+                         or any(o in e.name for o in opts.only)]
+        say("")
+        for endpoint in endpoints:
+            row = measure_endpoint(endpoint, "127.0.0.1", stack.ports[endpoint.service], opts, say)
+            rows.append(row)
+            dead = [s for s in opts.services if s not in stack.alive()]
+            if dead:
+                raise RuntimeError(f"{', '.join(dead)} exited during the bench")
+            build_report(rows, settings=opts.as_dict(), loadavg_before=loadavg)  # ratios so far
+            say(format_row(row))
+    report = build_report(rows, settings=opts.as_dict(), loadavg_before=loadavg)
+    if opts.json_path is not None:
+        write_json(report, opts.json_path)
+    say("")
+    say(format_table(report))
+    if opts.json_path is not None:
+        say(f"\nJSON report: {opts.json_path}")
+    return report

@@ -1,0 +1,149 @@
+"""The endpoints ``mlsuite bench`` drives, with request payloads taken from the data files.
+
+Ids and transactions come from the simulated (or real) parquet files in the data folder,
+read with pyarrow: the bench never imports an app. Each endpoint gets a pool of distinct
+requests that the load generator cycles through, so caches see a realistic spread of
+users, items and cards rather than one hot key. Transaction ids carry the generator's
+``UNIQUE`` marker: the fraud service answers a repeated id from its decision log (a
+client retry), which is not the scoring path under test.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mlplatform.bench.loadgen import UNIQUE, Target
+from mlplatform.errors import MLSuiteError
+
+__all__ = ["SERVICES", "Endpoint", "endpoints_for", "pool_size"]
+
+SERVICES = ("baseline", "recommender", "fraud")
+EVENT_MIX = (("view", 0.80), ("add_to_cart", 0.15), ("purchase", 0.05))
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One endpoint under test: what it is, which service serves it, and its requests."""
+
+    name: str  # short key used in the JSON report, e.g. "recommender.recommendations"
+    service: str
+    method: str
+    route: str  # for people: "GET /v1/users/<id>/recommendations?n=10"
+    unit: str  # what items/s counts: "requests", "users", "transactions"
+    items_per_request: int
+    requests: tuple[tuple[str, bytes | None], ...]  # (path, body)
+
+    def target(self, host: str, port: int) -> Target:
+        return Target.of(self.name, host, port, self.method, self.requests, self.items_per_request)
+
+
+def pool_size(n: int) -> int:
+    """How many distinct requests to build from ``n`` available rows (at most 4,000)."""
+    return max(1, min(n, 4000))
+
+
+def endpoints_for(services: Sequence[str], data_dir: Path, *, batch_size: int = 100,
+                  seed: int = 42) -> list[Endpoint]:
+    """The endpoints of ``services``, in the order they are benchmarked."""
+    unknown = [s for s in services if s not in SERVICES]
+    if unknown:
+        raise MLSuiteError(f"unknown service {unknown[0]!r} to bench; expected some of "
+                           f"{', '.join(SERVICES)}")
+    rng = random.Random(seed)
+    out: list[Endpoint] = []
+    for service in SERVICES:  # a fixed order: the baseline first, it is the reference
+        if service not in services:
+            continue
+        if service == "baseline":
+            out.append(Endpoint("baseline.ping", "baseline", "GET", "GET /ping", "requests", 1,
+                                (("/ping", None),)))
+        elif service == "recommender":
+            out += _recommender(Path(data_dir) / "shop", rng, batch_size)
+        else:
+            out += _fraud(Path(data_dir) / "payments", rng, batch_size)
+    return out
+
+
+def _column(path: Path, column: str) -> list[Any]:
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise MLSuiteError(f"no {path.name} in {path.parent}: simulate the data first "
+                           f"(`mlsuite simulate`)")
+    return pq.read_table(path, columns=[column]).column(column).to_pylist()  # type: ignore[no-any-return]
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _recommender(shop: Path, rng: random.Random, batch_size: int) -> list[Endpoint]:
+    users = _column(shop / "users.parquet", "user_id")
+    items = _column(shop / "items.parquet", "item_id")
+    rng.shuffle(users)
+    rng.shuffle(items)
+    some_users = users[:pool_size(len(users))]
+    some_items = items[:pool_size(len(items))]
+    kinds = [k for k, _ in EVENT_MIX]
+    weights = [w for _, w in EVENT_MIX]
+    batches = [[users[(i * batch_size + j) % len(users)] for j in range(batch_size)]
+               for i in range(pool_size(max(1, len(users) // batch_size)))]
+    events = [{"user_id": rng.choice(users), "item_id": rng.choice(items),
+               "event_type": rng.choices(kinds, weights)[0]} for _ in range(4000)]
+    return [
+        Endpoint("recommender.recommendations", "recommender", "GET",
+                 "GET /v1/users/<id>/recommendations?n=10", "requests", 1,
+                 tuple((f"/v1/users/{u}/recommendations?n=10", None) for u in some_users)),
+        Endpoint("recommender.batch", "recommender", "POST",
+                 f"POST /v1/recommendations/batch ({batch_size} users)", "users", batch_size,
+                 tuple(("/v1/recommendations/batch", _json({"user_ids": b, "n": 10}))
+                       for b in batches)),
+        Endpoint("recommender.similar", "recommender", "GET",
+                 "GET /v1/items/<id>/similar?n=10", "requests", 1,
+                 tuple((f"/v1/items/{i}/similar?n=10", None) for i in some_items)),
+        # Last: events grow users' live histories, which the endpoints above read.
+        Endpoint("recommender.events", "recommender", "POST", "POST /v1/events (1 event)",
+                 "requests", 1, tuple(("/v1/events", _json(e)) for e in events)),
+    ]
+
+
+TX_FIELDS = ("card_id", "merchant_id", "amount", "currency", "country", "channel", "device_id")
+
+
+def _transactions(payments: Path, rng: random.Random, n: int) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    path = payments / "transactions.parquet"
+    if not path.is_file():
+        raise MLSuiteError(f"no transactions.parquet in {payments}: simulate the data first "
+                           f"(`mlsuite simulate`)")
+    table = pq.read_table(path, columns=list(TX_FIELDS))
+    rows = rng.sample(range(table.num_rows), min(n, table.num_rows))
+    picked = table.take(rows).to_pylist()
+    # The transactions happen now: velocity windows and freshness checks see live traffic.
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return [{"timestamp": now, **{k: v for k, v in row.items() if v is not None}} for row in picked]
+
+
+def _fraud(payments: Path, rng: random.Random, batch_size: int) -> list[Endpoint]:
+    txs = _transactions(payments, rng, 4000)
+    singles = tuple(("/v1/transactions/score",
+                     _json({"transaction_id": f"bench-{UNIQUE}", **t})) for t in txs)
+    batches = []
+    for b in range(max(1, min(200, len(txs) // batch_size))):
+        chunk = [{"transaction_id": f"bench-{UNIQUE}-{k}", **txs[(b * batch_size + k) % len(txs)]}
+                 for k in range(batch_size)]
+        batches.append(("/v1/transactions/score/batch", _json({"transactions": chunk})))
+    return [
+        Endpoint("fraud.score", "fraud", "POST", "POST /v1/transactions/score", "requests", 1,
+                 singles),
+        Endpoint("fraud.batch", "fraud", "POST",
+                 f"POST /v1/transactions/score/batch ({batch_size} transactions)",
+                 "transactions", batch_size, tuple(batches)),
+    ]

@@ -1,0 +1,186 @@
+"""A throwaway stack for measurements: services on free loopback ports, stopped together.
+
+``mlsuite bench`` and ``mlsuite loadtest`` (when given no hosts) need the same thing:
+data in the data folder (simulated if missing), Redis, Feast definitions applied and
+materialized, a production model for each app (the apps' ``ensure_model`` hooks, as
+``mlsuite demo`` runs them) and each service under the production server on its own
+free port on 127.0.0.1. Everything started here is stopped on exit, Ctrl-C included.
+
+Redis is ``MLSUITE_REDIS_URL`` when set; otherwise a private embedded server in
+``<data_dir>/run/<name>/``, deleted afterwards, so a benchmark neither reads nor pollutes
+the demo's Redis (events, velocity counters, decisions) and never shares its CPU with a
+demo still running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Self
+
+from mlplatform import serving
+from mlplatform.config import Settings
+from mlplatform.redisdb import EmbeddedRedis, free_port
+
+__all__ = ["APP_SERVICES", "Stack", "sigterm_interrupts", "wait_http"]
+
+log = logging.getLogger(__name__)
+
+APP_SERVICES = ("recommender", "fraud")
+LOOPBACK = "127.0.0.1"
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Inside, SIGTERM raises KeyboardInterrupt like Ctrl-C, so cleanup code runs for both."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll ``url`` until it answers 2xx (for apps without /readyz, like the bare baseline)."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server for {url} exited with status {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                resp.read()
+                return
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}"
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s: {last}")
+
+
+class Stack:
+    """Start ``services`` (names of "mlsuite.services" entry points) for one run."""
+
+    def __init__(self, settings: Settings, services: Sequence[str], *, server: str, workers: int,
+                 name: str = "bench", say: Callable[[str], None] = print) -> None:
+        for service in services:
+            serving.service_target(service)  # unknown names fail before any work
+        self.settings = settings.with_(host=LOOPBACK)
+        self.services = list(services)
+        self.server = server
+        self.workers = workers
+        self.name = name
+        self.say = say
+        self.urls: dict[str, str] = {}
+        self.ports: dict[str, int] = {}
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._redis: EmbeddedRedis | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.settings.data_dir / "run" / self.name
+
+    def start(self) -> dict[str, str]:
+        """Prepare and start everything; returns ``{service: base URL}``."""
+        apps = [s for s in self.services if s in APP_SERVICES]
+        if apps:
+            self._ensure_data()
+        if self.settings.redis_url:
+            redis_url = self.settings.redis_url
+        else:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            self._redis = EmbeddedRedis(self.run_dir)
+            redis_url = self._redis.start()
+            self.say(f"redis: private embedded server {redis_url}")
+        self.settings = self.settings.with_(redis_url=redis_url)
+        if apps:
+            self._prepare_features(private_redis=self._redis is not None)
+            from mlplatform.demo import prepare_models
+
+            self.say(f"models: making sure {', '.join(apps)} have a production model")
+            prepare_models(self.settings, apps)
+        for service in self.services:
+            port = free_port(LOOPBACK)
+            self._procs[service] = serving.spawn(service, self.settings, port=port,
+                                                 workers=self.workers, server=self.server,
+                                                 redis_url=redis_url)
+            self.ports[service] = port
+            self.urls[service] = f"http://{LOOPBACK}:{port}"
+        for service, proc in self._procs.items():
+            self._wait(service, proc)
+            self.say(f"{service}: {self.urls[service]} ({self.server}, {self.workers} workers)")
+        return dict(self.urls)
+
+    def _ensure_data(self) -> None:
+        if serving.data_ready(self.settings.data_dir):
+            return
+        from mlplatform.simulate import DEFAULT_SIZES, simulate_all
+
+        self.say(f"data: none in {self.settings.data_dir}, simulating (seed {self.settings.seed})")
+        simulate_all(self.settings.data_dir, seed=self.settings.seed, progress=True, **DEFAULT_SIZES)
+
+    def _prepare_features(self, *, private_redis: bool) -> None:
+        try:
+            from mlplatform.features import FeatureStoreAdapter
+        except ImportError:  # a platform without Feast support: the apps do without
+            return
+        self.say("feast: apply and materialize")
+        store = FeatureStoreAdapter.from_settings(self.settings)
+        store.apply()
+        # A Redis online store on a fresh private server holds nothing yet, whatever the
+        # registry remembers of earlier materializations: load it all.
+        store.materialize(full=private_redis and store.online_store_type == "redis")
+
+    def _wait(self, service: str, proc: subprocess.Popen[bytes]) -> None:
+        url = self.urls[service]
+        if service in APP_SERVICES or service == "baseline-conventions":
+            serving.wait_ready(url, timeout=180, proc=proc)
+        else:
+            wait_http(f"{url}/ping", timeout=60, proc=proc)
+
+    def pid(self, service: str) -> int:
+        return self._procs[service].pid
+
+    def alive(self) -> list[str]:
+        return [s for s, p in self._procs.items() if p.poll() is None]
+
+    def stop(self) -> None:
+        """Stop the servers, then Redis; safe to call twice."""
+        for service, proc in self._procs.items():
+            serving.stop_process(proc)
+            if proc.returncode not in (0, None, -15):
+                log.info("%s exited with status %s", service, proc.returncode)
+            # serving.spawn's multiprocess metrics folder: nothing reads it after the run
+            shutil.rmtree(self.settings.data_dir / "run" / f"prometheus-{service}-{self.ports[service]}",
+                          ignore_errors=True)
+        self._procs.clear()
+        if self._redis is not None:
+            self._redis.stop()
+            self._redis = None
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

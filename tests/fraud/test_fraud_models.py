@@ -1,0 +1,136 @@
+"""One contract every model variant meets: dicts in, probabilities out, reasons that
+make sense, identical after a save/load, online variants learn and batch ones do not."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fraud.models import VARIANTS, Artifact, feature_names_of, make_model
+from fraud.thresholds import Thresholds
+
+
+def _data(n: int = 3000, seed: int = 0) -> tuple[list[dict[str, float]], np.ndarray]:
+    """Fraud = bursts of large amounts on new devices; a category one-hot on the side."""
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for _ in range(n):
+        fraud = rng.random() < 0.05
+        x = {
+            "amount": float(rng.lognormal(6 if fraud else 3.5, 0.6)),
+            "card_count_1h": float(rng.poisson(6 if fraud else 0.5)),
+            "card_new_device": float(rng.random() < (0.8 if fraud else 0.1)),
+            "hour_sin": float(rng.uniform(-1, 1)),
+            f"mcat={rng.choice(['grocery', 'jewelry', 'travel'])}": 1.0,
+        }
+        xs.append(x)
+        ys.append(fraud)
+    return xs, np.array(ys)
+
+
+def _fit(kind: str, xs: list[dict[str, float]], ys: np.ndarray) -> Any:
+    model = make_model(kind, feature_names_of(xs))
+    if model.online:
+        for x, y in zip(xs, ys):
+            model.learn_one(x, bool(y))
+    else:
+        model.fit(xs, ys)
+    return model
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def fitted(request: pytest.FixtureRequest) -> tuple[str, Any]:
+    xs, ys = _data()
+    return request.param, _fit(request.param, xs, ys)
+
+
+def test_scores_are_probabilities_that_rank_fraud_first(fitted: tuple[str, Any]) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    kind, model = fitted
+    xs, ys = _data(1000, seed=1)
+    p = model.predictor()
+    scores = p.predict(p.matrix(xs))
+    assert scores.shape == (1000,) and np.all((scores >= 0) & (scores <= 1))
+    assert roc_auc_score(ys, scores) > 0.9, f"{kind} does not separate fraud"
+
+
+def test_one_row_and_many_rows_score_the_same(fitted: tuple[str, Any]) -> None:
+    _, model = fitted
+    xs, _ = _data(20, seed=2)
+    p = model.predictor()
+    many, many_reasons = p.score(xs, 3)
+    singles = [p.score([x], 3) for x in xs]
+    np.testing.assert_allclose([s[0][0] for s in singles], many, rtol=1e-9, atol=1e-12)
+    assert [[r.feature for r in s[1][0]] for s in singles] == \
+        [[r.feature for r in rs] for rs in many_reasons]
+
+
+def test_reasons_are_the_features_that_raised_the_score(fitted: tuple[str, Any]) -> None:
+    kind, model = fitted
+    p = model.predictor()
+    burst = {"amount": 900.0, "card_count_1h": 9.0, "card_new_device": 1.0, "hour_sin": 0.0,
+             "mcat=grocery": 1.0}
+    [score], [reasons] = p.score([burst], 3)
+    assert score > 0.5
+    assert 1 <= len(reasons) <= 3
+    names = [r.feature for r in reasons]
+    assert set(names) <= set(p.feature_names)
+    assert {"amount", "card_count_1h", "card_new_device"} & set(names), (kind, names)
+    assert all(r.contribution > 0 for r in reasons)
+    assert [r.contribution for r in reasons] == sorted((r.contribution for r in reasons),
+                                                       reverse=True)
+    assert not any(n.startswith("mcat=") and n != "mcat=grocery" for n in names), \
+        "a category the transaction is not in cannot be a reason"
+    assert p.score([burst], 0)[1] == [[]]
+
+
+def test_missing_and_unknown_features_read_as_zero(fitted: tuple[str, Any]) -> None:
+    _, model = fitted
+    p = model.predictor()
+    x = {"amount": 20.0, "card_count_1h": 0.0, "card_new_device": 0.0, "hour_sin": 0.0}
+    padded = {**x, "mcat=grocery": 0.0, "something_new": 123.0}
+    assert p.score([x], 3)[0] == p.score([padded], 3)[0]
+
+
+def test_artifacts_round_trip_exactly(fitted: tuple[str, Any], tmp_path: Path) -> None:
+    _, model = fitted
+    Artifact(model, Thresholds(0.3, 0.8)).save(tmp_path)
+    loaded = Artifact.load(tmp_path)
+    xs, _ = _data(200, seed=3)
+    a, b = model.predictor(), loaded.model.predictor()
+    assert np.array_equal(a.predict(a.matrix(xs)), b.predict(b.matrix(xs)))
+    assert loaded.thresholds == Thresholds(0.3, 0.8)
+
+
+def test_online_variants_learn_and_batch_variants_stay_put(fitted: tuple[str, Any]) -> None:
+    kind, model = fitted
+    model = copy.deepcopy(model)
+    x = {"amount": 30.0, "card_count_1h": 0.0, "card_new_device": 0.0, "hour_sin": 0.0}
+    before = model.predictor().score([x], 0)[0][0]
+    for _ in range(20):
+        model.learn_one(x, True)
+    after = model.predictor().score([x], 0)[0][0]
+    if model.online:
+        assert after > before, f"{kind} did not learn from 20 fraud labels"
+    else:
+        assert after == before, f"{kind} is a batch model: labels must not move it"
+
+
+def test_the_online_predictor_equals_rivers_own_prediction() -> None:
+    xs, ys = _data(500)
+    model = _fit("online-lr", xs, ys)
+    p = model.predictor()
+    ours = p.predict(p.matrix(xs[:50]))
+    rivers = [model.predict_proba_one(x) for x in xs[:50]]
+    np.testing.assert_allclose(ours, rivers, rtol=1e-9, atol=1e-12)
+
+
+def test_learning_is_deterministic() -> None:
+    xs, ys = _data(800)
+    a, b = _fit("online-lr", xs, ys).predictor(), _fit("online-lr", xs, ys).predictor()
+    assert np.array_equal(a.predict(a.matrix(xs)), b.predict(b.matrix(xs)))

@@ -1,0 +1,119 @@
+"""Velocity features: the Redis store (online) and the in-memory store (offline replay)
+give identical vectors for the same transactions."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from fraud.features import event_of, offline_vectors
+from fraud.profiles import FrameProfiles
+from fraud.training import Dataset
+from fraud.velocity import (
+    Event,
+    MemoryVelocityStore,
+    RedisVelocityStore,
+    velocity_features,
+)
+
+
+def _features(store, events, chunks):  # type: ignore[no-untyped-def]
+    out, i = [], 0
+    for size in chunks:
+        part = events[i:i + size]
+        out += [velocity_features(e, h) for e, h in zip(part, store.observe(part))]
+        i += size
+    return out
+
+
+def test_online_and_offline_velocity_match_on_simulated_payments(
+        redis_client: redis.Redis, payments_data: Dataset) -> None:
+    from fraud.schema import transactions_from_frame
+
+    txs = transactions_from_frame(payments_data.frame.iloc[:4000])
+    events = [event_of(t) for t in txs]
+    # Online: single scores and batches of several sizes (one pipeline each), as the API sends.
+    chunks = [1] * 300 + [7, 50, 500, 1] + [1000] * 3 + [4000]
+    online = _features(RedisVelocityStore(redis_client, "t:"), events, chunks)
+    offline = _features(MemoryVelocityStore(), events, [len(events)])
+    assert len(online) == len(offline) == 4000
+    mismatches = [(i, a, b) for i, (a, b) in enumerate(zip(online, offline)) if a != b]
+    assert not mismatches, f"first mismatch at row {mismatches[0][0]}: {mismatches[0][1:]}"
+    # Not vacuous: the sample exercises the features (shared devices come from EDGE_CASES).
+    constant = [name for name in online[0] if len({f[name] for f in online}) == 1]
+    assert constant in ([], ["device_distinct_cards_24h"]), constant
+
+
+def _e(i: int, ts: float, card: str = "c1", merchant: str = "m1", amount: float = 10.0,
+       country: str = "FR", device: str | None = "d1") -> Event:
+    return Event(f"t{i}", ts, card, merchant, amount, country, device)
+
+
+EDGE_CASES = {
+    "ties at one timestamp": [_e(1, 1000.0), _e(2, 1000.0, amount=0.1), _e(3, 1000.0)],
+    "window boundaries exactly 60 s / 1 h / 24 h back": [
+        _e(1, 1000.0), _e(2, 1060.0), _e(3, 1000.0 + 3600), _e(4, 1000.0 + 86400)],
+    "history older than the trim horizon": [_e(1, 0.0), _e(2, 10.0), _e(3, 200_000.0)],
+    "no device, new device, new country": [
+        _e(1, 0.0, device=None), _e(2, 5.0, device="d9"), _e(3, 9.0, country="US")],
+    "device shared by cards": [_e(1, 0.0, card="a"), _e(2, 1.0, card="b"), _e(3, 2.0, card="a")],
+    "amounts that do not add exactly in floating point": [
+        _e(i, float(i), amount=a) for i, a in enumerate([0.1, 0.2, 0.3, 1e9, 0.7, 1e-3])],
+    "out-of-order arrival": [_e(1, 100.0), _e(2, 50.0), _e(3, 120.0)],
+}
+
+
+@pytest.mark.parametrize("events", EDGE_CASES.values(), ids=EDGE_CASES.keys())
+def test_online_and_offline_velocity_match_on_edge_cases(
+        redis_client: redis.Redis, events: list[Event]) -> None:
+    online = _features(RedisVelocityStore(redis_client, "e:"), events, [1] * len(events))
+    offline = _features(MemoryVelocityStore(), events, [len(events)])
+    assert online == offline
+
+
+def test_velocity_values_on_a_card_testing_burst() -> None:
+    events = [_e(i, 1000.0 + 10 * i, merchant=f"m{i % 3}", amount=1.0, device="ring")
+              for i in range(8)]
+    last = _features(MemoryVelocityStore(), events, [8])[-1]
+    assert last["card_count_1m"] == 6.0  # t=1010..1060: the window includes its bound
+    assert last["card_count_1h"] == 7.0
+    assert last["card_amount_24h"] == 7.0
+    assert last["card_distinct_merchants_24h"] == 3.0
+    assert last["card_secs_since_prev"] == 10.0
+    assert last["card_new_device"] == 0.0
+    assert last["merchant_count_1h"] == 2.0  # m1 was used at i=1 and i=4
+
+
+def test_a_retried_transaction_leaves_velocity_untouched(redis_client: redis.Redis) -> None:
+    store = RedisVelocityStore(redis_client, "g:")
+    first = store.observe_guarded([_e(1, 0.0)], ["g:tx:t1"])
+    assert first[0] is not None
+    redis_client.set("g:tx:t1", "decided")
+    assert store.observe_guarded([_e(1, 0.0)], ["g:tx:t1"]) == [None]
+    [h] = store.observe([_e(2, 1.0)])
+    assert h.card_n == 1, "the retry must not count twice"
+
+
+def test_full_vectors_built_offline_match_the_ones_logged_online(
+        make_app, payments_data: Dataset, fraud_data_dir, as_bodies) -> None:  # type: ignore[no-untyped-def]
+    """The service's logged vectors (Feast profiles, Redis velocity) == offline_vectors
+    (parquet profiles, in-memory velocity) over the same rows."""
+    import json
+
+    from fraud.app import get_service
+    from fraud.schema import transactions_from_frame
+
+    app = make_app()
+    client = app.test_client()
+    frame = payments_data.frame.iloc[:600]
+    rows = as_bodies(frame)
+    for row in rows[:100]:
+        assert client.post("/v1/transactions/score", json=row).status_code == 200
+    response = client.post("/v1/transactions/score/batch", json={"transactions": rows[100:]})
+    assert response.status_code == 200, response.get_json()
+    records = get_service(app).decisions.fetch([r["transaction_id"] for r in rows])
+    online = [json.loads(r)["features"] for r in records]  # type: ignore[arg-type]
+    offline = offline_vectors(transactions_from_frame(frame),
+                              FrameProfiles.from_dir(fraud_data_dir / "payments"),
+                              MemoryVelocityStore())
+    assert online == offline

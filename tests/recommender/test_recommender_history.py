@@ -1,0 +1,42 @@
+"""The live history in Redis: bounded, expiring, newest first, and every event in the stream."""
+
+from __future__ import annotations
+
+import redis
+from recommender.history import HISTORY_PREFIX, STREAM_KEY, Event, HistoryStore
+
+
+def events(user: str, n: int, start: float = 1_700_000_000.0) -> list[Event]:
+    return [Event(user, f"i{k}", "view", start + k) for k in range(n)]
+
+
+def test_history_is_bounded_and_newest_first(redis_client: redis.Redis) -> None:
+    store = HistoryStore(redis_client, max_events=5)
+    store.append(events("u1", 8))
+    got = store.read(["u1"])[0]
+    assert [item for _, _, item in got] == ["i7", "i6", "i5", "i4", "i3"]
+    assert redis_client.llen(HISTORY_PREFIX + "u1") == 5
+
+
+def test_history_expires(redis_client: redis.Redis) -> None:
+    store = HistoryStore(redis_client, ttl_seconds=60)
+    store.append(events("u1", 1))
+    assert 0 < redis_client.ttl(HISTORY_PREFIX + "u1") <= 60
+
+
+def test_every_event_reaches_the_stream(redis_client: redis.Redis) -> None:
+    store = HistoryStore(redis_client, max_events=2)
+    ids = store.append(events("u1", 3) + events("u2", 1), request_id="r1")
+    assert len(ids) == 4
+    entries = redis_client.xrange(STREAM_KEY)
+    assert [e[0].decode() for e in entries] == ids
+    assert entries[0][1][b"user_id"] == b"u1" and entries[0][1][b"request_id"] == b"r1"
+    assert store.stream_length() == 4
+
+
+def test_read_many_users_in_one_call(redis_client: redis.Redis) -> None:
+    store = HistoryStore(redis_client)
+    store.append(events("u1", 2) + events("u2", 1))
+    got = store.read(["u1", "nobody", "u2"])
+    assert [len(h) for h in got] == [2, 0, 1]
+    assert got[0][0] == (1_700_000_001.0, "view", "i1")
