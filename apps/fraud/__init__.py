@@ -10,7 +10,8 @@ Modules, one concept each:
 - ``schema``: the transaction schema and its validation; ``config``: fraud settings
 - ``velocity``: per card / device / merchant velocity (Redis online, in memory offline)
 - ``profiles``: Feast card and merchant profiles behind a TTL cache
-- ``features``: the feature vector; ``models``: online river and batch scikit-learn models
+- ``features``: the feature vector; ``models``: online river and batch scikit-learn models;
+  ``predictors``: the immutable scoring + explaining functions serving uses
 - ``thresholds``: review / decline cut-offs from target false-positive rates
 - ``drift``: ADWIN drift detection and rolling quality as labels arrive
 - ``decisions``: the decision log; ``labels``: the label stream; ``learner``: the

@@ -34,7 +34,8 @@ from fraud import metrics
 from fraud.config import FraudConfig
 from fraud.drift import DriftMonitor
 from fraud.labels import LabelEntry, LabelStream
-from fraud.models import Artifact, Predictor, clone
+from fraud.models import Artifact, clone
+from fraud.predictors import Predictor
 from fraud.thresholds import Thresholds
 
 __all__ = ["Learner", "ServingState"]

@@ -7,7 +7,8 @@ import importlib
 
 import pytest
 
-MODULES = ["config", "schema", "velocity", "features", "models", "thresholds", "drift", "bench"]
+MODULES = ["config", "schema", "velocity", "features", "models", "predictors", "thresholds",
+           "drift", "bench"]
 
 
 @pytest.mark.parametrize("name", MODULES)
