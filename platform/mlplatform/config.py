@@ -54,6 +54,8 @@ class Settings:
     recommender_port: int = 8001
     fraud_port: int = 8002
     workers: int = 2
+    # Request threads per worker: more than 1 overlaps waits on Redis within a process.
+    threads: int = 1
     server: str = "granian"
     log_level: str = "INFO"
     max_request_bytes: int = 1_048_576
@@ -144,7 +146,7 @@ def _parse(name: str, text: str) -> Any:
             return text or None
         case "recommender_port" | "fraud_port":
             return integer(0, 65535)
-        case "workers":
+        case "workers" | "threads":
             return integer(1, 64)
         case "max_request_bytes":
             return integer(1024)

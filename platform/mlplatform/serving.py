@@ -47,17 +47,19 @@ def service_target(service: str) -> str:
     raise ConfigError(f"unknown service {service!r}; expected one of {', '.join(service_names())}")
 
 
-def server_command(target: str, *, host: str, port: int, workers: int, server: str) -> list[str]:
+def server_command(target: str, *, host: str, port: int, workers: int, server: str,
+                   threads: int = 1) -> list[str]:
     """The command line that serves the app factory ``target``."""
     if server == "granian":
         return [sys.executable, "-m", "granian", "--interface", "wsgi", "--factory",
                 "--host", host, "--port", str(port), "--workers", str(workers),
-                "--blocking-threads", "1", "--no-ws", "--log-level", "warning",
+                "--blocking-threads", str(threads), "--no-ws", "--log-level", "warning",
                 "--respawn-failed-workers", "--workers-kill-timeout", "10", target]
     if server == "gunicorn":
         module, factory = target.split(":")
         return [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}",
-                "--workers", str(workers), "--worker-class", "sync", "--log-level", "warning",
+                "--workers", str(workers), "--threads", str(threads),
+                "--worker-class", "sync" if threads == 1 else "gthread", "--log-level", "warning",
                 "--config", "python:mlplatform.gunicorn_conf", f"{module}:{factory}()"]
     raise ConfigError(f"MLSUITE_SERVER must be granian or gunicorn, got {server!r}")
 
@@ -76,7 +78,7 @@ def spawn(service: str, settings: Settings, *, port: int, workers: int, server: 
         "OPENBLAS_NUM_THREADS": "1",
     }
     cmd = server_command(service_target(service), host=settings.host, port=port,
-                         workers=workers, server=server)
+                         workers=workers, server=server, threads=settings.threads)
     log.info("starting %s: %s with %d workers on %s:%d", service, server, workers,
              settings.host, port)
     return subprocess.Popen(cmd, env=env)
