@@ -71,6 +71,7 @@ def test_open_loop_sends_exactly_the_scheduled_requests(baseline_port: int) -> N
     _check_invariants(r)
     assert r.completed == 300 and r.ok == 300, (r.completed, r.errors)
     assert len(r.lag_ns) == 300 and min(r.lag_ns) >= 0
+    assert len(r.late_ns) == 300 and min(r.late_ns) >= 0
     assert r.summary()["target_rate"] == 200
 
 

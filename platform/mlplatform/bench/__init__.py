@@ -31,12 +31,14 @@ def _services(value: str) -> list[str]:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--duration", type=click.FloatRange(1, 3600), default=10.0, show_default=True,
               help="Seconds each measurement lasts (saturation, then half of peak, per endpoint).")
-@click.option("--warmup", type=click.FloatRange(0, 600), default=2.0, show_default=True,
-              help="Seconds of unmeasured load before each saturation measurement.")
+@click.option("--warmup", type=click.FloatRange(0, 600), default=3.0, show_default=True,
+              help="Seconds of unmeasured load before each saturation measurement (a "
+                   "service's first requests may fill caches).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the report as JSON to this file.")
 @click.option("--services", default="baseline,recommender,fraud", show_default=True,
-              help="Comma-separated services to bench (the baseline gives the ratios).")
+              help="Comma-separated services to bench (the baseline gives the ratios); add "
+                   "baseline-conventions to see what mlsuite's HTTP conventions cost.")
 @click.option("--only", default="", metavar="TEXT[,TEXT]",
               help="Only endpoints whose name contains one of these (e.g. fraud.score); "
                    "the baseline is always measured.")
@@ -44,6 +46,8 @@ def _services(value: str) -> list[str]:
               help="WSGI server for every service (default: MLSUITE_SERVER).")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="Worker processes per service (default: MLSUITE_WORKERS).")
+@click.option("--threads", type=click.IntRange(1, 64), default=None,
+              help="Request threads per worker (default: MLSUITE_THREADS).")
 @click.option("--connections", type=click.IntRange(1, 4096), default=32, show_default=True,
               help="Concurrent keep-alive connections at saturation.")
 @click.option("--generator-processes", "processes", type=click.IntRange(1, 10), default=1,
@@ -52,8 +56,8 @@ def _services(value: str) -> list[str]:
               help="Users / transactions per batch request.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (logs, CI).")
 def bench(duration: float, warmup: float, json_path: Path | None, services: str, only: str,
-          server: str | None, workers: int | None, connections: int, processes: int,
-          batch_size: int, no_progress: bool) -> None:
+          server: str | None, workers: int | None, threads: int | None, connections: int,
+          processes: int, batch_size: int, no_progress: bool) -> None:
     """Measure the services against a bare Flask endpoint on this machine.
 
     Starts the baseline (GET /ping, no conventions), the recommender and the fraud scorer
@@ -72,10 +76,11 @@ def bench(duration: float, warmup: float, json_path: Path | None, services: str,
     if processes > connections:
         raise click.BadParameter("must not exceed --connections", param_hint="--generator-processes")
     opts = BenchOptions(
-        services=_services(services), server=server or settings.server,
-        workers=workers or settings.workers, duration=duration, warmup=warmup,
+        services=tuple(_services(services)), server=server or settings.server,
+        workers=workers or settings.workers, threads=threads or settings.threads,
+        duration=duration, warmup=warmup,
         connections=connections, processes=processes, batch_size=batch_size,
-        only=[o.strip() for o in only.split(",") if o.strip()], json_path=json_path,
+        only=tuple(o.strip() for o in only.split(",") if o.strip()), json_path=json_path,
         progress="none" if no_progress else "bar" if sys.stderr.isatty() else "lines",
     )
     from mlplatform.bench.stack import sigterm_interrupts

@@ -124,7 +124,7 @@ class Job:
 
 
 def run_loop(job: Job, ready: Callable[[], float],
-              report: Callable[[int, int], None]) -> dict[str, Any]:
+             report: Callable[[int, int], None]) -> dict[str, Any]:
     """Connect, call ``ready()`` (it returns the common start as ``time.monotonic()``), run.
 
     Closed loop: every connection sends its next request as soon as the answer is in.
@@ -148,7 +148,8 @@ def run_loop(job: Job, ready: Callable[[], float],
     due: deque[int] = deque()  # scheduled send times waiting for a connection (open loop)
     errors: Counter[str] = Counter()
     lat = array("q")
-    lag = array("q")
+    lag = array("q")  # per request: sent - scheduled (generator late, or no free connection)
+    late = array("q")  # per request: when the loop saw it due - scheduled (generator only)
     ok = completed = responses = 0
     perf = time.perf_counter_ns
     t_rec = t_end = 0  # set at the start
@@ -248,6 +249,8 @@ def run_loop(job: Job, ready: Callable[[], float],
                 break
             while next_due <= now and next_due < t_end:
                 due.append(next_due)
+                if next_due >= t_rec:
+                    late.append(now - next_due)
                 next_due += interval
             if due:
                 dispatch(now)
@@ -341,7 +344,7 @@ def run_loop(job: Job, ready: Callable[[], float],
     sel.close()
     report(responses, sum(errors.values()))
     return {"completed": completed, "ok": ok, "errors": dict(errors), "lat": lat.tobytes(),
-            "lag": lag.tobytes(), "cpu": cpu}
+            "lag": lag.tobytes(), "late": late.tobytes(), "cpu": cpu}
 
 
 def _child_main() -> None:

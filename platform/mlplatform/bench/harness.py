@@ -18,42 +18,42 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlplatform.bench.loadgen import LoadResult, Progress, run_load
 from mlplatform.bench.payloads import Endpoint, endpoints_for
-from mlplatform.bench.report import build_report, format_row, format_table, write_json
+from mlplatform.bench.report import add_ratios, build_report, format_row, format_table, write_json
 from mlplatform.bench.stack import Stack
 from mlplatform.config import Settings
 
 __all__ = ["BenchOptions", "measure_endpoint", "run_bench"]
 
 
+@dataclass(frozen=True)
 class BenchOptions:
     """What ``mlsuite bench`` was asked to do."""
 
-    def __init__(self, *, services: Sequence[str], server: str, workers: int, duration: float,
-                 warmup: float, connections: int, processes: int, batch_size: int,
-                 only: Sequence[str] = (), json_path: Path | None = None,
-                 progress: str = "bar") -> None:
-        self.services = list(services)
-        self.server = server
-        self.workers = workers
-        self.duration = duration
-        self.warmup = warmup
-        self.connections = connections
-        self.processes = processes
-        self.batch_size = batch_size
-        self.only = list(only)
-        self.json_path = json_path
-        self.progress = progress  # "bar" (a terminal), "lines" or "none"
+    services: tuple[str, ...]
+    server: str
+    workers: int
+    threads: int
+    duration: float
+    warmup: float
+    connections: int
+    processes: int
+    batch_size: int
+    only: tuple[str, ...] = ()
+    json_path: Path | None = None
+    progress: str = "bar"  # "bar" (a terminal), "lines" or "none"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"server": self.server, "workers": self.workers, "duration_s": self.duration,
+        return {"server": self.server, "workers": self.workers, "threads": self.threads,
+                "duration_s": self.duration,
                 "warmup_s": self.warmup, "connections": self.connections,
-                "batch_size": self.batch_size, "services": self.services,
+                "batch_size": self.batch_size, "services": list(self.services),
                 "generator": {"kind": "mlplatform.bench.loadgen", "processes": self.processes}}
 
 
@@ -123,6 +123,7 @@ def run_bench(settings: Settings, opts: BenchOptions, say: Callable[[str], None]
               ) -> dict[str, Any]:
     """Everything ``mlsuite bench`` does; returns the report (also written as JSON)."""
     loadavg = os.getloadavg() if hasattr(os, "getloadavg") else None
+    settings = settings.with_(threads=opts.threads)
     rows: list[dict[str, Any]] = []
     with Stack(settings, opts.services, server=opts.server, workers=opts.workers,
                name="bench", say=say) as stack:
@@ -138,7 +139,7 @@ def run_bench(settings: Settings, opts: BenchOptions, say: Callable[[str], None]
             dead = [s for s in opts.services if s not in stack.alive()]
             if dead:
                 raise RuntimeError(f"{', '.join(dead)} exited during the bench")
-            build_report(rows, settings=opts.as_dict(), loadavg_before=loadavg)  # ratios so far
+            add_ratios(rows)
             say(format_row(row))
     report = build_report(rows, settings=opts.as_dict(), loadavg_before=loadavg)
     if opts.json_path is not None:

@@ -130,7 +130,10 @@ class LoadResult:
     ok: int  # 2xx responses
     errors: Counter[str] = field(default_factory=Counter)
     latencies_ns: array = field(default_factory=lambda: array("q"))  # sorted
-    lag_ns: array = field(default_factory=lambda: array("q"))  # open loop: send time - scheduled time
+    # Open loop, sorted: send time - scheduled time (the generator was late, or every
+    # connection was busy: the server is stalling), and the generator's own lateness.
+    lag_ns: array = field(default_factory=lambda: array("q"))
+    late_ns: array = field(default_factory=lambda: array("q"))
     generator_cpu: float = 0.0  # CPU seconds used by the generator processes
     items_per_request: int = 1
 
@@ -165,6 +168,9 @@ class LoadResult:
         if self.rate is not None:
             out["target_rate"] = round(self.rate, 1)
             out["send_lag_p99_ms"] = round(percentile(self.lag_ns, 99) / 1e6, 3)
+            # Large only if the generator itself fell behind (CPU starved): then the
+            # latencies above are the machine's, not the server's.
+            out["generator_late_p99_ms"] = round(percentile(self.late_ns, 99) / 1e6, 3)
         return out
 
 
@@ -304,7 +310,7 @@ def run_load(target: Target, *, connections: int, duration: float, rate: float |
     finally:
         for c in children:
             c.stop()
-    lat, lag, errors = array("q"), array("q"), Counter[str]()
+    lat, lag, late, errors = array("q"), array("q"), array("q"), Counter[str]()
     ok = completed = 0
     cpu = 0.0
     for c in children:
@@ -312,6 +318,7 @@ def run_load(target: Target, *, connections: int, duration: float, rate: float |
         assert out is not None
         lat.frombytes(out["lat"])
         lag.frombytes(out["lag"])
+        late.frombytes(out["late"])
         errors.update(out["errors"])
         ok += out["ok"]
         completed += out["completed"]
@@ -320,6 +327,7 @@ def run_load(target: Target, *, connections: int, duration: float, rate: float |
         target=target.name, mode="closed" if rate is None else "open", connections=connections,
         processes=processes, duration=duration, rate=rate, completed=completed, ok=ok,
         errors=errors, latencies_ns=array("q", sorted(lat)), lag_ns=array("q", sorted(lag)),
+        late_ns=array("q", sorted(late)),
         generator_cpu=cpu, items_per_request=target.items_per_request)
 
 

@@ -23,7 +23,9 @@ from mlplatform.errors import MLSuiteError
 
 __all__ = ["SERVICES", "Endpoint", "endpoints_for", "pool_size"]
 
-SERVICES = ("baseline", "recommender", "fraud")
+# "baseline-conventions" (opt-in) is the baseline plus mlsuite's HTTP conventions (JSON
+# errors, request ids, metrics): between it and the baseline is what the platform costs.
+SERVICES = ("baseline", "baseline-conventions", "recommender", "fraud")
 EVENT_MIX = (("view", 0.80), ("add_to_cart", 0.15), ("purchase", 0.05))
 
 
@@ -63,6 +65,9 @@ def endpoints_for(services: Sequence[str], data_dir: Path, *, batch_size: int = 
         if service == "baseline":
             out.append(Endpoint("baseline.ping", "baseline", "GET", "GET /ping", "requests", 1,
                                 (("/ping", None),)))
+        elif service == "baseline-conventions":
+            out.append(Endpoint("conventions.ping", service, "GET", "GET /v1/ping (conventions)",
+                                "requests", 1, (("/v1/ping", None),)))
         elif service == "recommender":
             out += _recommender(Path(data_dir) / "shop", rng, batch_size)
         else:

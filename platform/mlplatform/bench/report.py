@@ -42,6 +42,10 @@ TARGETS: tuple[tuple[str, str, str, float], ...] = (
 )
 
 
+# Above this, the generator's own lateness (CPU starved) is part of the half-rate latencies.
+GENERATOR_LATE_MS = 2.0
+
+
 def add_ratios(rows: list[dict[str, Any]]) -> None:
     """Set each row's ``ratio_to_baseline``: its peak requests/s over the baseline's."""
     base = next((r for r in rows if r["name"] == "baseline.ping"), None)
@@ -130,7 +134,8 @@ def format_table(report: dict[str, Any]) -> str:
     """The report as a text table (latencies in ms; left: saturation, right: half its peak)."""
     s = report["settings"]
     lines = [
-        (f"mlsuite bench: {s['server']} with {s['workers']} workers per service, "
+        (f"mlsuite bench: {s['server']} with {s['workers']} workers "
+         f"x {s.get('threads', 1)} threads per service, "
          f"{s['duration_s']:g}s per measurement, {s['connections']} connections at saturation, "
          f"{report['machine']['cpus']} CPUs"),
         f"{'':<30} {'saturation (closed loop)':^52} | {'half of peak (open loop)':^36}",
@@ -144,6 +149,12 @@ def format_table(report: dict[str, Any]) -> str:
         got = t["measured"]
         got_text = "-" if got is None else f"{got:.3g}" if isinstance(got, float) else str(got)
         lines.append(f"  target {t['endpoint']} {t['figure']} {t['target']}: {got_text} ({mark})")
+    behind = [f"{r['name']} ({r['half_rate']['generator_late_p99_ms']:.1f} ms)"
+              for r in report["endpoints"] if r.get("half_rate")
+              and r["half_rate"].get("generator_late_p99_ms", 0) > GENERATOR_LATE_MS]
+    if behind:
+        lines.append("  warning: the load generator itself ran late (p99) at half rate on "
+                     + ", ".join(behind) + ": those latencies include CPU contention")
     if report["machine"]["busy_before"]:
         lines.append(f"  warning: load average {report['machine']['loadavg_before'][0]:.1f} before "
                      "the run: other work shared the CPUs, figures are low and noisy")
