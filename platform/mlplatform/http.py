@@ -17,12 +17,11 @@ import logging
 import os
 import re
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import redis
-from flask import Flask, Response, current_app, g, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from mlplatform import metrics
@@ -40,6 +39,7 @@ __all__ = [
     "query_bool",
     "query_str",
     "check_id",
+    "request_id",
     "ID_PATTERN",
 ]
 
@@ -160,27 +160,49 @@ def check_id(value: Any, field: str) -> str:
 # -- hooks, errors, ops routes -----------------------------------------------------------
 
 def _init_request_hooks(app: Flask, service: str) -> None:
+    # Metric children cached per (route, method, status): prometheus-client's labels()
+    # costs more than the observation itself, and this runs on every request.
+    timers: dict[tuple[str, str], Any] = {}
+    counters: dict[tuple[str, str, int], Any] = {}
+
     @app.before_request
     def _start() -> None:
-        rid = request.headers.get("X-Request-ID", "")
-        g.request_id = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
-        g.started = time.perf_counter()
+        environ = request.environ
+        rid = environ.get("HTTP_X_REQUEST_ID", "")
+        environ["mlsuite.request_id"] = rid if rid and _REQUEST_ID.match(rid) else os.urandom(16).hex()
+        environ["mlsuite.started"] = time.perf_counter()
 
     @app.after_request
     def _finish(response: Response) -> Response:
-        response.headers["X-Request-ID"] = g.get("request_id", "")
-        rule = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-        metrics.REQUEST_SECONDS.labels(service, rule, request.method).observe(elapsed)
-        metrics.REQUESTS.labels(service, rule, request.method, str(response.status_code)).inc()
-        if response.status_code >= 400:
-            code = getattr(response, "mlsuite_error_code", f"http_{response.status_code}")
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        environ = req.environ
+        started = environ.get("mlsuite.started")
+        elapsed = time.perf_counter() - started if started is not None else 0.0
+        response.headers["X-Request-ID"] = environ.get("mlsuite.request_id", "")
+        rule = req.url_rule.rule if req.url_rule is not None else "<unmatched>"
+        method, status = req.method, response.status_code
+        timer = timers.get((rule, method))
+        if timer is None:
+            timer = timers[(rule, method)] = metrics.REQUEST_SECONDS.labels(service, rule, method)
+        timer.observe(elapsed)
+        counter = counters.get((rule, method, status))
+        if counter is None:
+            counter = counters[(rule, method, status)] = metrics.REQUESTS.labels(
+                service, rule, method, str(status))
+        counter.inc()
+        if status >= 400:
+            code = getattr(response, "mlsuite_error_code", f"http_{status}")
             metrics.ERRORS.labels(service, rule, code).inc()
         return response
 
 
+def request_id() -> str:
+    """The current request's id (the caller's X-Request-ID, or a new one)."""
+    return request.environ.get("mlsuite.request_id", "")  # type: ignore[no-any-return]
+
+
 def _error_response(status: int, body: dict[str, Any]) -> Response:
-    body["request_id"] = g.get("request_id", "")
+    body["request_id"] = request_id()
     response = jsonify({"error": body})
     response.status_code = status
     response.mlsuite_error_code = body.get("code", "")  # type: ignore[attr-defined]
@@ -191,7 +213,7 @@ def _init_error_handlers(app: Flask) -> None:
     @app.errorhandler(APIError)
     def _api_error(exc: APIError) -> Response:
         if exc.status >= 500:
-            app.logger.warning("request %s: %s", g.get("request_id"), exc.message)
+            app.logger.warning("request %s: %s", request_id(), exc.message)
         response = _error_response(exc.status, exc.to_dict())
         if isinstance(exc, Unavailable):
             response.headers["Retry-After"] = str(exc.retry_after)
@@ -217,7 +239,7 @@ def _init_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(redis.RedisError)
     def _redis_error(exc: redis.RedisError) -> Response:
-        app.logger.warning("request %s: redis error: %s", g.get("request_id"), exc)
+        app.logger.warning("request %s: redis error: %s", request_id(), exc)
         response = _error_response(503, {
             "code": "unavailable",
             "message": f"redis is unavailable: {type(exc).__name__}",
@@ -228,7 +250,7 @@ def _init_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        rid = g.get("request_id", "")
+        rid = request_id()
         app.logger.exception("request %s failed", rid)
         return _error_response(500, {
             "code": "internal_error",
