@@ -7,9 +7,14 @@ sparse matrices and implicit; one user: the same maths in plain numpy, which is 
 page view asks for and costs a fraction of the sparse-matrix overhead):
 
     live.get() -> model version          (swapped in the background on promotion)
-    experiment.assign(user) -> variant   (same answer on every replica, nothing stored)
+    experiment.assign(user) -> variant   (same answer on every replica; a hash, memoised)
     training history + live events newer than the model's cutoff -> fold-in -> scores
     mask out-of-stock / other categories / already seen -> top n
+
+Live events are summed straight from the bytes Redis returns (``parse_events``) and
+the JSON body is encoded once with a shared encoder (views), so the per-request cost is
+the Redis round trip, one small solve (ALS) or mean (BPR), and one partition of the
+catalogue's scores.
 
 A user with no usable history gets the popular items of their segment (Feast), else of
 everyone, flagged ``fallback``. If Redis is down, recommendations use the training
@@ -21,12 +26,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import redis
-from mlplatform.assignment import Experiment
+from mlplatform.assignment import EXPOSURES, Experiment
 from mlplatform.errors import BadRequest
 from mlplatform.metrics import set_model_info
 from mlplatform.registry import LiveModel, ModelVersion
@@ -68,11 +73,23 @@ ITEM_FEATURES_REFRESHED = Gauge(
 
 @dataclass(eq=False)
 class ServingModel:
-    """A loaded version and the item flags for its catalogue (replaced as they refresh)."""
+    """A loaded version and the item flags for its catalogue (replaced as they refresh).
+
+    Also the lookups the per-request path needs, built once per version: encoded item
+    id -> index and encoded event type -> weight, so live events read from Redis are
+    added up without decoding them to text first.
+    """
 
     version: ModelVersion
     bundle: ModelBundle
     items: ItemState
+    item_key: dict[bytes, int] = field(init=False, repr=False)
+    event_weight: dict[bytes, float] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.item_key = {k.encode(): i for k, i in self.bundle.items.index.items()}
+        self.event_weight = {k.encode(): float(w)
+                             for k, w in self.bundle.event_weights.items()}
 
 
 def load_serving_model(version: ModelVersion, item_features: ItemFeatures) -> ServingModel:
@@ -107,6 +124,40 @@ class SimilarItems:
     fallback: bool
 
 
+MAX_ASSIGNED = 100_000  # users whose variant a process remembers
+
+
+def parse_events(raw: Sequence[bytes], serving: ServingModel) -> dict[int, float]:
+    """Item index -> summed weight of the encoded events (``history.encode_event``)
+    newer than the model's cutoff, straight from the bytes Redis returned.
+
+    Same result as decoding each event with ``history.decode_event`` and looking the
+    item up in the bundle's id map, at a fraction of the cost.
+
+    >>> import types
+    >>> s = types.SimpleNamespace(bundle=types.SimpleNamespace(
+    ...     cutoff=100.0, items=types.SimpleNamespace(lookup=lambda k: None)),
+    ...     item_key={b"i1": 0, b"i2": 1}, event_weight={b"view": 1.0, b"purchase": 8.0})
+    >>> parse_events([b"101000|view|i1", b"100500|purchase|i1", b"99000|view|i2",
+    ...               b"100001|other|i2", b"100002|view|nope"], s)
+    {0: 9.0, 1: 1.0}
+    """
+    b = serving.bundle
+    cutoff, keys, weights = b.cutoff, serving.item_key, serving.event_weight
+    acc: dict[int, float] = {}
+    for entry in raw:
+        ts, event_type, item = entry.split(b"|", 2)
+        if int(ts) / 1000 <= cutoff:
+            continue  # already in the training history
+        idx = keys.get(item)
+        if idx is None:  # e.g. an integer id spelt "007": the id map's own rules
+            idx = b.items.lookup(item.decode())
+            if idx is None:
+                continue
+        acc[idx] = acc.get(idx, 0.0) + weights.get(event_type, 1.0)
+    return acc
+
+
 class Engine:
     """Serves one model alias: recommend, similar, record events, describe."""
 
@@ -119,6 +170,11 @@ class Engine:
         self.segments = segments
         self.experiment = experiment
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._degraded_children: dict[str, Any] = {}
+        # user -> assigned variant: the assignment is a pure function of the user (a hash),
+        # so it is computed once per user; the exposure is still counted on every request.
+        self._assigned: dict[str, str] = {}
+        self._exposures: dict[str, Any] = {}
 
     # -- model ---------------------------------------------------------------------------
 
@@ -167,7 +223,7 @@ class Engine:
         blocked = self._blocked(state, category)
         degraded = ["feast"] if state.degraded else []
 
-        live = self._live_weights(b, user_ids, degraded)
+        live = self._live_weights(serving, user_ids, degraded)
         lookup = b.users.lookup
         rows = np.fromiter((-1 if (r := lookup(u)) is None else r for u in user_ids),
                            np.int64, len(user_ids))
@@ -176,7 +232,7 @@ class Engine:
         if self.experiment is None:
             variants = [b.variants[0]] * len(user_ids)
         else:
-            assign, variant_for = self.experiment.assign, b.variant_for
+            assign, variant_for = self._assign, b.variant_for
             variants = [variant_for(assign(u)) for u in user_ids]
         segment = self._segments(b, user_ids, rows, warm, variants, degraded)
 
@@ -200,8 +256,7 @@ class Engine:
                 results[i] = UserRecommendations(user_ids[i], items, variants[i], strategy,
                                                  fallback=cold)
                 self._count(variants[i], strategy, items)
-        for dep in degraded:
-            DEGRADED.labels(dep).inc()
+        self._count_degraded(degraded)
         return serving, results, degraded  # type: ignore[return-value]
 
     def _recommend_one(self, user_id: str, *, n: int, exclude_seen: bool, category: str | None
@@ -211,12 +266,12 @@ class Engine:
         b, state = serving.bundle, serving.items
         blocked = self._blocked(state, category)
         degraded = ["feast"] if state.degraded else []
-        live = self._live_weights(b, [user_id], degraded)
+        live = self._live_weights(serving, [user_id], degraded)
         row = b.users.lookup(user_id)
         row = -1 if row is None else row
         items, weights = b.history_of(row, live[0] if live else None)
         warm = len(items) > 0
-        variant = (b.variant_for(self.experiment.assign(user_id)) if self.experiment
+        variant = (b.variant_for(self._assign(user_id)) if self.experiment
                    else b.variants[0])
         if row >= 0 or (warm and variant != "popularity") or not b.segments:
             segment = int(b.user_segment[row]) if row >= 0 and b.segments else -1
@@ -234,8 +289,7 @@ class Engine:
         result = UserRecommendations(user_id, self._items(b, ids[0], best[0]), variant,
                                      strategy, fallback=not warm)
         self._count(variant, strategy, result.items)
-        for dep in degraded:
-            DEGRADED.labels(dep).inc()
+        self._count_degraded(degraded)
         return serving, [result], degraded
 
     def _segments(self, b: ModelBundle, user_ids: Sequence[str], rows: np.ndarray,
@@ -267,31 +321,41 @@ class Engine:
         if items:
             children[1].observe(items[0]["score"])
 
-    def _live_weights(self, b: ModelBundle, user_ids: Sequence[str],
+    def _assign(self, user_id: str) -> str:
+        """``experiment.assign``: the variant (cached per user) and one exposure counted."""
+        variant = self._assigned.get(user_id)
+        if variant is None:
+            assert self.experiment is not None
+            variant = self.experiment.variant_of(user_id)
+            if len(self._assigned) >= MAX_ASSIGNED:
+                self._assigned.clear()  # bounded; refilled at one hash per user
+            self._assigned[user_id] = variant
+        child = self._exposures.get(variant)
+        if child is None:
+            assert self.experiment is not None
+            child = self._exposures[variant] = EXPOSURES.labels(self.experiment.name, variant)
+        child.inc()
+        return variant
+
+    def _count_degraded(self, degraded: list[str]) -> None:
+        for dep in degraded:
+            child = self._degraded_children.get(dep)
+            if child is None:
+                child = self._degraded_children[dep] = DEGRADED.labels(dep)
+            child.inc()
+
+    def _live_weights(self, serving: ServingModel, user_ids: Sequence[str],
                       degraded: list[str]) -> list[dict[int, float]] | None:
         """Per user: item index -> summed weight of live events newer than the model."""
         if self.history is None:
             return None
         try:
-            events = self.history.read(user_ids)
+            raws = self.history.read_raw(user_ids)
         except redis.RedisError as exc:
             log.warning("live history unavailable, serving training history only: %s", exc)
             degraded.append("redis")
             return None
-        weights = b.event_weights
-        lookup = b.items.lookup
-        cutoff = b.cutoff
-        out: list[dict[int, float]] = []
-        for user_events in events:
-            acc: dict[int, float] = {}
-            for ts, event_type, item_id in user_events:
-                if ts <= cutoff:
-                    continue  # already in the training history
-                idx = lookup(item_id)
-                if idx is not None:
-                    acc[idx] = acc.get(idx, 0.0) + weights.get(event_type, 1.0)
-            out.append(acc)
-        return out
+        return [parse_events(raw, serving) if raw else {} for raw in raws]
 
     @staticmethod
     def _items(b: ModelBundle, ids: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
@@ -329,8 +393,7 @@ class Engine:
         if len(blocked):
             scores[:, blocked] = -np.inf
         ids, best = top_n(scores, n)
-        for dep in degraded:
-            DEGRADED.labels(dep).inc()
+        self._count_degraded(degraded)
         return serving, SimilarItems(item_id, self._items(b, ids[0], best[0]), strategy,
                                      fallback), degraded
 

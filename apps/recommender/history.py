@@ -88,16 +88,19 @@ class HistoryStore:
 
     def read(self, user_ids: Sequence[str]) -> list[list[tuple[float, str, str]]]:
         """Each user's recent events, newest first (one round trip). Raises RedisError."""
-        raws: list[list[bytes]]
+        return [[decode_event(r) for r in raw] for raw in self.read_raw(user_ids)]
+
+    def read_raw(self, user_ids: Sequence[str]) -> list[list[bytes]]:
+        """``read`` without decoding: each user's encoded events (``encode_event``), newest
+        first. The serving path parses them itself (``parse_events``), skipping the
+        text decoding and tuples of ``decode_event``. Raises RedisError."""
         if len(user_ids) == 1:
             key = HISTORY_PREFIX + user_ids[0]
-            raws = [self.client.lrange(key, 0, self.max_events - 1)]  # type: ignore[list-item]
-        else:
-            pipe = self.client.pipeline(transaction=False)
-            for user_id in user_ids:
-                pipe.lrange(HISTORY_PREFIX + user_id, 0, self.max_events - 1)
-            raws = pipe.execute()
-        return [[decode_event(r) for r in raw] for raw in raws]
+            return [self.client.lrange(key, 0, self.max_events - 1)]  # type: ignore[list-item]
+        pipe = self.client.pipeline(transaction=False)
+        for user_id in user_ids:
+            pipe.lrange(HISTORY_PREFIX + user_id, 0, self.max_events - 1)
+        return pipe.execute()  # type: ignore[no-any-return]
 
     def stream_length(self) -> int:
         return int(self.client.xlen(STREAM_KEY))

@@ -13,7 +13,6 @@ No response ever carries a traceback; unexpected errors are logged with the requ
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import time

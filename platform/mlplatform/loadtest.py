@@ -202,7 +202,7 @@ def loadtest(scenario: str, duration: str, users: int, spawn_rate: float,
     needed = SCENARIOS[scenario][1]
     to_start = [s for s in needed if s not in urls]
     out_dir = out_root / scenario
-    from mlplatform.bench.stack import Stack, sigterm_interrupts
+    from mlplatform.stack import Stack, sigterm_interrupts
 
     stack = None
     try:

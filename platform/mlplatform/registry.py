@@ -33,8 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from mlplatform.config import source_root
 from mlplatform.assignment import in_rollout
+from mlplatform.config import source_root
 from mlplatform.errors import BadRequest, NotFound, Unavailable
 
 __all__ = ["ModelRegistry", "ModelVersion", "LiveModel", "RolloutModel", "fingerprint",

@@ -11,6 +11,8 @@ rate on the 2-core reference machine; see README); gunicorn is kept as the alter
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import shutil
@@ -20,16 +22,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import FrameType
 
 from mlplatform.config import Settings
 from mlplatform.errors import ConfigError
-from mlplatform.redisdb import EmbeddedRedis
 
 __all__ = ["service_names", "service_target", "server_command", "spawn", "wait_ready",
-           "stop_process", "serve", "shutdown_signals", "data_ready",
+           "stop_process", "serve", "sigterm_interrupts", "data_ready",
            "free_port_for"]
 
 log = logging.getLogger(__name__)
@@ -84,18 +86,17 @@ def spawn(service: str, settings: Settings, *, port: int, workers: int, server: 
     return subprocess.Popen(cmd, env=env)
 
 
-def wait_ready(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> dict[str, object]:
-    """Poll ``url``/readyz until it answers 200; raise with the last answer on timeout."""
-    import json
-
+def wait_ready(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None,
+               path: str = "/readyz") -> dict[str, object]:
+    """Poll ``url + path`` until it answers 200 (its JSON body); raise with the last answer."""
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server at {url} exited with status {proc.returncode}")
         try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as resp:
-                return json.loads(resp.read())  # type: ignore[no-any-return]
+            with urllib.request.urlopen(f"{url}{path}", timeout=2) as resp:
+                return json.loads(resp.read() or b"{}")  # type: ignore[no-any-return]
         except urllib.error.HTTPError as exc:
             last = exc.read().decode(errors="replace")
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
@@ -116,51 +117,39 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
         proc.wait()
 
 
-class shutdown_signals:
-    """Turn SIGINT/SIGTERM into a flag (and ``KeyboardInterrupt``-free shutdown) while inside."""
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Inside, SIGTERM raises KeyboardInterrupt like Ctrl-C, so one cleanup path serves both."""
 
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict[int, object] = {}
-
-    def _handler(self, signum: int, frame: FrameType | None) -> None:
+    def interrupt(signum: int, frame: FrameType | None) -> None:
         log.info("received %s, shutting down", signal.Signals(signum).name)
-        self.requested = True
+        raise KeyboardInterrupt
 
-    def __enter__(self) -> shutdown_signals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def serve(service: str, settings: Settings, *, port: int, workers: int, server: str) -> int:
     """Run ``service`` until Ctrl-C / SIGTERM; returns the exit status."""
-    service_target(service)  # fail fast on an unknown name
-    embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir)
-    redis_url = settings.redis_url or embedded.start()  # type: ignore[union-attr]
-    proc = None
+    from mlplatform.stack import Stack
+
+    stack = Stack(settings, [service], server=server, workers=workers, name="serve",
+                  ports={service: port}, private_redis=False, say=log.info)
     try:
-        with shutdown_signals() as stop:
-            proc = spawn(service, settings, port=port, workers=workers, server=server,
-                         redis_url=redis_url)
-            url = f"http://{settings.host}:{port}"
-            try:
-                wait_ready(url, timeout=120, proc=proc)
-                print(f"{service}: {url}", flush=True)
-            except TimeoutError as exc:
-                log.warning("%s (it keeps running; see /readyz)", exc)
-            while not stop.requested and proc.poll() is None:
+        with sigterm_interrupts():
+            urls = stack.start()
+            print(f"{service}: {urls[service]}", flush=True)
+            while not stack.dead():
                 time.sleep(0.2)
-            return 0 if stop.requested else (proc.returncode or 1)
+            log.error("%s exited", service)
+            return 1
+    except KeyboardInterrupt:
+        return 0
     finally:
-        if proc is not None:
-            stop_process(proc)
-        if embedded is not None:
-            embedded.stop()
+        stack.stop()
 
 
 def free_port_for(host: str) -> int:

@@ -117,3 +117,39 @@ def test_full_vectors_built_offline_match_the_ones_logged_online(
                               FrameProfiles.from_dir(fraud_data_dir / "payments"),
                               MemoryVelocityStore())
     assert online == offline
+
+
+def test_chunked_script_calls_keep_order_and_guards(
+        redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A request larger than one script call is split into chunks (pipelined, in order);
+    # guards apply per transaction whatever chunk it falls in.
+    import fraud.velocity as velocity
+
+    monkeypatch.setattr(velocity, "CHUNK", 3)
+    events = [_e(i, float(i)) for i in range(1, 9)]
+    redis_client.set("c:tx:t5", "decided")
+    guards = [f"c:tx:t{i}" for i in range(1, 9)]
+    online = RedisVelocityStore(redis_client, "c:").observe_guarded(events, guards)
+    assert online[4] is None and all(h is not None for i, h in enumerate(online) if i != 4)
+    kept = [e for i, e in enumerate(events) if i != 4]
+    offline = MemoryVelocityStore().observe(kept)
+    assert [velocity_features(e, h) for e, h in zip(kept, [h for h in online if h])] == [
+        velocity_features(e, h) for e, h in zip(kept, offline)]
+
+
+def test_profile_prefetch_fills_the_cache_without_overwriting() -> None:
+    from fraud.profiles import CachedProfiles
+
+    calls: list[tuple[str, list[str]]] = []
+
+    class Source:
+        def get_many(self, kind, ids):  # type: ignore[no-untyped-def]
+            calls.append((kind, list(ids)))
+            return {i: {"avg_amount": 1.0} for i in ids}
+
+    cache = CachedProfiles(Source(), ttl_seconds=60.0, max_size=5)
+    cache.get_many("card", ["c0"])
+    assert cache.prefetch("card", [f"c{i}" for i in range(8)], chunk=2) == 4  # c0 kept
+    calls.clear()
+    assert set(cache.get_many("card", ["c1", "c4"])) == {"c1", "c4"}
+    assert calls == [], "prefetched profiles are served from the cache"

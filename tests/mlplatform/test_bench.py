@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from mlplatform.bench.loadgen import UNIQUE, LoadResult, Target, percentile, run_load
 from mlplatform.bench.report import build_report, check_targets, format_table
-from mlplatform.bench.stack import Stack
+from mlplatform.stack import Stack
 from mlplatform.config import Settings
 from mlplatform.redisdb import free_port
 

@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["data", "evaluation", "history", "popularity", "ranking", "variants"]
+MODULES = ["data", "engine", "evaluation", "history", "popularity", "ranking", "variants"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import redis
 from recommender.history import HISTORY_PREFIX, STREAM_KEY, Event, HistoryStore
 
+from .conftest import Tiny
+
 
 def events(user: str, n: int, start: float = 1_700_000_000.0) -> list[Event]:
     return [Event(user, f"i{k}", "view", start + k) for k in range(n)]
@@ -40,3 +42,32 @@ def test_read_many_users_in_one_call(redis_client: redis.Redis) -> None:
     got = store.read(["u1", "nobody", "u2"])
     assert [len(h) for h in got] == [2, 0, 1]
     assert got[0][0] == (1_700_000_001.0, "view", "i1")
+
+
+def test_serving_parse_agrees_with_decoding(redis_client: redis.Redis, tiny: Tiny) -> None:
+    """The engine sums live events from the raw bytes; same as decoding each one."""
+    import random
+
+    import numpy as np
+    from recommender.engine import ServingModel, parse_events
+    from recommender.history import decode_event
+    from recommender.training import TrainConfig, fit_bundle
+
+    bundle = fit_bundle(tiny.interactions, TrainConfig(variants=("popularity",)))
+    serving = ServingModel(None, bundle, None)  # type: ignore[arg-type]
+    rng = random.Random(5)
+    ids = [str(i) for i in bundle.items.ids.tolist()] + ["unknown", "x|y"]
+    kinds = ["view", "add_to_cart", "purchase", "other"]
+    store = HistoryStore(redis_client, max_events=200)
+    store.append([Event("u1", rng.choice(ids), rng.choice(kinds),
+                        bundle.cutoff + rng.uniform(-3600, 3600)) for _ in range(150)])
+    (raw,) = store.read_raw(["u1"])
+    assert [decode_event(r) for r in raw] == store.read(["u1"])[0]
+    expected: dict[int, float] = {}
+    for ts, kind, item in store.read(["u1"])[0]:
+        idx = bundle.items.lookup(item)
+        if ts > bundle.cutoff and idx is not None:
+            expected[idx] = expected.get(idx, 0.0) + bundle.event_weights.get(kind, 1.0)
+    got = parse_events(raw, serving)
+    assert got.keys() == expected.keys() and expected
+    np.testing.assert_allclose([got[k] for k in expected], list(expected.values()))

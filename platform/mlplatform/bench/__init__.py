@@ -3,7 +3,7 @@
 - ``loadgen``: the load generator (standard library only): closed loop to saturation,
   open loop at a fixed rate with coordinated-omission-aware latency, exact percentiles.
 - ``payloads``: the endpoints under test, with requests built from the data files.
-- ``stack``: data, Redis, Feast, models and services on free loopback ports, for one run
+- ``mlplatform.stack`` (shared with ``mlsuite demo``): data, Redis, Feast, models and services, for one run
   (``mlsuite loadtest`` starts its services with it too).
 - ``harness``: the run itself; ``report``: the table, the JSON and the issue's targets.
 
@@ -83,7 +83,7 @@ def bench(duration: float, warmup: float, json_path: Path | None, services: str,
         only=tuple(o.strip() for o in only.split(",") if o.strip()), json_path=json_path,
         progress="none" if no_progress else "bar" if sys.stderr.isatty() else "lines",
     )
-    from mlplatform.bench.stack import sigterm_interrupts
+    from mlplatform.stack import sigterm_interrupts
 
     try:
         with sigterm_interrupts():

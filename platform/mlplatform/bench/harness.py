@@ -26,8 +26,8 @@ from typing import Any
 from mlplatform.bench.loadgen import LoadResult, Progress, run_load
 from mlplatform.bench.payloads import Endpoint, endpoints_for
 from mlplatform.bench.report import add_ratios, build_report, format_row, format_table, write_json
-from mlplatform.bench.stack import Stack
 from mlplatform.config import Settings
+from mlplatform.stack import Stack
 
 __all__ = ["BenchOptions", "measure_endpoint", "run_bench"]
 

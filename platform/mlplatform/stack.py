@@ -14,24 +14,20 @@ demo still running.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
-import signal
 import subprocess
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Self
 
 from mlplatform import serving
 from mlplatform.config import Settings
 from mlplatform.redisdb import EmbeddedRedis, free_port
+from mlplatform.serving import sigterm_interrupts
 
-__all__ = ["APP_SERVICES", "Stack", "sigterm_interrupts", "wait_http"]
+__all__ = ["APP_SERVICES", "Stack", "sigterm_interrupts"]
 
 log = logging.getLogger(__name__)
 
@@ -39,47 +35,18 @@ APP_SERVICES = ("recommender", "fraud")
 LOOPBACK = "127.0.0.1"
 
 
-@contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """Inside, SIGTERM raises KeyboardInterrupt like Ctrl-C, so cleanup code runs for both."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Poll ``url`` until it answers 2xx (for apps without /readyz, like the bare baseline)."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server for {url} exited with status {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                resp.read()
-                return
-        except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code}"
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-            last = str(exc)
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s: {last}")
-
-
 class Stack:
     """Start ``services`` (names of "mlsuite.services" entry points) for one run."""
 
     def __init__(self, settings: Settings, services: Sequence[str], *, server: str, workers: int,
-                 name: str = "bench", say: Callable[[str], None] = print) -> None:
+                 name: str = "bench", say: Callable[[str], None] = print,
+                 ports: Mapping[str, int] | None = None, private_redis: bool = True) -> None:
         for service in services:
             serving.service_target(service)  # unknown names fail before any work
-        self.settings = settings.with_(host=LOOPBACK)
+        # Measurements stay on loopback; demo and serve keep the configured address.
+        self.settings = settings.with_(host=LOOPBACK) if private_redis else settings
+        self.fixed_ports = dict(ports or {})
+        self.private_redis = private_redis
         self.services = list(services)
         self.server = server
         self.workers = workers
@@ -101,25 +68,29 @@ class Stack:
             self._ensure_data()
         if self.settings.redis_url:
             redis_url = self.settings.redis_url
-        else:
+        elif self.private_redis:
             shutil.rmtree(self.run_dir, ignore_errors=True)
             self._redis = EmbeddedRedis(self.run_dir)
             redis_url = self._redis.start()
             self.say(f"redis: private embedded server {redis_url}")
+        else:  # the data folder's own embedded server: its data outlives this run
+            self._redis = EmbeddedRedis(self.settings.data_dir)
+            redis_url = self._redis.start()
+            self.say(f"redis: embedded server {redis_url}")
         self.settings = self.settings.with_(redis_url=redis_url)
         if apps:
-            self._prepare_features(private_redis=self._redis is not None)
+            self._prepare_features(private_redis=self.private_redis and self._redis is not None)
             from mlplatform.demo import prepare_models
 
             self.say(f"models: making sure {', '.join(apps)} have a production model")
             prepare_models(self.settings, apps)
         for service in self.services:
-            port = free_port(LOOPBACK)
+            port = self.fixed_ports.get(service) or free_port(self.settings.host)
             self._procs[service] = serving.spawn(service, self.settings, port=port,
                                                  workers=self.workers, server=self.server,
                                                  redis_url=redis_url)
             self.ports[service] = port
-            self.urls[service] = f"http://{LOOPBACK}:{port}"
+            self.urls[service] = f"http://{self.settings.host}:{port}"
         for service, proc in self._procs.items():
             self._wait(service, proc)
             self.say(f"{service}: {self.urls[service]} ({self.server}, {self.workers} workers)")
@@ -147,16 +118,18 @@ class Stack:
 
     def _wait(self, service: str, proc: subprocess.Popen[bytes]) -> None:
         url = self.urls[service]
-        if service in APP_SERVICES or service == "baseline-conventions":
-            serving.wait_ready(url, timeout=180, proc=proc)
-        else:
-            wait_http(f"{url}/ping", timeout=60, proc=proc)
+        # The bare baseline has no /readyz: its one endpoint answering is readiness.
+        path = "/ping" if service == "baseline" else "/readyz"
+        serving.wait_ready(url, timeout=180, proc=proc, path=path)
 
     def pid(self, service: str) -> int:
         return self._procs[service].pid
 
     def alive(self) -> list[str]:
         return [s for s, p in self._procs.items() if p.poll() is None]
+
+    def dead(self) -> list[str]:
+        return [s for s, p in self._procs.items() if p.poll() is not None]
 
     def stop(self) -> None:
         """Stop the servers, then Redis; safe to call twice."""
@@ -171,7 +144,8 @@ class Stack:
         if self._redis is not None:
             self._redis.stop()
             self._redis = None
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+            if self.private_redis:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def __enter__(self) -> Self:
         try:
