@@ -111,14 +111,17 @@ def simulate(seed: int | None, out_dir: Path | None, only: str | None, **sizes: 
     seed = settings.seed if seed is None else seed
     names = {"users": "n_users", "items": "n_items", "interactions": "n_interactions",
              "cards": "n_cards", "merchants": "n_merchants", "transactions": "n_transactions"}
-    chosen = {**sim.DEFAULT_SIZES, **{names[k]: v for k, v in sizes.items() if v is not None}}
-    shop_keys = ("n_users", "n_items", "n_interactions")
+    n: dict[str, int] = {**sim.DEFAULT_SIZES,
+                         **{names[k]: v for k, v in sizes.items() if v is not None}}
     summary: dict[str, Any] = {}
     if only in (None, "shop"):
-        summary["shop"] = sim.simulate_shop(data_dir, seed=seed, **{k: chosen[k] for k in shop_keys})
+        summary["shop"] = sim.simulate_shop(data_dir, seed=seed, n_users=n["n_users"],
+                                            n_items=n["n_items"],
+                                            n_interactions=n["n_interactions"])
     if only in (None, "payments"):
-        summary["payments"] = sim.simulate_payments(
-            data_dir, seed=seed, **{k: v for k, v in chosen.items() if k not in shop_keys})
+        summary["payments"] = sim.simulate_payments(data_dir, seed=seed, n_cards=n["n_cards"],
+                                                    n_merchants=n["n_merchants"],
+                                                    n_transactions=n["n_transactions"])
     click.echo(json.dumps(summary, indent=2, default=str))
 
 
