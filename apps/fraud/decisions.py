@@ -5,7 +5,7 @@ score, decision, reasons, model state and the feature vector) to the decision st
 ``<prefix>decisions`` (the audit trail), and points ``<prefix>tx:<transaction_id>`` at
 that entry for ``decision_ttl_seconds``, so a label arriving days later joins the exact
 features the model saw (no leakage, no skew). The record is stored once, in the stream;
-a request's decisions are written in one MULTI transaction (all or none).
+a request's decisions are written by one script call (atomic: all or none).
 
 The stream must keep entries at least as long as the key TTL (``decision_stream_maxlen``
 0, the default, keeps everything: archive and trim it out of band).
@@ -80,17 +80,25 @@ class Decision:
         )
 
 
-# KEYS: stream, transaction key. ARGV: transaction id, record, ttl seconds, maxlen ('' = none)
+# KEYS: stream, then one transaction key per decision.
+# ARGV: ttl seconds, maxlen ('' = none), then per decision: transaction id, record.
+# One call appends a whole request's decisions: atomic, one command to send and parse.
 _APPEND = """
-local id
-if ARGV[4] ~= '' then
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*',
-                  'transaction_id', ARGV[1], 'record', ARGV[2])
-else
-  id = redis.call('XADD', KEYS[1], '*', 'transaction_id', ARGV[1], 'record', ARGV[2])
+local ttl, maxlen = ARGV[1], ARGV[2]
+local ids = {}
+for i = 2, #KEYS do
+  local a = 2 * i - 1
+  local id
+  if maxlen ~= '' then
+    id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*',
+                    'transaction_id', ARGV[a], 'record', ARGV[a + 1])
+  else
+    id = redis.call('XADD', KEYS[1], '*', 'transaction_id', ARGV[a], 'record', ARGV[a + 1])
+  end
+  redis.call('SET', KEYS[i], id, 'EX', ttl)
+  ids[i - 1] = id
 end
-redis.call('SET', KEYS[2], id, 'EX', ARGV[3])
-return id
+return ids
 """
 
 
@@ -102,39 +110,32 @@ class DecisionLog:
         self._redis = client
         self.prefix = prefix
         self.stream = f"{prefix}decisions"
+        self._key_prefix = f"{prefix}tx:"
         self._ttl = str(ttl_seconds)
         self._maxlen = str(stream_maxlen) if stream_maxlen else ""
         self._sha = client.register_script(_APPEND).sha
 
     def key(self, transaction_id: str) -> str:
-        return f"{self.prefix}tx:{transaction_id}"
+        return self._key_prefix + transaction_id
 
     def record(self, decisions: Sequence[Decision]) -> list[str]:
-        """Append ``decisions`` atomically (all or, on failure, none); their stream ids."""
-        if len(decisions) == 1:  # one script call is atomic by itself: no MULTI needed
-            d = decisions[0]
-            args = (self.stream, self.key(d.transaction_id), d.transaction_id, d.to_record(),
-                    self._ttl, self._maxlen)
-            try:
-                entry = self._redis.evalsha(self._sha, 2, *args)
-            except redis.exceptions.NoScriptError:
-                self._sha = self._redis.script_load(_APPEND)
-                entry = self._redis.evalsha(self._sha, 2, *args)
-            return [entry.decode() if isinstance(entry, bytes) else str(entry)]
-        for attempt in range(2):
-            pipe = self._redis.pipeline(transaction=True)
-            for d in decisions:
-                pipe.evalsha(self._sha, 2, self.stream, self.key(d.transaction_id),
-                             d.transaction_id, d.to_record(), self._ttl, self._maxlen)
-            try:
-                ids = pipe.execute()
-                return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
-            except redis.exceptions.NoScriptError:
-                # A restarted Redis lost its scripts: every call failed alike, none applied.
-                if attempt:
-                    raise
-                self._sha = self._redis.script_load(_APPEND)
-        raise AssertionError("unreachable")
+        """Append ``decisions`` atomically (one script call: all or, on failure, none);
+        their stream ids."""
+        if not decisions:
+            return []
+        kp = self._key_prefix
+        keys = [self.stream]
+        args = [self._ttl, self._maxlen]
+        for d in decisions:
+            keys.append(kp + d.transaction_id)
+            args += (d.transaction_id, d.to_record())
+        try:
+            ids = self._redis.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            # A restarted Redis lost its scripts: nothing was applied.
+            self._sha = self._redis.script_load(_APPEND)
+            ids = self._redis.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
     def fetch(self, transaction_ids: Sequence[str]) -> list[bytes | None]:
         """The stored records (JSON bytes) of ``transaction_ids``; None where unknown."""

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import functools
 import heapq
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -37,9 +38,9 @@ __all__ = ["Reason", "Predictor", "LinearPredictor", "GBMPredictor", "matrix", "
 _SMALL = 4  # rows scored in plain Python; more go through numpy
 
 
-@dataclass(frozen=True, slots=True)
-class Reason:
-    """One feature's push towards fraud: its value and its contribution to the score."""
+class Reason(NamedTuple):
+    """One feature's push towards fraud: its value and its contribution to the score.
+    (A named tuple: immutable, and cheap to build for every row of a batch.)"""
 
     feature: str
     value: float
@@ -74,11 +75,11 @@ class Predictor(Protocol):
 
 
 def matrix(xs: Sequence[Mapping[str, float]], names: Sequence[str]) -> np.ndarray:
-    X = np.empty((len(xs), len(names)), dtype=np.float64)
-    for i, x in enumerate(xs):
-        get = x.get
-        X[i] = [get(k, 0.0) for k in names]
-    return X
+    if not xs:
+        return np.empty((0, len(names)), dtype=np.float64)
+    zeros = itertools.repeat(0.0)
+    # map(x.get, names, zeros) runs the per-feature loop in C: x.get(name, 0.0)
+    return np.array([list(map(x.get, names, zeros)) for x in xs], dtype=np.float64)
 
 
 def prep(X: np.ndarray, log_mask: np.ndarray) -> np.ndarray:
@@ -108,12 +109,17 @@ def _top(names: Sequence[str], X: np.ndarray, C: np.ndarray, k: int) -> list[lis
     if is_category.any():
         C[:, is_category] = np.where(X[:, is_category] != 0.0, C[:, is_category], -np.inf)
     k = min(k, C.shape[1])
+    # Vectorised over rows: the top k columns per row, then sorted by contribution.
     idx = np.argpartition(-C, k - 1, axis=1)[:, :k]
-    out: list[list[Reason]] = []
-    for i, row in enumerate(idx):
-        row = row[np.argsort(-C[i, row])]
-        out.append([Reason(names[j], float(X[i, j]), float(C[i, j])) for j in row if C[i, j] > 0])
-    return out
+    top = np.take_along_axis(C, idx, axis=1)
+    order = np.argsort(-top, axis=1)
+    idx = np.take_along_axis(idx, order, axis=1)
+    top = np.take_along_axis(top, order, axis=1)
+    values = np.take_along_axis(X, idx, axis=1)
+    return [
+        [Reason(names[j], v, c) for j, v, c in zip(jrow, vrow, crow) if c > 0]
+        for jrow, vrow, crow in zip(idx.tolist(), values.tolist(), top.tolist())
+    ]
 
 
 # ---------------------------------------------------------------------------- linear

@@ -3,7 +3,9 @@
 Profiles change rarely (daily recomputes, an analyst's merchant risk update), while a
 payment flow asks about the same cards and merchants all day; so a request never calls
 Feast per transaction: it reads the cache, and the misses of a whole request (or batch)
-go to Feast in one call per entity kind. ``FrameProfiles`` serves the same dicts from the
+go to Feast in one call per entity kind. At startup the service prefetches the profiles
+of the entities it knows of (``known_entities``: the ids of the profile source files), so
+the first request for each card does not pay a feature-store read. ``FrameProfiles`` serves the same dicts from the
 parquet files Feast's offline store reads (training and replay).
 
 A profile is a plain dict (``CARD_FIELDS`` / ``MERCHANT_FIELDS``), or ``None`` when the
@@ -33,6 +35,7 @@ __all__ = [
     "FeastProfiles",
     "FrameProfiles",
     "NoProfiles",
+    "known_entities",
 ]
 
 CARD_FIELDS = ("home_country", "card_age_days", "avg_amount")
@@ -92,6 +95,19 @@ class FrameProfiles:
 
     def __len__(self) -> int:
         return sum(len(t) for t in self._tables.values())
+
+
+def known_entities(folder: Path) -> dict[str, list[str]]:
+    """Entity ids per kind from the profile source files in ``folder`` (the files Feast
+    materialises from); kinds whose file is missing are left out. Only ids are read: the
+    profiles themselves still come from the online store."""
+    out: dict[str, list[str]] = {}
+    for kind, file in (("card", "cards.parquet"), ("merchant", "merchants.parquet")):
+        path = Path(folder) / file
+        if path.is_file():
+            key = _REFS[kind][0]
+            out[kind] = pd.read_parquet(path, columns=[key])[key].astype(str).tolist()
+    return out
 
 
 def _index(df: pd.DataFrame | None, key: str, fields: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -160,6 +176,7 @@ class CachedProfiles:
         self._max = max_size
         self._clock = clock
         self._lock = threading.Lock()
+        self._counters: dict[str, tuple[Any, Any]] = {}
         self._entries: dict[str, OrderedDict[str, tuple[float, Profile]]] = {
             "card": OrderedDict(), "merchant": OrderedDict()
         }
@@ -176,12 +193,16 @@ class CachedProfiles:
                     out[i] = hit[1]
                 elif i not in out:
                     missing.append(i)
+        counters = self._counters.get(kind)
+        if counters is None:  # labelled children looked up once, in the serving process
+            counters = self._counters[kind] = (CACHE.labels(kind, "hit"),
+                                               CACHE.labels(kind, "miss"))
         if len(ids) > len(missing):
-            CACHE.labels(kind, "hit").inc(len(ids) - len(missing))
+            counters[0].inc(len(ids) - len(missing))
         if not missing:
             return out
         missing = list(dict.fromkeys(missing))
-        CACHE.labels(kind, "miss").inc(len(missing))
+        counters[1].inc(len(missing))
         try:
             fetched = self._source.get_many(kind, missing)
         except Unavailable as exc:
@@ -203,6 +224,25 @@ class CachedProfiles:
         warm = getattr(self._source, "warm_up", None)
         if warm is not None:
             warm()
+
+    def prefetch(self, kind: str, ids: Sequence[str], chunk: int = 500) -> int:
+        """Load the profiles of ``ids`` into the cache ahead of requests (at startup, off
+        the request path: a cold cache costs a feature-store read per new entity); at most
+        the cache's size; entries already cached are kept. Returns how many were loaded."""
+        wanted = list(dict.fromkeys(ids))[: self._max]
+        loaded = 0
+        for start in range(0, len(wanted), chunk):
+            fetched = self._source.get_many(kind, wanted[start:start + chunk])
+            expires = self._clock() + self._ttl
+            with self._lock:
+                entries = self._entries[kind]
+                for i, profile in fetched.items():
+                    if i not in entries:
+                        entries[i] = (expires, profile)
+                        loaded += 1
+                while len(entries) > self._max:
+                    entries.popitem(last=False)
+        return loaded
 
     def clear(self) -> None:
         with self._lock:

@@ -33,6 +33,7 @@ mlplatform.errors.BadRequest: timestamp is required
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -64,6 +65,7 @@ REQUIRED = ("transaction_id", "timestamp", "card_id", "merchant_id", "amount", "
             "country", "channel")
 OPTIONAL = ("device_id",)
 _ID = ID_PATTERN
+_id_match = ID_PATTERN.match
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _MIN_TS = 946_684_800.0  # 2000-01-01
@@ -99,11 +101,12 @@ def parse_transaction(
         name = where.rstrip(".") or "body"
         raise BadRequest(f"{name} must be a JSON object (a transaction), got {_kind(body)}",
                          field=name)
+    get = body.get
     for name in REQUIRED:
-        if name not in body or body[name] is None:
+        if get(name) is None:
             raise BadRequest(f"{where}{name} is required", field=where + name)
-    allowed = set(REQUIRED) | set(OPTIONAL) | set(extra_fields)
     if len(body) > len(REQUIRED):
+        allowed = _allowed(tuple(extra_fields))
         for name in body:
             if name not in allowed:
                 raise BadRequest(
@@ -139,7 +142,7 @@ def parse_transaction(
             f"{where}channel must be one of {', '.join(CHANNELS)}, got {channel!r}",
             field=where + "channel",
         )
-    device = body.get("device_id")
+    device = get("device_id")
     extra: dict[str, float] = {}
     for name in extra_fields:
         value = body.get(name)
@@ -153,18 +156,29 @@ def parse_transaction(
             )
         else:
             extra[name] = float(value)
-    return Transaction(
-        transaction_id=_identifier(body["transaction_id"], where + "transaction_id"),
-        timestamp=parse_timestamp(body["timestamp"], where + "timestamp"),
-        card_id=_identifier(body["card_id"], where + "card_id"),
-        merchant_id=_identifier(body["merchant_id"], where + "merchant_id"),
-        amount=float(amount),
-        currency=currency,
-        country=country,
-        channel=channel,
-        device_id=None if device is None else _identifier(device, where + "device_id"),
-        extra=extra,
-    )
+    # Fast paths for the usual shapes (a str id, epoch seconds); anything else goes
+    # through the full checks, which also word the errors.
+    tid, card, merchant, ts = body["transaction_id"], body["card_id"], body["merchant_id"], body[
+        "timestamp"]
+    if type(tid) is not str or not _id_match(tid):
+        tid = _identifier(tid, where + "transaction_id")
+    if type(card) is not str or not _id_match(card):
+        card = _identifier(card, where + "card_id")
+    if type(merchant) is not str or not _id_match(merchant):
+        merchant = _identifier(merchant, where + "merchant_id")
+    if device is not None and (type(device) is not str or not _id_match(device)):
+        device = _identifier(device, where + "device_id")
+    if type(ts) is float and _MIN_TS <= ts < _MAX_TS:
+        pass
+    else:
+        ts = parse_timestamp(ts, where + "timestamp")
+    return Transaction(tid, ts, card, merchant, float(amount), currency, country, channel,
+                       device, extra)
+
+
+@functools.lru_cache(maxsize=64)
+def _allowed(extra_fields: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(REQUIRED + OPTIONAL + extra_fields)
 
 
 def parse_transactions(

@@ -2,10 +2,15 @@
 
 Per request, whatever its size, the hot path costs:
 
-1. one Redis round trip: the velocity script for every transaction (a pipeline);
+1. one Redis round trip: one velocity script call for all the request's transactions
+   (up to ``velocity.CHUNK`` per call; a larger batch pipelines its chunks);
 2. cache reads for card and merchant profiles (one Feast call per kind for the misses);
 3. one vectorised predict + explain over the whole request's matrix;
-4. one Redis round trip: decisions appended to the stream and keyed for labels (MULTI).
+4. one Redis round trip: one script call appends every decision to the stream and keys
+   it for labels (atomic), before the response is sent.
+
+The two round trips cannot be merged without giving something up: the decision depends
+on the velocity the first call returns, and it must be durable before the caller sees it.
 
 A transaction id already decided is not scored again: its velocity is left untouched
 and the stored decision comes back, flagged ``duplicate`` (safe client retries).
@@ -13,6 +18,7 @@ and the stored decision comes back, flagged ``duplicate`` (safe client retries).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -31,12 +37,14 @@ from fraud.features import assemble, event_of
 from fraud.labels import Label, LabelStream
 from fraud.learner import Learner, ServingState
 from fraud.models import Artifact
-from fraud.profiles import ProfileSource
+from fraud.profiles import ProfileSource, known_entities
 from fraud.schema import Transaction
 from fraud.thresholds import DECISIONS
 from fraud.velocity import RedisVelocityStore, velocity_features
 
 __all__ = ["FraudService"]
+
+log = logging.getLogger(__name__)
 
 
 class FraudService:
@@ -66,10 +74,27 @@ class FraudService:
         state = self.learner.state()
         if not self._warmed:
             self._warmed = True
-            warm = getattr(self.profiles, "warm_up", None)
-            if warm is not None:
-                threading.Thread(target=warm, name="fraud-profiles-warm-up", daemon=True).start()
+            threading.Thread(target=self._warm_profiles, name="fraud-profiles-warm-up",
+                             daemon=True).start()
         return state
+
+    def _warm_profiles(self) -> None:
+        """Open the profile store, then prefetch the known entities into the cache."""
+        warm = getattr(self.profiles, "warm_up", None)
+        if warm is not None:
+            warm()
+        prefetch = getattr(self.profiles, "prefetch", None)
+        if prefetch is None or self.config.profile_cache_seconds <= 0:
+            return
+        try:
+            started = time.perf_counter()
+            loaded = {kind: prefetch(kind, ids) for kind, ids
+                      in known_entities(self.settings.data_dir / "payments").items()}
+            if loaded:
+                log.info("fraud profiles prefetched %s in %.2fs", loaded,
+                         time.perf_counter() - started)
+        except Exception as exc:  # requests fetch on a miss, as without the prefetch
+            log.warning("could not prefetch profiles: %s", exc)
 
     # -- scoring -------------------------------------------------------------------
 
@@ -100,15 +125,15 @@ class FraudService:
         xs = [assemble(t, cards[t.card_id], merchants[t.merchant_id], v)
               for t, v in zip(txs, velocity)]
         scores, reasons = state.predictor.score(xs, self.config.top_reasons)
-        labels = [state.thresholds.decide(s) for s in scores]
+        thresholds = state.thresholds
+        review, decline = thresholds.review, thresholds.decline
+        labels = ["decline" if s >= decline else "review" if s >= review else "approve"
+                  for s in scores]
         now = time.time()
+        version, n_labels = state.label, state.labels
         out = [
-            Decision(
-                transaction_id=t.transaction_id, timestamp=t.timestamp, score=float(s),
-                decision=d, reasons=[r.to_dict() for r in rs], model_version=state.label,
-                model_labels=state.labels, review_threshold=state.thresholds.review,
-                features=x, scored_at=now,
-            )
+            Decision(t.transaction_id, t.timestamp, float(s), d, [r.to_dict() for r in rs],
+                     version, n_labels, review, x, now)
             for t, s, d, rs, x in zip(txs, scores, labels, reasons, xs)
         ]
         observe = metrics.SCORES.observe

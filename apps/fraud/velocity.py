@@ -3,9 +3,10 @@
 One feature function (``velocity_features``) over the recent history of a transaction's
 card, device and merchant; two stores of that history with the same semantics:
 
-- ``RedisVelocityStore``: shared by every replica. One Lua script per transaction reads
-  the prior history and records the transaction atomically (one round trip; a batch is
-  one pipeline), so concurrent replicas see a consistent serial order.
+- ``RedisVelocityStore``: shared by every replica. One Lua script call reads the prior
+  history of each transaction of a request and records it, in order and atomically (one
+  command per request up to ``CHUNK`` transactions; larger batches pipeline the chunks),
+  so concurrent replicas see a consistent serial order.
 - ``MemoryVelocityStore``: in process, for replaying history offline (training, replay).
 
 Both return the same ``History`` for the same sequence of transactions, so online and
@@ -277,54 +278,71 @@ class MemoryVelocityStore:
 
 # --------------------------------------------------------------------------------- Redis
 
-# KEYS: card window, card stats, merchant window, device window ('' = none), guard ('' = none)
-# ARGV: ts, 24h lower bound, 1h lower bound, 1m lower bound, trim bound, card member,
-#       merchant member, device member, amount (milli), device field, country field,
-#       window ttl, card ttl
+# One script call observes a whole chunk of transactions, in order (one command to pack,
+# send and parse instead of one per transaction; each chunk is atomic).
+# KEYS, 5 per transaction: card window, card stats, merchant window, device window
+#   ('' = none), guard ('' = none)
+# ARGV: window ttl, card ttl, then 11 per transaction: ts, 24h lower bound, 1h lower bound,
+#   1m lower bound, trim bound, card member, merchant member, device member,
+#   amount (milli), device field, country field
 # Every number arrives as a string made by Python (Lua's tostring would lose digits).
 _OBSERVE = """
-if KEYS[5] ~= '' and redis.call('EXISTS', KEYS[5]) == 1 then return {'dup'} end
-local ts, lo = ARGV[1], ARGV[2]
-local trim = '(' .. ARGV[5]
-local card = redis.call('ZRANGEBYSCORE', KEYS[1], lo, ts, 'WITHSCORES')
-redis.call('ZADD', KEYS[1], ts, ARGV[6])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', trim)
-redis.call('EXPIRE', KEYS[1], ARGV[12])
-local stats
-if ARGV[10] ~= '' then
-  stats = redis.call('HMGET', KEYS[2], 'n', 'amt', 'last', ARGV[11], ARGV[10])
-  redis.call('HSET', KEYS[2], 'last', ts, ARGV[11], ts, ARGV[10], ts)
-else
-  stats = redis.call('HMGET', KEYS[2], 'n', 'amt', 'last', ARGV[11])
-  redis.call('HSET', KEYS[2], 'last', ts, ARGV[11], ts)
+local wttl, cttl = ARGV[1], ARGV[2]
+local out = {}
+for i = 0, #KEYS / 5 - 1 do
+  local k, a = i * 5, 2 + i * 11
+  if KEYS[k + 5] ~= '' and redis.call('EXISTS', KEYS[k + 5]) == 1 then
+    out[i + 1] = {'dup'}
+  else
+    local ts, lo = ARGV[a + 1], ARGV[a + 2]
+    local trim = '(' .. ARGV[a + 5]
+    local card = redis.call('ZRANGEBYSCORE', KEYS[k + 1], lo, ts, 'WITHSCORES')
+    redis.call('ZADD', KEYS[k + 1], ts, ARGV[a + 6])
+    redis.call('ZREMRANGEBYSCORE', KEYS[k + 1], '-inf', trim)
+    redis.call('EXPIRE', KEYS[k + 1], wttl)
+    local stats
+    if ARGV[a + 10] ~= '' then
+      stats = redis.call('HMGET', KEYS[k + 2], 'n', 'amt', 'last', ARGV[a + 11], ARGV[a + 10])
+      redis.call('HSET', KEYS[k + 2], 'last', ts, ARGV[a + 11], ts, ARGV[a + 10], ts)
+    else
+      stats = redis.call('HMGET', KEYS[k + 2], 'n', 'amt', 'last', ARGV[a + 11])
+      redis.call('HSET', KEYS[k + 2], 'last', ts, ARGV[a + 11], ts)
+    end
+    redis.call('HINCRBY', KEYS[k + 2], 'n', 1)
+    redis.call('HINCRBY', KEYS[k + 2], 'amt', ARGV[a + 9])
+    redis.call('EXPIRE', KEYS[k + 2], cttl)
+    local m1 = redis.call('ZCOUNT', KEYS[k + 3], ARGV[a + 4], ts)
+    local m60 = redis.call('ZCOUNT', KEYS[k + 3], ARGV[a + 3], ts)
+    local m1440 = redis.call('ZCOUNT', KEYS[k + 3], lo, ts)
+    redis.call('ZADD', KEYS[k + 3], ts, ARGV[a + 7])
+    redis.call('ZREMRANGEBYSCORE', KEYS[k + 3], '-inf', trim)
+    redis.call('EXPIRE', KEYS[k + 3], wttl)
+    local dev = {}
+    if KEYS[k + 4] ~= '' then
+      dev = redis.call('ZRANGEBYSCORE', KEYS[k + 4], lo, ts, 'WITHSCORES')
+      redis.call('ZADD', KEYS[k + 4], ts, ARGV[a + 8])
+      redis.call('ZREMRANGEBYSCORE', KEYS[k + 4], '-inf', trim)
+      redis.call('EXPIRE', KEYS[k + 4], wttl)
+    end
+    out[i + 1] = {card, stats, {m1, m60, m1440}, dev}
+  end
 end
-redis.call('HINCRBY', KEYS[2], 'n', 1)
-redis.call('HINCRBY', KEYS[2], 'amt', ARGV[9])
-redis.call('EXPIRE', KEYS[2], ARGV[13])
-local m1 = redis.call('ZCOUNT', KEYS[3], ARGV[4], ts)
-local m60 = redis.call('ZCOUNT', KEYS[3], ARGV[3], ts)
-local m1440 = redis.call('ZCOUNT', KEYS[3], lo, ts)
-redis.call('ZADD', KEYS[3], ts, ARGV[7])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', trim)
-redis.call('EXPIRE', KEYS[3], ARGV[12])
-local dev = {}
-if KEYS[4] ~= '' then
-  dev = redis.call('ZRANGEBYSCORE', KEYS[4], lo, ts, 'WITHSCORES')
-  redis.call('ZADD', KEYS[4], ts, ARGV[8])
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', trim)
-  redis.call('EXPIRE', KEYS[4], ARGV[12])
-end
-return {card, stats, {m1, m60, m1440}, dev}
+return out
 """
+# Transactions per script call: bounds how long one call holds Redis (~50 us each).
+CHUNK = 256
+_TTLS = (str(WINDOW_KEY_TTL), str(CARD_KEY_TTL))
+_W1H, _W1M = WINDOWS["1h"], WINDOWS["1m"]
 
 
 class RedisVelocityStore:
-    """Velocity state in Redis, shared by every replica; one script call per transaction."""
+    """Velocity state in Redis, shared by every replica; one script call per chunk of
+    transactions (a request of up to ``CHUNK`` transactions is one command)."""
 
     def __init__(self, client: redis.Redis, prefix: str = "fraud:") -> None:
         self._redis = client
         self._prefix = prefix
-        self._script = client.register_script(_OBSERVE)
+        self._sha = client.register_script(_OBSERVE).sha
 
     def observe(self, events: Sequence[Event]) -> list[History]:
         return self.observe_guarded(events, None)  # type: ignore[return-value]
@@ -334,59 +352,59 @@ class RedisVelocityStore:
     ) -> list[History | None]:
         """Record ``events`` in order; an event whose guard key exists is left untouched
         and its slot in the result holds ``None`` (a retry of an already scored transaction)."""
-        calls = [self._call(e, guards[i] if guards else "") for i, e in enumerate(events)]
-        sha = self._script.sha
-        if len(calls) == 1:
-            keys, args = calls[0]
-            try:
-                replies = [self._redis.evalsha(sha, len(keys), *keys, *args)]
-            except redis.exceptions.NoScriptError:
-                self._script.sha = self._redis.script_load(_OBSERVE)
-                replies = [self._redis.evalsha(self._script.sha, len(keys), *keys, *args)]
+        commands = []
+        for start in range(0, len(events), CHUNK):
+            keys: list[str] = []
+            args: list[str] = list(_TTLS)
+            for i in range(start, min(start + CHUNK, len(events))):
+                self._call(events[i], guards[i] if guards else "", keys, args)
+            commands.append((keys, args))
+        if len(commands) == 1:
+            keys, args = commands[0]
+            replies = self._eval(keys, args)
         else:
-            replies = self._pipeline(calls)
-        return [self._decode(r) for r in replies]
+            replies = [r for chunk in self._pipeline(commands) for r in chunk]
+        decode = self._decode
+        return [decode(r) for r in replies]
 
-    def _pipeline(self, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
+    def _eval(self, keys: list[str], args: list[str]) -> Any:
+        try:
+            return self._redis.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            self._sha = self._redis.script_load(_OBSERVE)
+            return self._redis.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+
+    def _pipeline(self, commands: list[tuple[list[str], list[str]]]) -> list[Any]:
         # Not MULTI: each script is atomic on its own, and the pipeline keeps their order.
         for attempt in range(2):
             pipe = self._redis.pipeline(transaction=False)
-            for keys, args in calls:
-                pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+            for keys, args in commands:
+                pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
             try:
-                return pipe.execute()
+                return pipe.execute()  # type: ignore[no-any-return]
             except redis.exceptions.NoScriptError:
                 if attempt:
                     raise
-                self._script.sha = self._redis.script_load(_OBSERVE)
+                self._sha = self._redis.script_load(_OBSERVE)
         raise AssertionError("unreachable")
 
-    def _call(self, e: Event, guard: str) -> tuple[list[str], list[str]]:
+    def _call(self, e: Event, guard: str, keys: list[str], args: list[str]) -> None:
         p = self._prefix
         ts = e.timestamp
-        keys = [
-            f"{p}v:c:{e.card_id}",
-            f"{p}v:ch:{e.card_id}",
-            f"{p}v:m:{e.merchant_id}",
-            f"{p}v:d:{e.device_id}" if e.device_id is not None else "",
-            guard,
-        ]
-        args = [
-            repr(ts),
-            repr(ts - HORIZON),
-            repr(ts - WINDOWS["1h"]),
-            repr(ts - WINDOWS["1m"]),
-            repr(ts - TRIM),
-            _card_member(e),
-            e.transaction_id,
-            _device_member(e) if e.device_id is not None else "",
-            str(_milli(e.amount)),
-            f"d:{e.device_id}" if e.device_id is not None else "",
-            f"c:{e.country}",
-            str(WINDOW_KEY_TTL),
-            str(CARD_KEY_TTL),
-        ]
-        return keys, args
+        card, device = e.card_id, e.device_id
+        tid = e.transaction_id
+        if device is None:
+            keys += (f"{p}v:c:{card}", f"{p}v:ch:{card}", f"{p}v:m:{e.merchant_id}", "", guard)
+            dmember = dfield = ""
+        else:
+            keys += (f"{p}v:c:{card}", f"{p}v:ch:{card}", f"{p}v:m:{e.merchant_id}",
+                     f"{p}v:d:{device}", guard)
+            dmember, dfield = f"{tid}{SEP}{card}", f"d:{device}"
+        args += (
+            repr(ts), repr(ts - HORIZON), repr(ts - _W1H), repr(ts - _W1M), repr(ts - TRIM),
+            f"{tid}{SEP}{e.amount!r}{SEP}{e.merchant_id}{SEP}{e.country}",
+            tid, dmember, str(_milli(e.amount)), dfield, f"c:{e.country}",
+        )
 
     @staticmethod
     def _decode(reply: Any) -> History | None:
@@ -396,7 +414,8 @@ class RedisVelocityStore:
         events = [
             _decode_card(card[i].decode(), float(card[i + 1])) for i in range(0, len(card), 2)
         ]
-        n, amt, last, country, device = (list(stats) + [None])[:5]
+        n, amt, last, country = stats[0], stats[1], stats[2], stats[3]
+        device = stats[4] if len(stats) > 4 else None
         return History(
             card_events=events,
             card_n=int(n) if n is not None else 0,

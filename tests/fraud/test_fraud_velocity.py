@@ -123,7 +123,7 @@ def test_chunked_script_calls_keep_order_and_guards(
         redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     # A request larger than one script call is split into chunks (pipelined, in order);
     # guards apply per transaction whatever chunk it falls in.
-    import fraud.velocity as velocity
+    from fraud import velocity
 
     monkeypatch.setattr(velocity, "CHUNK", 3)
     events = [_e(i, float(i)) for i in range(1, 9)]
