@@ -18,6 +18,11 @@ from typing import Any
 
 from flask import Blueprint, Flask, current_app, jsonify
 
+from fraud.config import FraudConfig
+from fraud.labels import parse_labels
+from fraud.profiles import CachedProfiles, FeastProfiles, ProfileSource
+from fraud.schema import parse_transaction, parse_transactions
+from fraud.service import FraudService
 from mlplatform.config import Settings, get_settings
 from mlplatform.http import (
     add_readiness_check,
@@ -26,12 +31,6 @@ from mlplatform.http import (
     json_body,
     query_bool,
 )
-
-from fraud.config import FraudConfig
-from fraud.labels import parse_labels
-from fraud.profiles import CachedProfiles, FeastProfiles, ProfileSource
-from fraud.schema import parse_transaction, parse_transactions
-from fraud.service import FraudService
 
 __all__ = ["create_app", "get_service"]
 

@@ -87,10 +87,9 @@ def _bodies(settings: Settings, n: int, run: str) -> list[dict[str, Any]]:
 def run_bench(settings: Settings, *, n_single: int = 2000, batch_size: int = 1000,
               batches: int = 10, http: bool = True, server: str = "granian",
               workers: int = 2, concurrency: int = 4) -> dict[str, Any]:
-    from mlplatform.redisdb import EmbeddedRedis, connect
-
     from fraud.cli import ensure_trained
     from fraud.config import FraudConfig
+    from mlplatform.redisdb import EmbeddedRedis, connect
 
     embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir)
     redis_url = settings.redis_url or embedded.start()  # type: ignore[union-attr]

@@ -45,9 +45,8 @@ def ensure_model(settings: Settings) -> None:
 
 def ensure_trained(settings: Settings, config: Any) -> None:
     """Train and promote the models unless the served one has a production version."""
-    from mlplatform.registry import ModelRegistry
-
     from fraud.training import load_dataset, train
+    from mlplatform.registry import ModelRegistry
 
     registry = ModelRegistry(settings.data_dir / "models")
     if config.model_alias in registry.aliases(config.model_name):
@@ -63,12 +62,11 @@ def ensure_trained(settings: Settings, config: Any) -> None:
 def seed_velocity(settings: Settings, config: Any, path: Path, *, force: bool) -> int:
     """Replay ``path`` into the Redis velocity state, once per file (a marker key
     remembers it), so the first live payment of a card is compared with its past."""
-    from mlplatform.redisdb import connect
-    from mlplatform.registry import fingerprint
-
     from fraud.features import event_of
     from fraud.schema import read_transactions, transactions_from_frame
     from fraud.velocity import RedisVelocityStore, seed
+    from mlplatform.redisdb import connect
+    from mlplatform.registry import fingerprint
 
     client = connect(settings.redis_url or "")
     marker = f"{config.key_prefix}velocity:seeded"
@@ -101,10 +99,9 @@ def cli() -> None:
 def train_command(path: Path | None, validation_fraction: float, promote: bool,
                   batch: bool) -> None:
     """Train the online (river) and batch (scikit-learn) models and register both."""
-    from mlplatform.registry import ModelRegistry
-
     from fraud.config import FraudConfig
     from fraud.training import train
+    from mlplatform.registry import ModelRegistry
 
     settings = _settings()
     config = FraudConfig.from_env()

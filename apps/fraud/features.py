@@ -25,7 +25,7 @@ from typing import Any
 
 from fraud.profiles import Profile, ProfileSource
 from fraud.schema import Transaction
-from fraud.velocity import Event, VelocityStore, velocity_features, VELOCITY_FEATURES
+from fraud.velocity import VELOCITY_FEATURES, Event, VelocityStore, velocity_features
 
 __all__ = [
     "assemble",

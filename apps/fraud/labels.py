@@ -23,11 +23,10 @@ from typing import Any
 
 import redis
 
-from mlplatform.errors import BadRequest, NotFound
-from mlplatform.http import check_id
-
 from fraud.decisions import DecisionLog
 from fraud.schema import parse_timestamp
+from mlplatform.errors import BadRequest, NotFound
+from mlplatform.http import check_id
 
 __all__ = ["Label", "LabelEntry", "LabelStream", "parse_labels"]
 

@@ -26,10 +26,6 @@ from typing import Any
 
 import redis
 
-from mlplatform.errors import Unavailable
-from mlplatform.metrics import set_model_info
-from mlplatform.registry import LiveModel, ModelVersion
-
 from fraud import metrics
 from fraud.config import FraudConfig
 from fraud.drift import DriftMonitor
@@ -37,6 +33,9 @@ from fraud.labels import LabelEntry, LabelStream
 from fraud.models import Artifact, clone
 from fraud.predictors import Predictor
 from fraud.thresholds import Thresholds
+from mlplatform.errors import Unavailable
+from mlplatform.metrics import set_model_info
+from mlplatform.registry import LiveModel, ModelVersion
 
 __all__ = ["Learner", "ServingState"]
 

@@ -26,10 +26,6 @@ from typing import Any
 
 import redis
 
-from mlplatform.config import Settings
-from mlplatform.errors import Conflict
-from mlplatform.registry import ModelRegistry
-
 from fraud import metrics
 from fraud.config import FraudConfig
 from fraud.decisions import Decision, DecisionLog
@@ -41,6 +37,9 @@ from fraud.profiles import ProfileSource, known_entities
 from fraud.schema import Transaction
 from fraud.thresholds import DECISIONS
 from fraud.velocity import RedisVelocityStore, velocity_features
+from mlplatform.config import Settings
+from mlplatform.errors import Conflict
+from mlplatform.registry import ModelRegistry
 
 __all__ = ["FraudService"]
 

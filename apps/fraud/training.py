@@ -28,8 +28,6 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from mlplatform.registry import ModelRegistry, ModelVersion, fingerprint
-
 from fraud.config import FraudConfig
 from fraud.features import offline_vectors
 from fraud.models import Artifact, BatchGBM, OnlineLinear, feature_names_of
@@ -37,6 +35,7 @@ from fraud.profiles import FrameProfiles, NoProfiles, ProfileSource
 from fraud.schema import read_transactions, transactions_from_frame
 from fraud.thresholds import Thresholds, choose_thresholds, false_positive_rate, recall_at_fpr
 from fraud.velocity import MemoryVelocityStore
+from mlplatform.registry import ModelRegistry, ModelVersion, fingerprint
 
 __all__ = ["Dataset", "load_dataset", "train", "evaluate", "BATCH_MODEL_NAME"]
 

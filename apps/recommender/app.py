@@ -28,11 +28,11 @@ import logging
 from typing import Any
 
 from flask import Flask
+
 from mlplatform.assignment import Experiment, load_experiments
 from mlplatform.config import Settings, get_settings
 from mlplatform.http import add_readiness_check, create_service_app
 from mlplatform.registry import ModelRegistry
-
 from recommender.catalogue import FeatureReader, ItemFeatures, SegmentCache
 from recommender.engine import SERVICE, Engine, load_serving_model
 from recommender.history import HistoryStore

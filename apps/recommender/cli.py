@@ -21,10 +21,10 @@ from typing import Any
 
 import click
 import pandas as pd
-from mlplatform.config import Settings, get_settings
-from mlplatform.registry import ModelRegistry, ModelVersion, fingerprint
 from tqdm.auto import tqdm
 
+from mlplatform.config import Settings, get_settings
+from mlplatform.registry import ModelRegistry, ModelVersion, fingerprint
 from recommender.bundle import ModelBundle
 from recommender.data import load_interactions, load_table, time_split
 from recommender.evaluation import metric_names

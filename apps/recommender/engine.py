@@ -31,12 +31,12 @@ from typing import Any
 
 import numpy as np
 import redis
+from prometheus_client import Counter, Gauge, Histogram
+
 from mlplatform.assignment import EXPOSURES, Experiment
 from mlplatform.errors import BadRequest
 from mlplatform.metrics import set_model_info
 from mlplatform.registry import LiveModel, ModelVersion
-from prometheus_client import Counter, Gauge, Histogram
-
 from recommender.bundle import ModelBundle
 from recommender.catalogue import ItemFeatures, ItemState, SegmentCache
 from recommender.history import Event, HistoryStore

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
+
 from mlplatform.errors import Unavailable
 
 __all__ = ["Event", "HistoryStore", "decode_event", "encode_event"]

@@ -13,9 +13,9 @@ from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
+
 from mlplatform.errors import BadRequest
 from mlplatform.http import check_id, json_body, query_bool, query_int, query_str, request_id
-
 from recommender.data import EVENT_TYPES
 from recommender.engine import Engine, UserRecommendations
 from recommender.history import Event

@@ -11,12 +11,11 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from mlplatform.config import Settings
-from mlplatform.registry import ModelRegistry
-
 from fraud.app import create_app, get_service
 from fraud.config import FraudConfig
 from fraud.training import Dataset, load_dataset, train
+from mlplatform.config import Settings
+from mlplatform.registry import ModelRegistry
 
 # Models learn fast enough in tests to see a single label's effect.
 TEST_FRAUD_CONFIG: dict[str, Any] = {"learner_block_ms": 20, "snapshot_every_labels": 5}

@@ -11,10 +11,9 @@ import pytest
 import redis
 from flask import Flask
 
+from fraud.app import get_service
 from mlplatform.config import Settings
 from mlplatform.redisdb import free_port
-
-from fraud.app import get_service
 
 Tx = Callable[..., dict[str, Any]]
 

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mlplatform.errors import BadRequest, ConfigError
-
 from fraud.config import FraudConfig
 from fraud.schema import parse_transaction
+from mlplatform.errors import BadRequest, ConfigError
 
 
 def test_defaults_are_the_documented_targets() -> None:

@@ -32,9 +32,8 @@ def test_ties_are_never_split() -> None:
 def test_trained_thresholds_meet_targets_on_the_simulated_validation_data(
         fraud_data_dir, payments_data: Dataset) -> None:  # type: ignore[no-untyped-def]
     """The registered model's thresholds, re-checked on its validation part."""
-    from mlplatform.registry import ModelRegistry
-
     from fraud.models import Artifact
+    from mlplatform.registry import ModelRegistry
 
     registry = ModelRegistry(fraud_data_dir / "models")
     version = registry.resolve("fraud-online", "production")

@@ -18,11 +18,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from mlplatform.bench.loadgen import UNIQUE, LoadResult, Target, percentile, run_load
 from mlplatform.bench.report import build_report, check_targets, format_table
-from mlplatform.stack import Stack
 from mlplatform.config import Settings
 from mlplatform.redisdb import free_port
+from mlplatform.stack import Stack
 
 pytestmark = pytest.mark.slow
 

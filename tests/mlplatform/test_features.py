@@ -20,12 +20,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from prometheus_client import REGISTRY
+
 from mlplatform import feast_config
 from mlplatform.config import Settings, source_root
 from mlplatform.errors import ConfigError, Unavailable
 from mlplatform.features import FeatureStoreAdapter
 from mlplatform.redisdb import free_port
-from prometheus_client import REGISTRY
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 TS = pa.timestamp("us", tz="UTC")

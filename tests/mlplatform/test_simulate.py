@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from mlplatform.simulate import (
     DEFAULT_SIZES,
     DRIFT_PATTERN,

@@ -23,6 +23,7 @@ import pytest
 import scipy.sparse as sp
 from flask import Flask
 from flask.testing import FlaskClient
+
 from mlplatform.assignment import Experiment
 from mlplatform.config import Settings
 from recommender.data import IdMap, user_item_matrix

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+
 from mlplatform.assignment import load_experiments
 from mlplatform.config import Settings
 from mlplatform.redisdb import free_port

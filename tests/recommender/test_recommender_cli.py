@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+
 from mlplatform.config import Settings, get_settings
 from mlplatform.registry import ModelRegistry
 from recommender.bundle import ModelBundle

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from recommender.data import IdMap, load_interactions, time_split, user_item_matrix
 
 WEIGHTS = {"view": 1.0, "add_to_cart": 4.0, "purchase": 8.0}

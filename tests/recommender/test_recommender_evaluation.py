@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from click.testing import CliRunner
+
 from recommender.cli import cli
 from recommender.evaluation import ranking_metrics
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import redis
+
 from recommender.history import HISTORY_PREFIX, STREAM_KEY, Event, HistoryStore
 
 from .conftest import Tiny
@@ -49,6 +50,7 @@ def test_serving_parse_agrees_with_decoding(redis_client: redis.Redis, tiny: Tin
     import random
 
     import numpy as np
+
     from recommender.engine import ServingModel, parse_events
     from recommender.history import decode_event
     from recommender.training import TrainConfig, fit_bundle

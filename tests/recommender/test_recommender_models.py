@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse as sp
+
 from recommender.models import Recommender
 from recommender.ranking import exclude, top_n
 from recommender.variants import VARIANTS, load_recommender, make_recommender
