@@ -137,7 +137,8 @@ def _bench_http(settings: Settings, users: list[str], *, batch_size: int, worker
     proc = serving.spawn("baseline", settings, port=port, workers=workers,
                          server=settings.server, redis_url=settings.redis_url or "")
     try:
-        _wait_for(f"http://{settings.host}:{port}/ping", proc)
+        # The bare app has no /readyz: its one endpoint answering is readiness.
+        serving.wait_ready(f"http://{settings.host}:{port}", timeout=60, proc=proc, path="/ping")
         say(f"http: bare Flask /ping, {4 * workers} connections, {duration:.0f}s")
         bare = Target.of("bare", settings.host, port, "GET", [("/ping", None)])
         out["bare_flask"] = run_load(bare, connections=4 * workers, duration=duration,
@@ -148,24 +149,6 @@ def _bench_http(settings: Settings, users: list[str], *, batch_size: int, worker
     out["share_of_bare_flask"] = round(out["saturated"]["requests_per_s"] / bare_rps, 3) \
         if bare_rps else None
     return out
-
-
-def _wait_for(url: str, proc: Any, timeout: float = 60.0) -> None:
-    """Until ``url`` answers 200 (the bare app has no /readyz)."""
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server for {url} exited with status {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} did not answer within {timeout:.0f}s") from None
-            time.sleep(0.1)
 
 
 def format_report(report: dict[str, Any]) -> str:

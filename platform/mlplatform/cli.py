@@ -184,17 +184,6 @@ def models_promote(name: str, version: int, alias: str) -> None:
     click.echo(f"{name}: {alias} -> v{version}")
 
 
-@models.command("canary")
-@click.argument("name")
-@click.argument("version", type=int)
-@click.option("--fraction", type=click.FloatRange(0.0, 1.0), default=0.05, show_default=True,
-              help="Share of users/cards served by VERSION (0 ends the canary).")
-def models_canary(name: str, version: int, fraction: float) -> None:
-    """Serve VERSION of model NAME to a fixed share of units as the candidate."""
-    _registry().set_rollout(name, fraction, version=version)
-    click.echo(f"{name}: candidate v{version} serves {fraction:.1%} of units")
-
-
 @models.command("rollback")
 @click.argument("name")
 @click.option("--alias", default="production", show_default=True)

@@ -31,8 +31,7 @@ from mlplatform.config import Settings
 from mlplatform.errors import ConfigError
 
 __all__ = ["service_names", "service_target", "server_command", "spawn", "wait_ready",
-           "stop_process", "serve", "sigterm_interrupts", "data_ready",
-           "free_port_for"]
+           "stop_process", "serve", "sigterm_interrupts", "data_ready"]
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +149,6 @@ def serve(service: str, settings: Settings, *, port: int, workers: int, server: 
         return 0
     finally:
         stack.stop()
-
-
-def free_port_for(host: str) -> int:
-    from mlplatform.redisdb import free_port
-
-    return free_port(host)
 
 
 def data_ready(data_dir: Path) -> bool:

@@ -41,6 +41,20 @@ _HOURLY_CDF = np.cumsum(_HOURLY) / _HOURLY.sum()
 _WEEKDAY = np.array([0.95, 0.95, 0.97, 1.0, 1.05, 1.1, 1.0])
 
 
+def check_sizes(**sizes: int) -> None:
+    """Raise ValueError naming the first size below 1.
+
+    >>> check_sizes(n_users=3, n_days=1)
+    >>> check_sizes(n_users=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: n_users must be an integer >= 1, got 0
+    """
+    for name, value in sizes.items():
+        if int(value) < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
 def generators(seed: int, n: int, domain: str) -> list[np.random.Generator]:
     """Independent PCG64 streams for the parts of one simulation, all fixed by ``seed``.
 

@@ -32,6 +32,7 @@ from mlplatform.simulate._common import (
     US_PER_DAY,
     Columns,
     SortedParquetWriter,
+    check_sizes,
     generators,
     id_width,
     iso,
@@ -120,10 +121,7 @@ def simulate_payments(
     ``n_transactions`` is a target (the streams are random; the summary has exact counts).
     ``start`` (an aware datetime) defaults to 2025-01-01 UTC; the period is ``n_days`` long.
     """
-    for name, value in (("n_cards", n_cards), ("n_merchants", n_merchants),
-                        ("n_transactions", n_transactions), ("n_days", n_days)):
-        if int(value) < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    check_sizes(n_cards=n_cards, n_merchants=n_merchants, n_transactions=n_transactions, n_days=n_days)
     out = Path(data_dir) / "payments"
     out.mkdir(parents=True, exist_ok=True)
     t0 = to_us(start or DEFAULT_START)

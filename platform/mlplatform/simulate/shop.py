@@ -22,6 +22,7 @@ from mlplatform.simulate._common import (
     US_PER_SECOND,
     Columns,
     SortedParquetWriter,
+    check_sizes,
     generators,
     iso,
     progress_bar,
@@ -138,10 +139,7 @@ def simulate_shop(
     ``n_interactions`` is a target: the funnel is random, the summary has the exact count.
     ``start`` (an aware datetime) defaults to 2025-01-01 UTC; the period is ``n_days`` long.
     """
-    for name, value in (("n_users", n_users), ("n_items", n_items),
-                        ("n_interactions", n_interactions), ("n_days", n_days)):
-        if int(value) < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    check_sizes(n_users=n_users, n_items=n_items, n_interactions=n_interactions, n_days=n_days)
     out = Path(data_dir) / "shop"
     out.mkdir(parents=True, exist_ok=True)
     t0 = to_us(start or DEFAULT_START)
