@@ -92,6 +92,22 @@ def serve(service: str, port: int | None, workers: int | None, server: str | Non
 
 
 @cli.command()
+@click.argument("service")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="Also serve this worker's Prometheus metrics on 127.0.0.1:PORT.")
+def worker(service: str, metrics_port: int | None) -> None:
+    """Run SERVICE's background worker (recommender or fraud) until Ctrl-C.
+
+    It consumes the service's streams through consumer groups (several workers share
+    them), publishes the snapshots request workers swap in, archives streams to the lake
+    before trimming them, and runs the retraining pipeline every MLSUITE_RETRAIN_INTERVAL.
+    """
+    from mlplatform.worker import run_worker
+
+    sys.exit(run_worker(service, _settings(), metrics_port=metrics_port))
+
+
+@cli.command()
 @click.option("--seed", type=int, default=None, help="Random seed (default: MLSUITE_SEED).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Data folder to write into (default: MLSUITE_DATA_DIR).")

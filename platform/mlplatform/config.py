@@ -10,7 +10,7 @@ bad deployment stops at start-up instead of failing on the first request.
 >>> Settings.from_env({"MLSUITE_WORKERS": "many"})
 Traceback (most recent call last):
 ...
-mlplatform.errors.ConfigError: MLSUITE_WORKERS must be an integer >= 1, got 'many'
+mlplatform.errors.ConfigError: MLSUITE_WORKERS must be an integer in [1, 64], got 'many'
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 from mlplatform.errors import ConfigError
 
-__all__ = ["Settings", "get_settings", "PREFIX", "source_root"]
+__all__ = ["Settings", "get_settings", "PREFIX", "source_root", "duration_seconds"]
 
 PREFIX = "MLSUITE_"
 SERVERS = ("granian", "gunicorn")
@@ -63,6 +63,16 @@ class Settings:
     seed: int = 42
     # Seconds between checks of the model registry for a moved alias (hot swap).
     model_poll_seconds: float = 1.0
+    # Streams: entries older than this (or beyond stream_maxlen) are archived to the
+    # lake and trimmed from Redis by the worker; 0 length = no length cap.
+    stream_retention_seconds: float = 86_400.0
+    stream_maxlen: int = 1_000_000
+    # How often the worker runs retention (archive + trim) on each stream.
+    archive_interval_seconds: float = 10.0
+    # Seconds between scheduled runs of the retraining pipeline in the worker; 0 = off.
+    retrain_interval: float = 0.0
+    # Signing key of pickled model checkpoints (HMAC); unset: <data_dir>/secret.key.
+    secret_key: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -160,6 +170,20 @@ def _parse(name: str, text: str) -> Any:
             if not 0 < seconds <= 3600:
                 raise ConfigError(f"{var} must be a number of seconds in (0, 3600], got {text!r}")
             return seconds
+        case "stream_retention_seconds" | "archive_interval_seconds" | "retrain_interval":
+            seconds = duration_seconds(text)
+            low = 0.0 if name == "retrain_interval" else 0.001
+            if seconds is None or not low <= seconds <= 10 * 365 * 86400:
+                raise ConfigError(f"{var} must be a duration such as 90, 90s, 15m, 6h or 7d"
+                                  f"{' (0: off)' if name == 'retrain_interval' else ''}, "
+                                  f"got {text!r}")
+            return seconds
+        case "stream_maxlen":
+            return integer(0)
+        case "secret_key":
+            if text and len(text) < 16:
+                raise ConfigError(f"{var} must be at least 16 characters (a random secret)")
+            return text or None
         case "server":
             if text not in SERVERS:
                 raise ConfigError(f"{var} must be one of {', '.join(SERVERS)}, got {text!r}")
@@ -174,6 +198,24 @@ def _parse(name: str, text: str) -> Any:
             return text
         case _:
             return text
+
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration_seconds(text: str) -> float | None:
+    """Seconds in a duration such as ``90``, ``90s``, ``15m``, ``6h``, ``7d``; None if malformed.
+
+    >>> duration_seconds("15m"), duration_seconds("2.5"), duration_seconds("soon")
+    (900.0, 2.5, None)
+    """
+    text = text.strip().lower()
+    unit = text[-1:] if text[-1:] in ("s", "m", "h", "d") else ""
+    try:
+        value = float(text[: len(text) - len(unit)])
+    except ValueError:
+        return None
+    return value * _UNITS[unit] if value >= 0 else None
 
 
 @functools.cache

@@ -30,7 +30,8 @@ from types import FrameType
 from mlplatform.config import Settings
 from mlplatform.errors import ConfigError
 
-__all__ = ["service_names", "service_target", "server_command", "spawn", "wait_ready",
+__all__ = ["service_names", "service_target", "server_command", "spawn", "spawn_worker",
+           "metrics_dir", "wait_ready",
            "stop_process", "serve", "sigterm_interrupts", "data_ready"]
 
 log = logging.getLogger(__name__)
@@ -65,10 +66,15 @@ def server_command(target: str, *, host: str, port: int, workers: int, server: s
     raise ConfigError(f"MLSUITE_SERVER must be granian or gunicorn, got {server!r}")
 
 
+def metrics_dir(settings: Settings, service: str, port: int) -> Path:
+    """The prometheus multiprocess folder of one running service (and its worker)."""
+    return settings.data_dir / "run" / f"prometheus-{service}-{port}"
+
+
 def spawn(service: str, settings: Settings, *, port: int, workers: int, server: str,
           redis_url: str) -> subprocess.Popen[bytes]:
     """Start one service's WSGI server as a child process."""
-    prom_dir = settings.data_dir / "run" / f"prometheus-{service}-{port}"
+    prom_dir = metrics_dir(settings, service, port)
     shutil.rmtree(prom_dir, ignore_errors=True)  # values of an earlier run would be summed in
     prom_dir.mkdir(parents=True)
     env = {
@@ -83,6 +89,20 @@ def spawn(service: str, settings: Settings, *, port: int, workers: int, server: 
     log.info("starting %s: %s with %d workers on %s:%d", service, server, workers,
              settings.host, port)
     return subprocess.Popen(cmd, env=env)
+
+
+def spawn_worker(service: str, settings: Settings, *, redis_url: str,
+                 metrics: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``mlsuite worker SERVICE`` as a child process; with ``metrics``, its metrics
+    go to that service's multiprocess folder, so the service's /metrics includes them."""
+    env = {**os.environ, **settings.as_env(), "MLSUITE_REDIS_URL": redis_url,
+           "OPENBLAS_NUM_THREADS": "1"}
+    if metrics is not None:
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
+    else:
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log.info("starting the %s worker", service)
+    return subprocess.Popen([sys.executable, "-m", "mlplatform", "worker", service], env=env)
 
 
 def wait_ready(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None,

@@ -40,7 +40,8 @@ class Stack:
 
     def __init__(self, settings: Settings, services: Sequence[str], *, server: str, workers: int,
                  name: str = "bench", say: Callable[[str], None] = print,
-                 ports: Mapping[str, int] | None = None, private_redis: bool = True) -> None:
+                 ports: Mapping[str, int] | None = None, private_redis: bool = True,
+                 background: bool = True) -> None:
         for service in services:
             serving.service_target(service)  # unknown names fail before any work
         # Measurements stay on loopback; demo and serve keep the configured address.
@@ -55,6 +56,9 @@ class Stack:
         self.urls: dict[str, str] = {}
         self.ports: dict[str, int] = {}
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._workers: dict[str, subprocess.Popen[bytes]] = {}
+        # Run each app's background worker beside its server (the production topology).
+        self.background = background
         self._redis: EmbeddedRedis | None = None
 
     @property
@@ -91,10 +95,33 @@ class Stack:
                                                  redis_url=redis_url)
             self.ports[service] = port
             self.urls[service] = f"http://{self.settings.host}:{port}"
+        if self.background:
+            from mlplatform.worker import worker_names
+
+            for service in [s for s in self.services if s in worker_names()]:
+                self._workers[service] = serving.spawn_worker(
+                    service, self.settings, redis_url=redis_url,
+                    metrics=serving.metrics_dir(self.settings, service, self.ports[service]))
         for service, proc in self._procs.items():
             self._wait(service, proc)
             self.say(f"{service}: {self.urls[service]} ({self.server}, {self.workers} workers)")
+        self._wait_workers(redis_url)
         return dict(self.urls)
+
+    def _wait_workers(self, redis_url: str) -> None:
+        if not self._workers:
+            return
+        from mlplatform.redisdb import connect
+        from mlplatform.worker import wait_for_worker
+
+        client = connect(redis_url)
+        try:
+            for service, proc in self._workers.items():
+                beat = wait_for_worker(client, service, timeout=180,
+                                       alive=lambda p=proc: p.poll() is None)  # type: ignore[misc]
+                self.say(f"{service} worker: running ({', '.join(beat['jobs'])})")
+        finally:
+            client.close()
 
     def _ensure_data(self) -> None:
         if serving.data_ready(self.settings.data_dir):
@@ -129,16 +156,23 @@ class Stack:
         return [s for s, p in self._procs.items() if p.poll() is None]
 
     def dead(self) -> list[str]:
-        return [s for s, p in self._procs.items() if p.poll() is not None]
+        return ([s for s, p in self._procs.items() if p.poll() is not None]
+                + [f"{s} worker" for s, p in self._workers.items() if p.poll() is not None])
+
+    def worker_pid(self, service: str) -> int:
+        return self._workers[service].pid
 
     def stop(self) -> None:
-        """Stop the servers, then Redis; safe to call twice."""
+        """Stop the workers, the servers, then Redis; safe to call twice."""
+        for service, proc in self._workers.items():
+            serving.stop_process(proc)
+        self._workers.clear()
         for service, proc in self._procs.items():
             serving.stop_process(proc)
             if proc.returncode not in (0, None, -15):
                 log.info("%s exited with status %s", service, proc.returncode)
             # serving.spawn's multiprocess metrics folder: nothing reads it after the run
-            shutil.rmtree(self.settings.data_dir / "run" / f"prometheus-{service}-{self.ports[service]}",
+            shutil.rmtree(serving.metrics_dir(self.settings, service, self.ports[service]),
                           ignore_errors=True)
         self._procs.clear()
         if self._redis is not None:

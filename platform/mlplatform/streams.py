@@ -1,0 +1,261 @@
+"""Stream consumers: Redis Streams consumer groups with acks, reclaiming and dead letters.
+
+A ``Consumer`` reads one stream as one member of one consumer group, so several worker
+processes (replicas) share the entries and each entry is applied once per group:
+
+- ``XREADGROUP ... >`` hands each new entry to one consumer of the group;
+- the handler's effect and the ``XACK`` are committed together: a handler writes its
+  Redis effects into the transaction (``MULTI``) it is given, and the consumer adds the
+  acks (and any dead letters) to the same transaction. Either all of it happens or none
+  of it, so a crash never applies an entry without acking it or acks one not applied.
+  Effects outside Redis (a Feast push, a model snapshot) must be idempotent, because
+  an entry can be handed out again after a crash before its ack;
+- entries a crashed consumer left pending are taken over with ``XAUTOCLAIM`` once they
+  have been idle ``claim_idle_ms``, and handled before new ones;
+- an entry the handler rejects, or that makes it raise, goes to the dead-letter stream
+  with the reason (counted, logged once) and the consumer goes on with the next entry.
+  A Redis error is not the entry's fault: nothing is acked and the batch is retried.
+
+Handlers are plain functions ``handle(entries, tx) -> {entry_id: reason}`` (the rejected
+ones; ``None`` or ``{}`` when all were applied), testable without a loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from prometheus_client import Counter, Gauge
+
+__all__ = [
+    "Entry",
+    "Handler",
+    "Consumer",
+    "DEAD_LETTERS",
+    "consumer_name",
+    "ensure_group",
+    "dead_letter_fields",
+]
+
+log = logging.getLogger(__name__)
+
+ENTRIES = Counter("mlsuite_stream_entries_total", "Stream entries applied by consumer groups",
+                  ["stream", "group"])
+DEAD_LETTERS = Counter("mlsuite_stream_dead_letters_total",
+                       "Stream entries sent to a dead-letter stream, by stream and group",
+                       ["stream", "group"])
+CLAIMED = Counter("mlsuite_stream_claimed_total",
+                  "Pending entries taken over from a stopped consumer", ["stream", "group"])
+PENDING = Gauge("mlsuite_stream_pending_entries",
+                "Entries delivered to a group and not yet acknowledged", ["stream", "group"],
+                multiprocess_mode="max")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stream entry as read: its id and its raw fields."""
+
+    stream: str
+    id: str
+    fields: Mapping[bytes, bytes]
+    delivered: int = 1  # times handed out (> 1: reclaimed after a consumer stopped)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        value = self.fields.get(name.encode())
+        return default if value is None else value.decode()
+
+    def text(self) -> dict[str, str]:
+        return {k.decode(errors="replace"): v.decode(errors="replace")
+                for k, v in self.fields.items()}
+
+
+# handle(entries, tx) -> {entry id: reason} for the entries it rejects (dead letters).
+Handler = Callable[[Sequence[Entry], "redis.client.Pipeline"], Mapping[str, str] | None]
+
+
+def consumer_name(role: str = "worker") -> str:
+    """A consumer name unique to this process: host, pid and role."""
+    return f"{socket.gethostname()}-{os.getpid()}-{role}"
+
+
+def ensure_group(client: redis.Redis, stream: str, group: str, start: str = "0") -> None:
+    """Create ``group`` on ``stream`` (and the stream) unless it exists.
+
+    ``start="0"``: a new group reads the stream from its first entry still in Redis.
+    """
+    try:
+        client.xgroup_create(stream, group, id=start, mkstream=True)
+        log.info("created consumer group %s on %s from %s", group, stream, start)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def dead_letter_fields(entry: Entry, group: str, reason: str) -> dict[str, str]:
+    """What a dead letter records: where the entry came from, why, and the entry itself."""
+    return {"stream": entry.stream, "id": entry.id, "group": group, "reason": reason[:2000],
+            "fields": json.dumps(entry.text()), "at": f"{time.time():.3f}"}
+
+
+@dataclass
+class Consumer:
+    """One member of ``group`` on ``stream``, applying entries with ``handler``."""
+
+    client: redis.Redis
+    stream: str
+    group: str
+    handler: Handler
+    dead_letters: str
+    name: str = field(default_factory=consumer_name)
+    batch: int = 500
+    block_ms: int = 100
+    claim_idle_ms: int = 30_000
+    claim_every_seconds: float = 5.0
+    _next_claim: float = field(default=0.0, init=False, repr=False)
+    _ready: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._applied = ENTRIES.labels(self.stream, self.group)
+        self._dead = DEAD_LETTERS.labels(self.stream, self.group)
+        self._claimed = CLAIMED.labels(self.stream, self.group)
+        self._pending = PENDING.labels(self.stream, self.group)
+
+    # -- one round -----------------------------------------------------------------------
+
+    def poll(self, wait: bool = True) -> int:
+        """Take over stale pending entries (every ``claim_every_seconds``), then read new
+        ones (waiting up to ``block_ms`` when ``wait``); apply them. Returns how many."""
+        if not self._ready:
+            ensure_group(self.client, self.stream, self.group)
+            self._ready = True
+        done = 0
+        now = time.monotonic()
+        if now >= self._next_claim:
+            self._next_claim = now + self.claim_every_seconds
+            done += self._process(self._claim())
+        reply: Any = self.client.xreadgroup(
+            self.group, self.name, {self.stream: ">"}, count=self.batch,
+            block=self.block_ms if wait else None)
+        entries = [Entry(self.stream, _s(i), f) for _, items in reply or [] for i, f in items
+                   if f is not None]
+        done += self._process(entries)
+        return done
+
+    def drain(self, max_rounds: int = 10_000) -> int:
+        """Poll without waiting until nothing new is left (tests, catch-up at start)."""
+        total = 0
+        for _ in range(max_rounds):
+            n = self.poll(wait=False)
+            total += n
+            if n == 0:
+                break
+        return total
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll until ``stop`` is set; Redis outages are logged once and retried."""
+        failing = False
+        while not stop.is_set():
+            try:
+                self.poll()
+                if failing:
+                    log.info("%s/%s: redis reachable again", self.stream, self.group)
+                failing = False
+            except redis.RedisError as exc:
+                if not failing:
+                    log.warning("%s/%s: redis unavailable (%s); retrying", self.stream,
+                                self.group, exc)
+                failing = True
+                self._ready = False
+                stop.wait(0.5)
+
+    def pending(self) -> int:
+        """Entries delivered to the group and not acknowledged yet."""
+        info: Any = self.client.xpending(self.stream, self.group)
+        count = int(info["pending"]) if info else 0
+        self._pending.set(count)
+        return count
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _claim(self) -> list[Entry]:
+        """Pending entries idle longer than ``claim_idle_ms``, now owned by this consumer."""
+        out: list[Entry] = []
+        cursor = "0-0"
+        while True:
+            reply: Any = self.client.xautoclaim(self.stream, self.group, self.name,
+                                                min_idle_time=self.claim_idle_ms,
+                                                start_id=cursor, count=self.batch)
+            cursor = _s(reply[0])
+            claimed = reply[1]
+            deleted = reply[2] if len(reply) > 2 else []
+            for i, fields in claimed:
+                if fields is None:  # trimmed while pending: nothing left to apply
+                    continue
+                out.append(Entry(self.stream, _s(i), fields, delivered=2))
+            if deleted:
+                # Entries trimmed while pending (Redis 7 reports and drops them itself).
+                log.warning("%s/%s: %d pending entries were trimmed before being applied",
+                            self.stream, self.group, len(deleted))
+            if cursor == "0-0" or len(out) >= self.batch:
+                break
+        if out:
+            self._claimed.inc(len(out))
+            log.info("%s/%s: took over %d pending entries of a stopped consumer",
+                     self.stream, self.group, len(out))
+        return out
+
+    def _process(self, entries: list[Entry]) -> int:
+        """Apply ``entries`` and commit effects, acks and dead letters in one transaction.
+
+        If the handler raises on the batch, its transaction is dropped (nothing of it was
+        sent) and the entries are applied one at a time, so only the entry at fault goes
+        to the dead letters. Handlers with effects outside the transaction (in memory)
+        should catch per entry and return the rejected ones instead of raising.
+        """
+        if not entries:
+            return 0
+        try:
+            tx = self.client.pipeline(transaction=True)
+            rejected = self.handler(entries, tx) or {}
+        except redis.RedisError:
+            raise
+        except Exception:  # noqa: BLE001 - isolate the entry at fault
+            for entry in entries:
+                tx = self.client.pipeline(transaction=True)
+                try:
+                    one = self.handler([entry], tx) or {}
+                except redis.RedisError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - becomes the dead letter's reason
+                    tx = self.client.pipeline(transaction=True)
+                    one = {entry.id: f"{type(exc).__name__}: {exc}"}
+                self._commit(tx, [entry], one)
+            return len(entries)
+        self._commit(tx, entries, rejected)
+        return len(entries)
+
+    def _commit(self, tx: redis.client.Pipeline, entries: list[Entry],
+                rejected: Mapping[str, str]) -> None:
+        dead = [(e, rejected[e.id]) for e in entries if e.id in rejected]
+        for entry, reason in dead:
+            # Unbounded here on purpose: the archiver bounds it (archive, then trim).
+            tx.xadd(self.dead_letters, dead_letter_fields(entry, self.group, reason))
+        tx.xack(self.stream, self.group, *[e.id for e in entries])
+        tx.execute()
+        self._applied.inc(len(entries) - len(dead))
+        for entry, reason in dead:
+            self._dead.inc()
+            log.warning("%s/%s: entry %s sent to %s: %s", self.stream, self.group,
+                        entry.id, self.dead_letters, reason)
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
