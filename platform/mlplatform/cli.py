@@ -27,6 +27,7 @@ __all__ = ["cli", "main"]
 _LAZY = {
     "bench": EntryPoint("bench", "mlplatform.bench:bench", "mlsuite.lazy"),
     "loadtest": EntryPoint("loadtest", "mlplatform.loadtest:loadtest", "mlsuite.lazy"),
+    "soak": EntryPoint("soak", "mlplatform.bench.soak:soak", "mlsuite.lazy"),
 }
 
 

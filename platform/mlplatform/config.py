@@ -71,6 +71,9 @@ class Settings:
     archive_interval_seconds: float = 10.0
     # Seconds between scheduled runs of the retraining pipeline in the worker; 0 = off.
     retrain_interval: float = 0.0
+    # The lake (parquet archive of every stream); unset: <data_dir>/lake. A shared volume
+    # when workers run on several machines.
+    lake_dir: Path | None = None
     # Signing key of pickled model checkpoints (HMAC); unset: <data_dir>/secret.key.
     secret_key: str | None = None
 
@@ -150,7 +153,7 @@ def _parse(name: str, text: str) -> Any:
             if not text:
                 raise ConfigError(f"{var} must be a folder path, got an empty value")
             return Path(text).expanduser().resolve()
-        case "experiments_file":
+        case "experiments_file" | "lake_dir":
             return Path(text).expanduser().resolve() if text else None
         case "redis_url":
             return text or None
@@ -171,13 +174,13 @@ def _parse(name: str, text: str) -> Any:
                 raise ConfigError(f"{var} must be a number of seconds in (0, 3600], got {text!r}")
             return seconds
         case "stream_retention_seconds" | "archive_interval_seconds" | "retrain_interval":
-            seconds = duration_seconds(text)
+            parsed = duration_seconds(text)
             low = 0.0 if name == "retrain_interval" else 0.001
-            if seconds is None or not low <= seconds <= 10 * 365 * 86400:
+            if parsed is None or not low <= parsed <= 10 * 365 * 86400:
                 raise ConfigError(f"{var} must be a duration such as 90, 90s, 15m, 6h or 7d"
                                   f"{' (0: off)' if name == 'retrain_interval' else ''}, "
                                   f"got {text!r}")
-            return seconds
+            return parsed
         case "stream_maxlen":
             return integer(0)
         case "secret_key":

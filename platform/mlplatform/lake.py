@@ -87,7 +87,7 @@ class Lake:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Lake:
-        return cls(Path(settings.data_dir) / "lake")
+        return cls(settings.lake_dir or Path(settings.data_dir) / "lake")
 
     def stream_dir(self, stream: str) -> Path:
         return self.root / stream_dir_name(stream)

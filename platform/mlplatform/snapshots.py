@@ -104,7 +104,8 @@ class SnapshotStore:
         return int(raw) if raw else 0
 
     def read(self) -> Snapshot | None:
-        seq, meta, body = self.client.hmget(self.key, ["seq", "meta", "body"])  # type: ignore[misc]
+        reply: Any = self.client.hmget(self.key, ["seq", "meta", "body"])
+        seq, meta, body = reply
         if seq is None or body is None:
             return None
         return Snapshot(int(seq), json.loads(meta or b"{}"), bytes(body))

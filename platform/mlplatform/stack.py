@@ -77,6 +77,8 @@ class Stack:
             self._redis = EmbeddedRedis(self.run_dir)
             redis_url = self._redis.start()
             self.say(f"redis: private embedded server {redis_url}")
+            # What a private run archives stays with it, out of the data folder's lake.
+            self.settings = self.settings.with_(lake_dir=self.run_dir / "lake")
         else:  # the data folder's own embedded server: its data outlives this run
             self._redis = EmbeddedRedis(self.settings.data_dir)
             redis_url = self._redis.start()

@@ -247,7 +247,8 @@ class Consumer:
         dead = [(e, rejected[e.id]) for e in entries if e.id in rejected]
         for entry, reason in dead:
             # Unbounded here on purpose: the archiver bounds it (archive, then trim).
-            tx.xadd(self.dead_letters, dead_letter_fields(entry, self.group, reason))
+            tx.xadd(self.dead_letters,
+                    dict(dead_letter_fields(entry, self.group, reason)))  # type: ignore[arg-type]
         tx.xack(self.stream, self.group, *[e.id for e in entries])
         tx.execute()
         self._applied.inc(len(entries) - len(dead))
