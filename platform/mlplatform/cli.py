@@ -28,6 +28,7 @@ _LAZY = {
     "bench": EntryPoint("bench", "mlplatform.bench:bench", "mlsuite.lazy"),
     "loadtest": EntryPoint("loadtest", "mlplatform.loadtest:loadtest", "mlsuite.lazy"),
     "soak": EntryPoint("soak", "mlplatform.bench.soak:soak", "mlsuite.lazy"),
+    "pipeline": EntryPoint("pipeline", "mlplatform.pipeline.cli:pipeline", "mlsuite.lazy"),
 }
 
 
@@ -167,7 +168,7 @@ def feast_materialize() -> None:
 
 @cli.group()
 def models() -> None:
-    """Model registry: list versions, promote, roll back."""
+    """Model registry: list and show versions, promote, roll back."""
 
 
 def _registry() -> Any:
@@ -189,6 +190,46 @@ def models_list(name: str | None) -> None:
             click.echo(f"  v{v.version}  {v.metadata.get('created_at')}  "
                        f"{json.dumps(v.metadata.get('metrics', {}), default=str)[:120]}"
                        f"{'  <- ' + ', '.join(tags) if tags else ''}")
+
+
+@models.command("show")
+@click.argument("name")
+@click.argument("version")
+@click.option("--json", "as_json", is_flag=True, help="Print metadata and model card as JSON.")
+def models_show(name: str, version: str, as_json: bool) -> None:
+    """Show VERSION (a number or an alias) of model NAME: metadata, lineage, model card."""
+    registry = _registry()
+    try:
+        v = registry.resolve(name, version)
+    except MLSuiteError as exc:
+        raise click.ClickException(str(exc)) from None
+    meta, card = v.metadata, v.model_card
+    if as_json:
+        click.echo(json.dumps({**meta, "model_card": card}, indent=2, default=str))
+        return
+    aliases = [a for a, n in registry.aliases(name).items() if n == v.version]
+    click.echo(f"{v.label}{'  <- ' + ', '.join(aliases) if aliases else ''}")
+    for key in ("created_at", "code_version", "data_fingerprint"):
+        click.echo(f"  {key}: {meta.get(key)}")
+    click.echo(f"  path: {v.path}")
+    click.echo(f"  params: {json.dumps(meta.get('params', {}), default=str)[:300]}")
+    click.echo("metrics:")
+    for key, value in sorted(meta.get("metrics", {}).items()):
+        click.echo(f"  {key} = {value}")
+    lineage = meta.get("lineage")
+    if not lineage:
+        click.echo("lineage: none recorded (registered outside the pipeline)")
+    else:
+        click.echo(f"lineage: run {lineage.get('run_id')}, {lineage.get('train_rows')} training "
+                   f"rows up to {lineage.get('data_cutoff')}, compared with "
+                   f"{lineage.get('production')}")
+        for entry in lineage.get("inputs", []):
+            where = entry.get("stream", "file")
+            click.echo(f"  {where:<20} {entry['path']}  rows={entry['rows']}  "
+                       f"fingerprint={entry['fingerprint']}")
+    click.echo("model card:" if card else "model card: none")
+    if card:
+        click.echo(card.rstrip())
 
 
 @models.command("promote")

@@ -3,6 +3,7 @@
 Layout under ``root`` (``<data_dir>/models``; a shared volume in production)::
 
     <name>/versions/<N>/            artifacts written by the trainer + metadata.json
+                                    (+ model_card.md; lineage in metadata when given)
     <name>/aliases.json             {"aliases": {"production": 3}, "previous": {"production": [1, 2]}}
     <name>/history.jsonl            one line per alias move (who moved what, when)
 
@@ -27,7 +28,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +43,7 @@ __all__ = ["ModelRegistry", "ModelVersion", "LiveModel", "RolloutModel", "finger
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+MODEL_CARD_FILE = "model_card.md"
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,12 @@ class ModelVersion:
     def label(self) -> str:
         return f"{self.name}:v{self.version}"
 
+    @property
+    def model_card(self) -> str | None:
+        """The version's model card (Markdown), if it was registered with one."""
+        path = self.path / MODEL_CARD_FILE
+        return path.read_text() if path.is_file() else None
+
 
 class ModelRegistry:
     """Versions and aliases of named models, in a folder shared by every replica."""
@@ -68,13 +76,20 @@ class ModelRegistry:
 
     def register(self, name: str, *, writer: Callable[[Path], None], params: dict[str, Any],
                  metrics: dict[str, Any], data_fingerprint: str,
-                 alias: str | None = None) -> ModelVersion:
-        """Store a new version: ``writer`` fills a folder with the artifacts."""
+                 alias: str | None = None, lineage: Mapping[str, Any] | None = None,
+                 model_card: str | None = None) -> ModelVersion:
+        """Store a new version: ``writer`` fills a folder with the artifacts.
+
+        ``lineage`` (the inputs it was trained on, with fingerprints and row counts) goes
+        into ``metadata["lineage"]``; ``model_card`` (Markdown) into ``model_card.md``.
+        """
         model_dir = self._model_dir(name, create=True)
         tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
         tmp.mkdir()
         try:
             writer(tmp)
+            if model_card is not None:
+                (tmp / MODEL_CARD_FILE).write_text(model_card)
             with self._lock(name):
                 version = max((v.version for v in self.versions(name)), default=0) + 1
                 metadata = {
@@ -87,6 +102,8 @@ class ModelRegistry:
                     "code_version": code_version(),
                     "files": sorted(p.name for p in tmp.iterdir()),
                 }
+                if lineage is not None:
+                    metadata["lineage"] = dict(lineage)
                 (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2, default=str))
                 (model_dir / "versions").mkdir(exist_ok=True)
                 os.rename(tmp, model_dir / "versions" / str(version))
