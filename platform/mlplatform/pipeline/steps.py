@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 
 import pandas as pd
 
-from mlplatform.errors import NotFound
+from mlplatform.errors import MLSuiteError, NotFound
 from mlplatform.pipeline.checks import CheckResult, label_checks, row_checks, volume_checks
 from mlplatform.pipeline.lineage import lineage_fingerprint, render_model_card
 from mlplatform.pipeline.plugin import (
@@ -160,7 +160,7 @@ def extract(ctx: RunContext, service: ServicePipeline) -> Extracted:
     def run() -> Extracted:
         try:
             sources = service.extract(ctx)
-        except (FileNotFoundError, ValueError) as exc:  # missing or unreadable input
+        except (OSError, ValueError, MLSuiteError) as exc:  # missing or unreadable input
             return Extracted(status="failed", reason=f"cannot read the inputs: {exc}")
         ctx.progress(f"extract: {', '.join(f'{s.name} {len(s.frame)} rows' for s in sources)}")
         return Extracted(sources=sources)
