@@ -2,8 +2,9 @@
 
 A payment flow posts each transaction and gets back a score in [0, 1], a decision
 (approve / review / decline), the reasons and the model version, in milliseconds.
-Late labels (chargebacks, analyst verdicts) go to a Redis stream that every replica
-learns from in order, so all replicas hold the same online model.
+Late labels (chargebacks, analyst verdicts) go to a Redis stream; the fraud worker
+(``mlsuite worker fraud``) learns them in order and publishes model snapshots that every
+replica swaps in, so all replicas serve the same online model.
 
 Modules, one concept each:
 
@@ -14,8 +15,11 @@ Modules, one concept each:
   ``predictors``: the immutable scoring + explaining functions serving uses
 - ``thresholds``: review / decline cut-offs from target false-positive rates
 - ``drift``: ADWIN drift detection and rolling quality as labels arrive
-- ``decisions``: the decision log; ``labels``: the label stream; ``learner``: the
-  per-process online learner with snapshots
+- ``decisions``: the decision log; ``labels``: the label stream; ``keys``: Redis names
+- ``learner``: the worker's online learner (lease, checkpoints, snapshots);
+  ``serving_state``: what request workers score with (registry version + snapshot)
+- ``profile_updates``: card / merchant profile writes; ``profile_push``: the worker's
+  batched Feast push and profile overrides; ``worker``: ``mlsuite worker fraud``
 - ``service``: the scorer (no HTTP); ``app``: the Flask service (``create_app``)
 - ``training``, ``replay``, ``bench``, ``cli``: ``mlsuite fraud train|replay|bench``
 

@@ -7,7 +7,11 @@ Endpoints:
   every item is validated before anything is scored (one bad item applies nothing).
 - ``POST /v1/labels``: one label, a list, or ``{"labels": [...]}`` -> 202 with offsets.
 - ``GET /v1/model``: version, thresholds, online metrics, drift state
-  (``?sync=true`` first waits until every label posted so far is learned).
+  (``?sync=true`` first waits until every label posted so far is learned by the worker).
+- ``PUT /v1/cards/<card_id>``, ``PUT /v1/merchants/<merchant_id>``: a whole profile ->
+  202 ``{"queued": <stream id>, ...}`` once queued for the worker's push to Feast.
+
+The app loads what requests need (model, profiles) in ``create_app``, before serving.
 
 Plus the platform's ``/healthz``, ``/readyz`` (Redis, model, Feast) and ``/metrics``.
 """
@@ -54,8 +58,9 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
         source = feast
     profiles = CachedProfiles(source, config.profile_cache_seconds, config.profile_cache_size)
     service = FraudService(settings, config, get_redis(app), profiles)
+    service.start()
     app.extensions["fraud"] = service
-    add_readiness_check(app, "model", lambda: service.learner.state().label)
+    add_readiness_check(app, "model", lambda: _model_readiness(service))
     if feast is not None:
         add_readiness_check(app, "feast", feast.ping)
     app.register_blueprint(bp)
@@ -69,6 +74,11 @@ def _feast_factory(settings: Settings) -> Any:
         return FeatureStoreAdapter.from_settings(settings)
 
     return make
+
+
+def _model_readiness(service: FraudService) -> str:
+    state = service.model.state()
+    return f"{state.label}, {state.labels} labels learned (offset {state.offset})"
 
 
 def get_service(app: Flask | None = None) -> FraudService:
@@ -97,7 +107,7 @@ def score_batch() -> Any:
     txs = parse_transactions(items, extra_fields=service.config.extra_fields,
                              max_items=service.config.max_batch)
     decisions = service.score(txs)
-    state = service.learner.state()
+    state = service.model.state()
     return jsonify({"results": [d.to_response() for d in decisions],
                     "model_version": state.label, "count": len(decisions)})
 
@@ -115,5 +125,15 @@ def labels() -> Any:
 def model() -> Any:
     service = get_service()
     if query_bool("sync", False):
-        service.learner.sync()
+        service.model.sync()
     return jsonify(service.model_info())
+
+
+@bp.put("/v1/cards/<card_id>")
+def put_card(card_id: str) -> Any:
+    return jsonify(get_service().put_profile("card", card_id, json_body())), 202
+
+
+@bp.put("/v1/merchants/<merchant_id>")
+def put_merchant(merchant_id: str) -> Any:
+    return jsonify(get_service().put_profile("merchant", merchant_id, json_body())), 202

@@ -161,7 +161,7 @@ def _inproc(settings: Settings, prefix: str, take: _Taker, n: int, batch_size: i
             client.post("/v1/transactions/score", json=body)
         extra = service.config.extra_fields
         txs = [parse_transaction(b, extra_fields=extra) for b in take(n)]
-        out: dict[str, Any] = {"model": service.learner.state().label}
+        out: dict[str, Any] = {"model": service.model.state().label}
         out["service"] = _timed(lambda t: service.score([t]), txs)
         out["single"] = _timed(
             lambda b: _ok(client.post("/v1/transactions/score", json=b)), take(n))

@@ -52,18 +52,18 @@ class FraudConfig:
     top_reasons: int = 3
     # Largest batch accepted by /score/batch and /labels.
     max_batch: int = 5000
-    # How long a decision (with its features) stays joinable to a late label.
+    # How long a decision (with its features) stays joinable to a late label: from Redis
+    # while the decision stream holds it, then from the lake (the stream's archive).
     decision_ttl_seconds: int = 30 * 86400
-    # Decision stream (audit trail) length cap; 0 keeps everything (archive it elsewhere).
-    decision_stream_maxlen: int = 0
     # Feast profiles are cached in process for this long (never a Feast call per transaction).
     profile_cache_seconds: float = 300.0
     profile_cache_size: int = 200_000
-    # Online learning: snapshot the model every N labels or T seconds, whichever first.
-    snapshot_every_labels: int = 1000
-    snapshot_every_seconds: float = 30.0
-    # Longest wait of the learner thread for new labels (bounds label -> model latency).
+    # Longest wait of the worker's learner for new labels (bounds label -> model latency).
     learner_block_ms: int = 100
+    # The learner's lease: a standby worker takes over this long after the holder died.
+    learner_lease_seconds: float = 10.0
+    # How often request workers look for a new model or profile snapshot.
+    follow_seconds: float = 0.25
     # Positive-class weight of the online model's log loss (class imbalance).
     positive_weight: float = 5.0
     # Every Redis key of the service starts with this (lets a bench or test run beside prod).
@@ -132,16 +132,15 @@ _FLOATS = {
     "review_fpr": (0.0, 1.0),
     "decline_fpr": (0.0, 1.0),
     "profile_cache_seconds": (0.0, 86400.0),
-    "snapshot_every_seconds": (0.0, 86400.0),
+    "learner_lease_seconds": (0.0, 3600.0),
+    "follow_seconds": (0.0, 60.0),
     "positive_weight": (0.0, 1e6),
 }
 _INTS = {
     "top_reasons": (0, 50),
     "max_batch": (1, 1_000_000),
     "decision_ttl_seconds": (60, 10 * 365 * 86400),
-    "decision_stream_maxlen": (0, 10**12),
     "profile_cache_size": (0, 10**9),
-    "snapshot_every_labels": (1, 10**9),
     "learner_block_ms": (1, 60_000),
 }
 

@@ -3,22 +3,28 @@
 Each scored transaction appends one record (``Decision.to_record``: JSON with the
 score, decision, reasons, model state and the feature vector) to the decision stream
 ``<prefix>decisions`` (the audit trail), and points ``<prefix>tx:<transaction_id>`` at
-that entry for ``decision_ttl_seconds``, so a label arriving days later joins the exact
-features the model saw (no leakage, no skew). The record is stored once, in the stream;
-a request's decisions are written by one script call (atomic: all or none).
+that entry, so a label arriving days later joins the exact features the model saw (no
+leakage, no skew). The record is stored once, in the stream; a request's decisions are
+written by one script call (atomic: all or none).
 
-The stream must keep entries at least as long as the key TTL (``decision_stream_maxlen``
-0, the default, keeps everything: archive and trim it out of band).
+The stream is appended without a bound: the fraud worker's retention archives entries
+to the lake and trims them after ``stream_retention_seconds``. The per-transaction key
+lives as long as its entry (the retention plus a margin for the archiver's schedule):
+while it exists a retried transaction gets its stored decision. A label for a decision
+already trimmed from Redis joins it from the lake, up to ``decision_ttl_seconds``.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
+
+from mlplatform.lake import Lake, id_ms
 
 __all__ = ["Decision", "DecisionLog"]
 
@@ -81,20 +87,15 @@ class Decision:
 
 
 # KEYS: stream, then one transaction key per decision.
-# ARGV: ttl seconds, maxlen ('' = none), then per decision: transaction id, record.
+# ARGV: ttl seconds, then per decision: transaction id, record.
 # One call appends a whole request's decisions: atomic, one command to send and parse.
+# No MAXLEN: approximate trimming would drop entries nobody archived (the worker trims).
 _APPEND = """
-local ttl, maxlen = ARGV[1], ARGV[2]
+local ttl = ARGV[1]
 local ids = {}
 for i = 2, #KEYS do
-  local a = 2 * i - 1
-  local id
-  if maxlen ~= '' then
-    id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*',
-                    'transaction_id', ARGV[a], 'record', ARGV[a + 1])
-  else
-    id = redis.call('XADD', KEYS[1], '*', 'transaction_id', ARGV[a], 'record', ARGV[a + 1])
-  end
+  local a = 2 * i - 2
+  local id = redis.call('XADD', KEYS[1], '*', 'transaction_id', ARGV[a], 'record', ARGV[a + 1])
   redis.call('SET', KEYS[i], id, 'EX', ttl)
   ids[i - 1] = id
 end
@@ -103,16 +104,18 @@ return ids
 
 
 class DecisionLog:
-    """Writes decisions to the stream and the per-transaction keys; reads them back."""
+    """Writes decisions to the stream and the per-transaction keys; reads them back
+    (from Redis, or from the lake once the stream entry was archived and trimmed)."""
 
-    def __init__(self, client: redis.Redis, prefix: str, ttl_seconds: int,
-                 stream_maxlen: int = 0) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, key_ttl_seconds: int,
+                 lake: Lake | None = None) -> None:
         self._redis = client
         self.prefix = prefix
         self.stream = f"{prefix}decisions"
         self._key_prefix = f"{prefix}tx:"
-        self._ttl = str(ttl_seconds)
-        self._maxlen = str(stream_maxlen) if stream_maxlen else ""
+        self.key_ttl_seconds = int(key_ttl_seconds)
+        self._ttl = str(self.key_ttl_seconds)
+        self._lake = lake
         self._sha = client.register_script(_APPEND).sha
 
     def key(self, transaction_id: str) -> str:
@@ -125,7 +128,7 @@ class DecisionLog:
             return []
         kp = self._key_prefix
         keys = [self.stream]
-        args = [self._ttl, self._maxlen]
+        args = [self._ttl]
         for d in decisions:
             keys.append(kp + d.transaction_id)
             args += (d.transaction_id, d.to_record())
@@ -138,22 +141,42 @@ class DecisionLog:
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
     def fetch(self, transaction_ids: Sequence[str]) -> list[bytes | None]:
-        """The stored records (JSON bytes) of ``transaction_ids``; None where unknown."""
+        """The stored records (JSON bytes) of transactions whose key still exists (a
+        retried transaction); None where unknown."""
+        return [None if hit is None else hit[1]
+                for hit in self._entries(transaction_ids, archived_too=False)]
+
+    def lookup(self, transaction_ids: Sequence[str], max_age_seconds: float,
+               now: float | None = None) -> list[bytes | None]:
+        """The records of ``transaction_ids`` decided at most ``max_age_seconds`` ago,
+        from Redis or else the lake (a late label); None where unknown or older."""
+        cutoff_ms = ((time.time() if now is None else now) - max_age_seconds) * 1000
+        return [None if hit is None or id_ms(hit[0]) < cutoff_ms else hit[1]
+                for hit in self._entries(transaction_ids, archived_too=True)]
+
+    def _entries(self, transaction_ids: Sequence[str], archived_too: bool
+                 ) -> list[tuple[str, bytes] | None]:
+        """(stream id, record) per transaction: the key's entry in the stream; from the
+        lake when that entry was trimmed, or (``archived_too``) when the key is gone."""
         if not transaction_ids:
             return []
-        ids = self._redis.mget([self.key(t) for t in transaction_ids])
-        found = [i for i in ids if i is not None]
-        if not found:
-            return [None] * len(ids)
-        pipe = self._redis.pipeline(transaction=False)
-        for entry in found:
-            pipe.xrange(self.stream, entry, entry, count=1)
-        entries = iter(pipe.execute())
-        out: list[bytes | None] = []
-        for i in ids:
-            if i is None:
-                out.append(None)
-                continue
-            hit = next(entries)
-            out.append(hit[0][1][b"record"] if hit else None)  # None: trimmed away
+        ids: list[Any] = self._redis.mget([self.key(t) for t in transaction_ids])
+        out: list[tuple[str, bytes] | None] = [None] * len(ids)
+        found = [(n, i.decode()) for n, i in enumerate(ids) if i is not None]
+        if found:
+            pipe = self._redis.pipeline(transaction=False)
+            for _, entry in found:
+                pipe.xrange(self.stream, entry, entry, count=1)
+            for (n, entry), hit in zip(found, pipe.execute()):
+                if hit:
+                    out[n] = (entry, hit[0][1][b"record"])
+        archived = [n for n, hit in enumerate(out)
+                    if hit is None and (archived_too or ids[n] is not None)]
+        if archived and self._lake is not None:
+            rows = self._lake.find(self.stream, "transaction_id",
+                                   [transaction_ids[n] for n in archived])
+            for n in archived:
+                row = rows.get(transaction_ids[n])
+                if row is not None and row.get("record") is not None:
+                    out[n] = (str(row["stream_id"]), str(row["record"]).encode())
         return out

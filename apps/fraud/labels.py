@@ -1,10 +1,11 @@
 """The label stream: late fraud verdicts (chargebacks, analysts), in one global order.
 
 ``POST /v1/labels`` validates every label of the request, checks that each transaction
-is in the decision log, and only then appends them all in one MULTI transaction (nothing
-is half-applied). Each stream entry carries the decision record logged at scoring time,
-so a learner trains on exactly the features the model saw, and the stream alone is
-enough to rebuild a model (snapshot + tail) even after the per-transaction keys expired.
+is in the decision log (Redis, or the lake for decisions already trimmed from it), and
+only then appends them all in one MULTI transaction (nothing is half-applied). Each
+stream entry carries the decision record logged at scoring time, so the fraud worker's
+learner trains on exactly the features the model saw, and the stream alone is enough to
+rebuild a model (checkpoint + tail) even after the per-transaction keys expired.
 
 A label (JSON)::
 
@@ -16,8 +17,9 @@ A label (JSON)::
 from __future__ import annotations
 
 import json
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +30,7 @@ from fraud.schema import parse_timestamp
 from mlplatform.errors import BadRequest, NotFound
 from mlplatform.http import check_id
 
-__all__ = ["Label", "LabelEntry", "LabelStream", "parse_labels"]
+__all__ = ["Label", "LabelEntry", "LabelStream", "parse_labels", "decode_label"]
 
 _FIELDS = ("transaction_id", "is_fraud", "labelled_at")
 
@@ -95,11 +97,13 @@ def _parse_one(item: Any, where: str) -> Label:
 
 
 class LabelStream:
-    """Appends labels (joined to their decisions) and reads them back in order."""
+    """Appends labels joined to their decisions, in one global order."""
 
-    def __init__(self, client: redis.Redis, decisions: DecisionLog) -> None:
+    def __init__(self, client: redis.Redis, decisions: DecisionLog,
+                 decision_ttl_seconds: float) -> None:
         self._redis = client
         self._decisions = decisions
+        self._max_age = decision_ttl_seconds
         self.stream = f"{decisions.prefix}labels"
 
     def append(self, labels: Sequence[Label], *, where: str = "labels") -> list[str]:
@@ -107,7 +111,7 @@ class LabelStream:
 
         An unknown transaction raises ``NotFound`` naming it, and nothing is appended.
         """
-        records = self._decisions.fetch([lb.transaction_id for lb in labels])
+        records = self._decisions.lookup([lb.transaction_id for lb in labels], self._max_age)
         for i, (label, record) in enumerate(zip(labels, records)):
             if record is None:
                 field = f"{where}[{i}].transaction_id" if len(labels) > 1 else "transaction_id"
@@ -118,6 +122,7 @@ class LabelStream:
                 )
         pipe = self._redis.pipeline(transaction=True)
         for label, record in zip(labels, records):
+            # No MAXLEN: the worker archives, then trims (and never what it has not learned).
             pipe.xadd(self.stream, {
                 "transaction_id": label.transaction_id,
                 "is_fraud": "1" if label.is_fraud else "0",
@@ -126,32 +131,48 @@ class LabelStream:
             })
         return [o.decode() if isinstance(o, bytes) else str(o) for o in pipe.execute()]
 
-    def read(self, after: str, count: int, block_ms: int | None) -> list[LabelEntry]:
-        """Entries after offset ``after`` (``"0-0"``: from the start), oldest first."""
-        reply: Any = self._redis.xread({self.stream: after}, count=count, block=block_ms)
-        if not reply:
-            return []
-        _, entries = reply[0]
-        return [self._decode(offset, fields) for offset, fields in entries]
-
     def last_offset(self) -> str:
-        info = self._redis.xinfo_stream(self.stream) if self._redis.exists(self.stream) else None
-        if not info:
+        """The id of the last label ever appended ("0-0": none)."""
+        try:
+            info: Any = self._redis.xinfo_stream(self.stream)
+        except redis.ResponseError:  # no such stream yet
             return "0-0"
         last = info["last-generated-id"]
         return last.decode() if isinstance(last, bytes) else str(last)
 
-    @staticmethod
-    def _decode(offset: bytes | str, fields: dict[bytes, bytes]) -> LabelEntry:
+
+def decode_label(offset: str, fields: Mapping[bytes, bytes]) -> LabelEntry:
+    """A label stream entry, checked: ``ValueError`` naming what is wrong otherwise (the
+    learner sends such an entry to the dead letters instead of learning from it)."""
+    try:
         record = json.loads(fields[b"decision"])
-        return LabelEntry(
-            offset=offset.decode() if isinstance(offset, bytes) else offset,
-            label=Label(
-                transaction_id=fields[b"transaction_id"].decode(),
-                is_fraud=fields[b"is_fraud"] == b"1",
-                labelled_at=float(fields[b"labelled_at"]),
-            ),
-            features=record["features"],
-            score=float(record["score"]),
-            review_threshold=float(record["review_threshold"]),
-        )
+        is_fraud = fields[b"is_fraud"]
+        transaction_id = fields[b"transaction_id"].decode()
+        labelled_at = float(fields[b"labelled_at"])
+    except KeyError as exc:
+        raise ValueError(f"label entry has no {exc.args[0].decode()!r} field") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"label entry's decision is not a JSON decision record: {exc}") from None
+    if is_fraud not in (b"0", b"1"):
+        raise ValueError(f"is_fraud must be 0 or 1, got {is_fraud!r}")
+    if not isinstance(record, dict) or not isinstance(record.get("features"), dict):
+        raise ValueError("label entry's decision has no features object")
+    features: dict[str, float] = {}
+    for name, value in record["features"].items():
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not math.isfinite(value):
+            raise ValueError(f"feature {name} must be a finite number, got {value!r}")
+        features[name] = float(value)
+    numbers = {}
+    for name in ("score", "review_threshold"):
+        value = record.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not 0.0 <= value <= 1.0:
+            raise ValueError(f"decision {name} must be a number in [0, 1], got {value!r}")
+        numbers[name] = float(value)
+    if not math.isfinite(labelled_at):
+        raise ValueError(f"labelled_at must be a finite epoch time, got {labelled_at!r}")
+    return LabelEntry(offset=offset,
+                      label=Label(transaction_id, is_fraud == b"1", labelled_at),
+                      features=features, score=numbers["score"],
+                      review_threshold=numbers["review_threshold"])

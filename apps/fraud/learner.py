@@ -1,260 +1,337 @@
-"""The online learner: one thread per process applying the label stream to its own model.
+"""The online learner: the one writer of the fraud model, run by ``mlsuite worker fraud``.
 
-Every replica and worker process runs one ``Learner``. It is the only code that touches
-the (not thread-safe) river model: it reads the label stream in order from its last
-offset, calls ``learn_one`` on the features logged at decision time, and publishes an
-immutable ``ServingState`` (a numpy predictor + thresholds + the offset it reflects)
-that request threads read without locks. Since every process applies the same stream
-in the same order to the same base version, all hold the same model.
+However many fraud workers run, one holds the learner's ``Lease`` (renewed every round,
+well within its TTL) and learns; the others stand by and take over when the holder stops
+renewing. The holder reads the label stream through the consumer group
+``fraud-learner``, applies each label in stream order to the river model on the feature
+vector logged at decision time, updates the drift monitor, and then, in the same MULTI
+as the consumer's XACK, writes a signed checkpoint (model + monitor + offset). So an
+entry is acknowledged exactly when a checkpoint containing it is durable:
 
-Checkpoints: every ``snapshot_every_labels`` labels (or ``snapshot_every_seconds``), the
-model, its drift monitor and the stream offset are pickled into one Redis hash per base
-version. A (re)starting process loads that snapshot and replays only the tail. When the
-registry alias moves to a new version, the learner rebuilds from that version (its
-snapshot if any, else the whole stream) and swaps.
+- a worker killed mid-batch leaves its entries pending and the checkpoint before them;
+  the next holder loads that checkpoint and replays, in stream order, everything the
+  group has handed out since (the pending entries), then takes the pending entries over
+  (XAUTOCLAIM) and acknowledges them; an entry at or before the checkpoint's offset is
+  never applied twice;
+- the MULTI watches the lease key: a holder that paused past its lease (a "zombie")
+  cannot acknowledge or checkpoint anything, and a batch that does not follow the
+  learner's offset (entries handed to someone else) resets it to its checkpoint;
+- a label that cannot be decoded, or makes learning throw, goes to the dead letters
+  with the reason and the offset moves on (never an endless retry, never a frozen model).
+
+After each change the learner publishes the serving state as a plain-data snapshot
+(``fraud.serving_state`` decodes it in request workers). When the registry alias moves,
+it rebuilds from the new version (its checkpoint, else the label stream still held).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import pickle
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import redis
 
 from fraud import metrics
 from fraud.config import FraudConfig
 from fraud.drift import DriftMonitor
-from fraud.labels import LabelEntry, LabelStream
+from fraud.keys import LEARNER_GROUP, Keys
+from fraud.labels import LabelEntry, decode_label
 from fraud.models import Artifact, clone
-from fraud.predictors import Predictor
 from fraud.thresholds import Thresholds
+from mlplatform.config import Settings
 from mlplatform.errors import Unavailable
+from mlplatform.lease import Lease
 from mlplatform.metrics import set_model_info
-from mlplatform.registry import LiveModel, ModelVersion
+from mlplatform.registry import LiveModel, ModelRegistry, ModelVersion
+from mlplatform.retention import id_before
+from mlplatform.snapshots import (
+    SignatureError,
+    SnapshotStore,
+    dumps_signed,
+    loads_signed,
+    pack_arrays,
+    secret_key,
+)
+from mlplatform.streams import Consumer, Entry, consumer_name, ensure_group
 
-__all__ = ["Learner", "ServingState"]
+__all__ = ["Learner", "LearnerState", "LearnerReset", "thresholds_of"]
 
 log = logging.getLogger(__name__)
-_READ_COUNT = 1000
+_REPLAY_CHUNK = 1000
 
 
-@dataclass(frozen=True)
-class ServingState:
-    """What requests score with: swapped as one reference, never mutated."""
+class LearnerReset(redis.RedisError):
+    """The learner's in-memory state may differ from its checkpoint: reload it.
+
+    A Redis error on purpose: the platform consumer then acknowledges nothing and sends
+    nothing to the dead letters (the entries are not at fault)."""
+
+
+@dataclass
+class LearnerState:
+    """The model being learned: only the lease holder's learner thread touches it."""
 
     version: ModelVersion
-    predictor: Predictor
-    thresholds: Thresholds
-    online: bool
-    offset: str  # last label-stream entry applied
+    artifact: Artifact
+    model: Any | None  # the online model (a clone); None for a batch base model
+    monitor: DriftMonitor
+    offset: str  # last label-stream entry handled (applied or dead-lettered)
     labels: int  # labels applied since the base version
-    quality: dict[str, Any]  # DriftMonitor.snapshot()
 
-    @property
-    def label(self) -> str:
-        return self.version.label
+
+def thresholds_of(trained: Thresholds, config: FraudConfig) -> Thresholds:
+    """The thresholds served: the model's, unless the configuration fixes them."""
+    review = trained.review if config.review_threshold is None else config.review_threshold
+    decline = trained.decline if config.decline_threshold is None else config.decline_threshold
+    return Thresholds(review=review, decline=max(decline, review),
+                      review_fpr=trained.review_fpr, decline_fpr=trained.decline_fpr)
 
 
 class Learner:
-    """Owns this process's model; applies labels; publishes ``ServingState``."""
+    """Holds the lease, applies labels, checkpoints with the ack, publishes snapshots."""
 
-    def __init__(self, live: LiveModel[Artifact], stream: LabelStream, client: redis.Redis,
-                 config: FraudConfig) -> None:
-        self._live = live
-        self._stream = stream
-        self._redis = client
-        self._config = config
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-        self._state: ServingState | None = None
-        # Owned by the learner thread once started:
-        self._base: ModelVersion | None = None
-        self._artifact: Artifact | None = None
-        self._model: Any = None
-        self._monitor = DriftMonitor()
-        self._offset = "0-0"
-        self._labels = 0
-        self._snapshot_at = (0, time.monotonic())
-        # How the last (re)build started: {"source", "snapshot_labels", "replayed"}.
+    def __init__(self, client: redis.Redis, settings: Settings, config: FraudConfig, *,
+                 name: str | None = None, claim_idle_ms: int | None = None) -> None:
+        self.client = client
+        self.config = config
+        self.keys = Keys(config.key_prefix, config.model_name)
+        self.lease = Lease(client, self.keys.learner_lease,
+                           ttl_seconds=config.learner_lease_seconds)
+        self.live: LiveModel[Artifact] = ModelRegistry(settings.data_dir / "models").live(
+            config.model_name, config.model_alias, lambda v: Artifact.load(v.path),
+            poll_seconds=settings.model_poll_seconds)
+        self.store = SnapshotStore(client, self.keys.model_snapshot)
+        lease_ms = int(config.learner_lease_seconds * 1000)
+        # Only the lease holder consumes, so an entry pending longer than a lease belongs
+        # to a holder that is gone.
+        self.consumer = Consumer(client, self.keys.labels, LEARNER_GROUP, self.handle,
+                                 self.keys.dead_letters, name=name or consumer_name("learner"),
+                                 block_ms=config.learner_block_ms,
+                                 claim_idle_ms=lease_ms if claim_idle_ms is None else claim_idle_ms,
+                                 claim_every_seconds=1.0)
+        self.state: LearnerState | None = None
+        self.applied = 0  # labels applied by this learner since it started (incl. replays)
         self.last_rebuild: dict[str, Any] = {}
+        self._key = secret_key(settings)
+        self._published: tuple[int, str] | None = None
 
-    # -- requests ------------------------------------------------------------------
+    # -- the loop ------------------------------------------------------------------------
 
-    def state(self) -> ServingState:
-        """The current state; loads and catches up on first use in this process."""
-        state = self._state
-        if state is None or self._pid != os.getpid():
-            state = self.start()
-        return state
+    def step(self) -> int:
+        """One round: hold the lease (else stand by), rebuild if needed, apply what the
+        label stream holds for us, publish a new state. Returns the entries handled."""
+        was_held = self.lease.held
+        if not self.lease.acquire():
+            self.state = None
+            return 0
+        if not was_held:  # another holder may have moved the checkpoint on
+            log.info("fraud learner: lease %s taken by %s", self.lease.key, self.consumer.name)
+            self.state = None
+        version, artifact = self.live.get()
+        if self.state is None or self.state.version.version != version.version:
+            self.rebuild(version, artifact)
+        handled = self.consumer.poll(wait=True)
+        self.publish()
+        return handled
 
-    def start(self) -> ServingState:
-        """Load the served version, replay the label stream tail, start the thread."""
-        with self._lock:
-            if self._pid != os.getpid():  # a forked child: the parent's thread is gone
-                self._thread, self._state, self._base = None, None, None
-                self._stop = threading.Event()
-                self._pid = os.getpid()
-            if self._state is None:
-                version, artifact = self._live.get()
-                self._rebuild(version, artifact)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="fraud-learner",
-                                                daemon=True)
-                self._thread.start()
-            assert self._state is not None
-            return self._state
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._live.stop()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def sync(self, timeout: float = 5.0) -> ServingState:
-        """Wait until every label appended so far is applied (tests, ``/v1/model?sync``)."""
-        target = self._stream.last_offset()
-        deadline = time.monotonic() + timeout
-        while True:
-            state = self.state()
-            if _offset_key(state.offset) >= _offset_key(target):
-                return state
-            if time.monotonic() > deadline:
-                raise Unavailable(f"learner is behind the label stream ({state.offset} < "
-                                  f"{target})", dependency="model")
-            time.sleep(0.01)
-
-    # -- learner thread ------------------------------------------------------------
-
-    def _run(self) -> None:
-        failing = False
-        while not self._stop.is_set():
+    def run(self, stop: Any) -> None:
+        """``step`` until ``stop`` is set (the worker's loop); then hand the lease over."""
+        problem = ""
+        standby = min(1.0, max(0.05, self.config.learner_lease_seconds / 4))
+        try:
+            while not stop.is_set():
+                try:
+                    self.step()
+                    problem = ""
+                    if not self.lease.held:
+                        stop.wait(standby)
+                except Exception as exc:  # noqa: BLE001 - the learner must keep going
+                    self.state = None  # whatever was not checkpointed is reloaded
+                    if str(exc) != problem:
+                        expected = isinstance(exc, redis.RedisError | Unavailable)
+                        (log.warning if expected else log.exception)(
+                            "fraud learner: %s; retrying", exc)
+                    problem = str(exc)
+                    stop.wait(0.5)
+        finally:
+            self.live.stop()
             try:
-                version, artifact = self._live.get()
-                if self._base is None or version.version != self._base.version:
-                    self._rebuild(version, artifact)
-                entries = self._stream.read(self._offset, _READ_COUNT,
-                                            self._config.learner_block_ms)
-                if entries:
-                    self._apply(entries)
-                    self._publish()
-                self._maybe_snapshot()
-                if failing:
-                    log.info("fraud learner: label stream reachable again")
-                failing = False
-            except redis.RedisError as exc:
-                if not failing:
-                    log.warning("fraud learner: redis unavailable (%s); retrying", exc)
-                failing = True
-                self._stop.wait(0.5)
-            except Exception:
-                log.exception("fraud learner: unexpected error; retrying in 1s")
-                self._stop.wait(1.0)
+                self.lease.release()
+            except redis.RedisError:
+                pass
 
-    def _rebuild(self, version: ModelVersion, artifact: Artifact) -> None:
-        """Start from ``version``: its snapshot if one exists, then the stream tail."""
+    # -- the consumer's handler ------------------------------------------------------------
+
+    def handle(self, entries: list[Entry], tx: Any) -> dict[str, str]:
+        """Apply ``entries`` after the offset, checkpoint into ``tx`` (the consumer adds
+        the acks to it). Entries at or before the offset are only acknowledged."""
+        state = self.state
+        if state is None:
+            raise LearnerReset("no model state loaded")
+        try:
+            self._fence(tx)
+            fresh = [e for e in entries if id_before(state.offset, e.id)]
+            if not fresh:
+                return {}
+            self._check_follows(state.offset, fresh[0].id)
+            rejected: dict[str, str] = {}
+            for entry in fresh:
+                try:
+                    self._apply(state, decode_label(entry.id, entry.fields))
+                except Exception as exc:  # noqa: BLE001 - the entry's reason as a dead letter
+                    rejected[entry.id] = f"{type(exc).__name__}: {exc}"
+                state.offset = entry.id
+            self._checkpoint(state, tx)
+            return rejected
+        except BaseException:
+            # The model may hold effects that will not be committed: reload the checkpoint.
+            self.state = None
+            tx.reset()
+            raise
+
+    def _fence(self, tx: Any) -> None:
+        """Watch the lease: the MULTI fails if another worker took it meanwhile."""
+        tx.watch(self.lease.key)
+        holder = tx.get(self.lease.key)
+        if holder is None or holder.decode() != self.lease.token:
+            self.lease.held = False
+            raise LearnerReset(f"lost the learner lease {self.lease.key}")
+        tx.multi()
+
+    def _check_follows(self, offset: str, first: str) -> None:
+        """The first new entry must be the one right after the offset: otherwise some were
+        handed to another consumer (a holder that lost its lease) and must be replayed."""
+        after: Any = self.client.xrange(self.keys.labels, f"({offset}", "+", count=1)
+        expected = after[0][0].decode() if after else first
+        if expected != first:
+            raise LearnerReset(f"label {expected} after offset {offset} went to another "
+                               f"consumer; rebuilding from the checkpoint")
+
+    def _apply(self, state: LearnerState, entry: LabelEntry) -> None:
+        if state.model is not None:
+            state.model.learn_one(entry.features, entry.label.is_fraud)
+        state.monitor.update(entry.label.is_fraud, entry.score, entry.review_threshold,
+                             at=entry.label.labelled_at)
+        state.labels += 1
+        self.applied += 1
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def _checkpoint(self, state: LearnerState, tx: Any) -> None:
+        """Model + monitor + offset as one signed pickle, in one HSET (never one without
+        the other). Batch base models are not copied: the registry holds them."""
+        blob = dumps_signed((state.model, state.monitor, state.offset, state.labels),
+                            self._key)
+        tx.hset(self.keys.checkpoint(state.version.version), mapping={
+            "blob": blob, "offset": state.offset, "labels": state.labels,
+            "at": f"{time.time():.3f}"})
+
+    def load_checkpoint(self, version: int) -> tuple[Any, DriftMonitor, str, int] | None:
+        """The checkpoint of base ``version``, or None; ``SignatureError`` if tampered."""
+        blob: Any = self.client.hget(self.keys.checkpoint(version), "blob")
+        return None if blob is None else loads_signed(blob, self._key)  # type: ignore[no-any-return]
+
+    def rebuild(self, version: ModelVersion, artifact: Artifact) -> None:
+        """Start from ``version``: its checkpoint if any (else the registry's model), then
+        replay what the group has already handed out; checkpoint and publish."""
         started = time.perf_counter()
-        key = self._snapshot_key(version)
-        saved: Any = self._redis.hget(key, "blob")
-        if saved is not None:
-            self._model, self._monitor, self._offset, self._labels = pickle.loads(saved)
-            source = "snapshot"
-        else:
-            self._model = clone(artifact.model)
-            self._monitor, self._offset, self._labels = DriftMonitor(), "0-0", 0
-            source = "registry"
-        from_snapshot = self._labels
-        self._monitor.on_drift = self._on_drift
-        self._base, self._artifact = version, artifact
-        self._snapshot_at = (self._labels, time.monotonic())
-        replayed = 0
-        while True:
-            entries = self._stream.read(self._offset, _READ_COUNT, None)
-            if not entries:
-                break
-            self._apply(entries)
-            replayed += len(entries)
-        self._publish()
-        self.last_rebuild = {"source": source, "snapshot_labels": from_snapshot,
-                             "replayed": replayed}
+        source = "checkpoint"
+        try:
+            saved = self.load_checkpoint(version.version)
+        except SignatureError as exc:
+            log.error("fraud learner: refusing checkpoint %s (%s); rebuilding %s from the "
+                      "registry and the label stream", self.keys.checkpoint(version.version),
+                      exc, version.label)
+            saved, source = None, "registry (checkpoint refused)"
+        if saved is None:
+            source = "registry" if source == "checkpoint" else source
+            online = bool(getattr(artifact.model, "online", False))
+            saved = (clone(artifact.model) if online else None, DriftMonitor(), "0-0", 0)
+        model, monitor, offset, labels = saved
+        monitor.on_drift = lambda stream, detail: _on_drift(monitor, stream, detail)
+        state = LearnerState(version, artifact, model, monitor, offset, labels)
+        replayed = self._replay(state)
+        tx = self.client.pipeline(transaction=True)
+        self._fence(tx)
+        self._checkpoint(state, tx)
+        tx.execute()
+        self.state = state
+        self.publish()
         set_model_info("fraud", version.name, f"v{version.version}")
-        log.info("fraud learner: %s from the %s (%d labels) + %d replayed from the stream "
-                 "in %.2fs", version.label, source, from_snapshot, replayed,
-                 time.perf_counter() - started)
+        self.last_rebuild = {"source": source, "checkpoint_labels": labels, "replayed": replayed}
+        log.info("fraud learner: %s from the %s (%d labels) + %d replayed in %.2fs",
+                 version.label, source, labels, replayed, time.perf_counter() - started)
 
-    def _apply(self, entries: list[LabelEntry]) -> None:
-        learn = self._model.learn_one
-        online = self._model.online
-        monitor = self._monitor
-        for e in entries:
-            if online:
-                learn(e.features, e.label.is_fraud)
-            monitor.update(e.label.is_fraud, e.score, e.review_threshold, at=e.label.labelled_at)
-            self._offset = e.offset
-            self._labels += 1
+    def _replay(self, state: LearnerState) -> int:
+        """Apply the entries after the offset up to the last one the group handed out
+        (whoever took them: a crashed holder's pending entries come back here, in order)."""
+        ensure_group(self.client, self.keys.labels, LEARNER_GROUP)
+        groups: Any = self.client.xinfo_groups(self.keys.labels)
+        until = next(_text(g["last-delivered-id"]) for g in groups
+                     if _text(g["name"]) == LEARNER_GROUP)
+        replayed = 0
+        while id_before(state.offset, until):
+            batch: Any = self.client.xrange(self.keys.labels, f"({state.offset}", until,
+                                            count=_REPLAY_CHUNK)
+            if not batch:
+                break
+            for raw_id, fields in batch:
+                try:
+                    self._apply(state, decode_label(_text(raw_id), fields))
+                except Exception:  # noqa: BLE001, S110 - dead-lettered when first handled
+                    pass
+                state.offset = _text(raw_id)
+                replayed += 1
+            if not self.lease.acquire():  # a long replay keeps its lease
+                raise LearnerReset("lost the learner lease during a replay")
+        return replayed
 
-    def _publish(self) -> None:
-        assert self._base is not None and self._artifact is not None
-        quality = self._monitor.snapshot()
-        self._state = ServingState(
-            version=self._base,
-            predictor=self._model.predictor(),
-            thresholds=self._thresholds(self._artifact.thresholds),
-            online=bool(self._model.online),
-            offset=self._offset,
-            labels=self._labels,
-            quality=quality,
-        )
-        metrics.MODEL_LABELS.set(self._labels)
+    # -- publishing ------------------------------------------------------------------------
+
+    def publish(self, force: bool = False) -> int | None:
+        """Publish the serving state if it changed: the predictor's arrays (online base
+        models) and the metadata; its snapshot sequence number, or None."""
+        state = self.state
+        if state is None:
+            return None
+        mark = (state.version.version, state.offset)
+        if mark == self._published and not force:
+            return None
+        quality = state.monitor.snapshot()
+        thresholds = thresholds_of(state.artifact.thresholds, self.config)
+        meta: dict[str, Any] = {
+            "model": state.version.name, "base_version": state.version.version,
+            "base": state.version.label, "offset": state.offset, "labels": state.labels,
+            "online": state.model is not None, "thresholds": thresholds.to_dict(),
+            "quality": quality, "at": round(time.time(), 3),
+        }
+        arrays: dict[str, np.ndarray] = {}
+        if state.model is not None:
+            p = state.model.predictor()
+            arrays = {"feature_names": np.array(p.feature_names, dtype=str),
+                      "log_mask": p.log_mask, "mean": p.mean, "inv_std": p.inv_std,
+                      "weights": p.weights}
+            meta["intercept"] = p.intercept
+        seq = self.store.publish(pack_arrays(arrays, meta), meta)
+        self._published = mark
+        metrics.SNAPSHOTS.inc()
+        metrics.MODEL_LABELS.set(state.labels)
         for name in ("precision", "recall", "roc_auc"):
             if quality[name] is not None:
                 metrics.ONLINE_QUALITY.labels(name).set(quality[name])
         metrics.DRIFT_ACTIVE.set(1 if quality["drift"]["active"] else 0)
-
-    def _thresholds(self, trained: Thresholds) -> Thresholds:
-        c = self._config
-        review = trained.review if c.review_threshold is None else c.review_threshold
-        decline = trained.decline if c.decline_threshold is None else c.decline_threshold
-        return Thresholds(review=review, decline=max(decline, review),
-                          review_fpr=trained.review_fpr, decline_fpr=trained.decline_fpr)
-
-    def _maybe_snapshot(self) -> None:
-        last_labels, last_time = self._snapshot_at
-        if self._labels == last_labels:
-            return
-        due = (self._labels - last_labels >= self._config.snapshot_every_labels
-               or time.monotonic() - last_time >= self._config.snapshot_every_seconds)
-        if due:
-            self.snapshot()
-
-    def snapshot(self) -> None:
-        """Checkpoint model + monitor + offset (one HSET: never a blob without its offset)."""
-        assert self._base is not None
-        blob = pickle.dumps((self._model, self._monitor, self._offset, self._labels),
-                            protocol=pickle.HIGHEST_PROTOCOL)
-        self._redis.hset(self._snapshot_key(self._base), mapping={
-            "blob": blob, "offset": self._offset, "labels": self._labels,
-            "pid": os.getpid(), "at": time.time(),
-        })
-        self._snapshot_at = (self._labels, time.monotonic())
-        metrics.SNAPSHOTS.inc()
-
-    def _snapshot_key(self, version: ModelVersion) -> str:
-        return f"{self._config.key_prefix}snapshot:{version.name}:v{version.version}"
-
-    def _on_drift(self, stream: str, detail: dict[str, Any]) -> None:
-        log.warning("fraud drift detected on the %s stream after %d labels (estimate %.4f)",
-                    stream, detail["label_index"], detail["estimate"])
-        metrics.DRIFT_DETECTIONS.labels(stream).set(self._monitor.detections)
-        metrics.DRIFT_ACTIVE.set(1)
+        return seq
 
 
-def _offset_key(offset: str) -> tuple[int, int]:
-    ms, _, seq = offset.partition("-")
-    return int(ms), int(seq or 0)
+def _on_drift(monitor: DriftMonitor, stream: str, detail: dict[str, Any]) -> None:
+    log.warning("fraud drift detected on the %s stream after %d labels (estimate %.4f)",
+                stream, detail["label_index"], detail["estimate"])
+    metrics.DRIFT_DETECTIONS.labels(stream).set(monitor.detections)
+    metrics.DRIFT_ACTIVE.set(1)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -3,10 +3,12 @@
 Profiles change rarely (daily recomputes, an analyst's merchant risk update), while a
 payment flow asks about the same cards and merchants all day; so a request never calls
 Feast per transaction: it reads the cache, and the misses of a whole request (or batch)
-go to Feast in one call per entity kind. At startup the service prefetches the profiles
-of the entities it knows of (``known_entities``: the ids of the profile source files), so
-the first request for each card does not pay a feature-store read. ``FrameProfiles`` serves the same dicts from the
-parquet files Feast's offline store reads (training and replay).
+go to Feast in one call per entity kind. Before serving, the service prefetches the
+profiles of the entities it knows of (``known_entities``: the ids of the profile source
+files), so the first request for each card does not pay a feature-store read. A profile
+changed through the service (``PUT /v1/cards/<id>``) reaches every cache as an override
+(``CachedProfiles.override``) instead of after the TTL. ``FrameProfiles`` serves the same
+dicts from the parquet files Feast's offline store reads (training and replay).
 
 A profile is a plain dict (``CARD_FIELDS`` / ``MERCHANT_FIELDS``), or ``None`` when the
 entity is unknown.
@@ -180,6 +182,9 @@ class CachedProfiles:
         self._entries: dict[str, OrderedDict[str, tuple[float, Profile]]] = {
             "card": OrderedDict(), "merchant": OrderedDict()
         }
+        # When each entity of the latest overrides was applied: a Feast read that started
+        # before that must not put the old profile back.
+        self._overridden: dict[str, dict[str, float]] = {"card": {}, "merchant": {}}
 
     def get_many(self, kind: str, ids: Sequence[str]) -> dict[str, Profile]:
         now = self._clock()
@@ -211,14 +216,32 @@ class CachedProfiles:
             out.update(dict.fromkeys(missing))
             return out
         expires = now + self._ttl
+        overridden = self._overridden[kind]
         with self._lock:
             for i, profile in fetched.items():
+                if overridden.get(i, -1.0) >= now:
+                    out[i] = entries[i][1] if i in entries else profile
+                    continue
                 entries[i] = (expires, profile)
                 entries.move_to_end(i)
             while len(entries) > self._max:
                 entries.popitem(last=False)
-        out.update(fetched)
+        for i, profile in fetched.items():
+            out.setdefault(i, profile)
         return out
+
+    def override(self, kind: str, profiles: dict[str, Profile]) -> None:
+        """Put changed profiles into the cache now (fresh for a whole TTL): ``profiles``
+        are newer than, or as new as, what the feature store holds."""
+        now = self._clock()
+        with self._lock:
+            entries = self._entries[kind]
+            for i, profile in profiles.items():
+                entries[i] = (now + self._ttl, profile)
+                entries.move_to_end(i)
+            while len(entries) > self._max:
+                entries.popitem(last=False)
+            self._overridden[kind] = dict.fromkeys(profiles, now)
 
     def warm_up(self) -> None:
         warm = getattr(self._source, "warm_up", None)

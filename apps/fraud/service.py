@@ -14,12 +14,15 @@ on the velocity the first call returns, and it must be durable before the caller
 
 A transaction id already decided is not scored again: its velocity is left untouched
 and the stored decision comes back, flagged ``duplicate`` (safe client retries).
+
+Nothing here learns or refreshes in the background beyond following snapshots: the
+fraud worker (``fraud.worker``) learns the labels and pushes profile updates; this
+process swaps in what it publishes (``fraud.serving_state``, profile overrides).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -30,24 +33,32 @@ from fraud import metrics
 from fraud.config import FraudConfig
 from fraud.decisions import Decision, DecisionLog
 from fraud.features import assemble, event_of
+from fraud.keys import Keys
 from fraud.labels import Label, LabelStream
-from fraud.learner import Learner, ServingState
-from fraud.models import Artifact
+from fraud.profile_push import decode_overrides
+from fraud.profile_updates import ProfileUpdates, parse_profile
 from fraud.profiles import ProfileSource, known_entities
 from fraud.schema import Transaction
+from fraud.serving_state import ModelView, ServingState
 from fraud.thresholds import DECISIONS
 from fraud.velocity import RedisVelocityStore, velocity_features
 from mlplatform.config import Settings
-from mlplatform.errors import Conflict
-from mlplatform.registry import ModelRegistry
+from mlplatform.errors import Conflict, Unavailable
+from mlplatform.lake import Lake
+from mlplatform.snapshots import Follower, Snapshot, SnapshotStore
 
 __all__ = ["FraudService"]
 
 log = logging.getLogger(__name__)
 
 
+# Per-transaction keys outlive their stream entry by this much: the archiver trims on a
+# schedule, and a key that expired first would let a retried transaction be scored twice.
+KEY_MARGIN_SECONDS = 3600
+
+
 class FraudService:
-    """Everything one process needs to score, log, accept labels and learn."""
+    """Everything one request process needs to score, log decisions and accept writes."""
 
     def __init__(self, settings: Settings, config: FraudConfig, client: redis.Redis,
                  profiles: ProfileSource) -> None:
@@ -55,30 +66,37 @@ class FraudService:
         self.config = config
         self.redis = client
         self.profiles = profiles
+        self.keys = Keys(config.key_prefix, config.model_name)
         self.velocity = RedisVelocityStore(client, config.key_prefix)
-        self.decisions = DecisionLog(client, config.key_prefix, config.decision_ttl_seconds,
-                                     config.decision_stream_maxlen)
-        self.labels = LabelStream(client, self.decisions)
-        self.registry = ModelRegistry(settings.data_dir / "models")
-        live = self.registry.live(config.model_name, config.model_alias, _load_artifact,
-                                  poll_seconds=settings.model_poll_seconds)
-        self.learner = Learner(live, self.labels, client, config)
+        key_ttl = int(settings.stream_retention_seconds
+                      + max(KEY_MARGIN_SECONDS, 2 * settings.archive_interval_seconds))
+        self.decisions = DecisionLog(client, config.key_prefix, key_ttl,
+                                     Lake.from_settings(settings))
+        self.labels = LabelStream(client, self.decisions, config.decision_ttl_seconds)
+        self.profile_updates = ProfileUpdates(client, self.keys.profile_updates)
+        self.model = ModelView(settings, config, client, self.labels)
+        self.overrides: Follower[dict[str, dict[str, Any]]] = Follower(
+            SnapshotStore(client, self.keys.profile_overrides), decode_overrides,
+            poll_seconds=config.follow_seconds, name="fraud-profile-overrides",
+            on_swap=self._apply_overrides)
         # Labelled children looked up once (in the worker process, after any fork).
         self._decision_counters = {d: metrics.DECISIONS.labels(d) for d in DECISIONS}
-        self._warmed = False
 
-    def start(self) -> ServingState:
-        """Load the model (and catch up on labels); open the profile store in the
-        background, so the first cache miss does not pay for importing Feast."""
-        state = self.learner.state()
-        if not self._warmed:
-            self._warmed = True
-            threading.Thread(target=self._warm_profiles, name="fraud-profiles-warm-up",
-                             daemon=True).start()
-        return state
+    def start(self) -> None:
+        """Load everything a request needs before the server takes traffic: the model
+        (base version + the worker's snapshot), then the profile cache (prefetched),
+        then the profile overrides. A missing model is logged; requests answer 503."""
+        try:
+            state = self.model.load()
+            log.info("fraud: serving %s (%d labels learned)", state.label, state.labels)
+        except Unavailable as exc:
+            log.warning("fraud: no model to serve yet (%s)", exc.message)
+        self._prefetch_profiles()
+        self.overrides.start()
 
-    def _warm_profiles(self) -> None:
-        """Open the profile store, then prefetch the known entities into the cache."""
+    def _prefetch_profiles(self) -> None:
+        """Open the profile store and load the known entities into the cache (one
+        feature-store read per 2000 entities: well under a second for the demo data)."""
         warm = getattr(self.profiles, "warm_up", None)
         if warm is not None:
             warm()
@@ -87,7 +105,7 @@ class FraudService:
             return
         try:
             started = time.perf_counter()
-            loaded = {kind: prefetch(kind, ids) for kind, ids
+            loaded = {kind: prefetch(kind, ids, chunk=2000) for kind, ids
                       in known_entities(self.settings.data_dir / "payments").items()}
             if loaded:
                 log.info("fraud profiles prefetched %s in %.2fs", loaded,
@@ -95,11 +113,18 @@ class FraudService:
         except Exception as exc:  # requests fetch on a miss, as without the prefetch
             log.warning("could not prefetch profiles: %s", exc)
 
+    def _apply_overrides(self, snapshot: Snapshot, overrides: dict[str, dict[str, Any]]
+                         ) -> None:
+        override = getattr(self.profiles, "override", None)
+        if override is not None:
+            for kind, profiles in overrides.items():
+                override(kind, profiles)
+
     # -- scoring -------------------------------------------------------------------
 
     def score(self, transactions: Sequence[Transaction]) -> list[Decision]:
         """Decide ``transactions`` (in order) and log every new decision."""
-        state = self.start()  # Unavailable(model) before touching any state
+        state = self.model.state()  # Unavailable(model) before touching any state
         events = [event_of(t) for t in transactions]
         histories = self.velocity.observe_guarded(
             events, [self.decisions.key(t.transaction_id) for t in transactions]
@@ -148,7 +173,7 @@ class FraudService:
         missing = [i for i, r in enumerate(results) if r is None]
         records = self.decisions.fetch([txs[i].transaction_id for i in missing])
         for i, record in zip(missing, records):
-            if record is None:  # expired between the two calls: extremely unlikely
+            if record is None:  # being written by a concurrent request, or just expired
                 raise Conflict(
                     f"transaction {txs[i].transaction_id!r} is being scored concurrently; retry",
                     field="transaction_id",
@@ -165,8 +190,14 @@ class FraudService:
             metrics.LABELS_RECEIVED.labels("true" if lb.is_fraud else "false").inc()
         return offsets
 
+    def put_profile(self, kind: str, entity_id: str, body: Any) -> dict[str, Any]:
+        """Validate a whole card or merchant profile and queue it for the worker."""
+        profile = parse_profile(kind, entity_id, body)
+        queued = self.profile_updates.append(kind, entity_id, profile)
+        return {"queued": queued, "kind": kind, "id": entity_id, "profile": profile}
+
     def model_info(self) -> dict[str, Any]:
-        state = self.learner.state()
+        state = self.model.state()
         meta = state.version.metadata
         return {
             "name": state.version.name,
@@ -189,8 +220,5 @@ class FraudService:
         }
 
     def close(self) -> None:
-        self.learner.stop()
-
-
-def _load_artifact(version: Any) -> Artifact:
-    return Artifact.load(version.path)
+        self.model.stop()
+        self.overrides.stop()

@@ -14,11 +14,14 @@ from flask import Flask
 from fraud.app import create_app, get_service
 from fraud.config import FraudConfig
 from fraud.training import Dataset, load_dataset, train
+from fraud.worker import FraudJobs, build
 from mlplatform.config import Settings
+from mlplatform.redisdb import connect
 from mlplatform.registry import ModelRegistry
+from mlplatform.worker import Worker
 
-# Models learn fast enough in tests to see a single label's effect.
-TEST_FRAUD_CONFIG: dict[str, Any] = {"learner_block_ms": 20, "snapshot_every_labels": 5}
+# The worker picks labels up fast, and a standby takes over a second after the holder died.
+TEST_FRAUD_CONFIG: dict[str, Any] = {"learner_block_ms": 20, "learner_lease_seconds": 1.0}
 
 
 def make_tx(i: int | str = 1, **changes: Any) -> dict[str, Any]:
@@ -85,7 +88,7 @@ def fraud_settings(settings: Settings, fraud_data_dir: Path) -> Settings:
 
 @pytest.fixture
 def make_app(fraud_settings: Settings) -> Iterator[Callable[..., Flask]]:
-    """Build fraud apps (replicas) on the same Redis; their learners stop afterwards."""
+    """Build fraud apps (replicas) on the same Redis; their followers stop afterwards."""
     apps: list[Flask] = []
 
     def make(settings: Settings | None = None, **overrides: Any) -> Flask:
@@ -107,3 +110,33 @@ def app(make_app: Callable[..., Flask]) -> Flask:
 @pytest.fixture
 def client(app: Flask) -> Any:
     return app.test_client()
+
+
+def fraud_config(**overrides: Any) -> FraudConfig:
+    """The fraud configuration tests run with (``overrides`` on top)."""
+    return FraudConfig().with_(**{**TEST_FRAUD_CONFIG, **overrides})
+
+
+@pytest.fixture
+def start_worker(fraud_settings: Settings) -> Iterator[Callable[..., FraudJobs]]:
+    """Start ``mlsuite worker fraud`` in this process (``overrides``: fraud settings);
+    every worker started is stopped after the test."""
+    workers: list[Worker] = []
+
+    def start(settings: Settings | None = None, **overrides: Any) -> FraudJobs:
+        settings = settings or fraud_settings
+        worker = Worker("fraud", settings, connect(settings.redis_url or ""))
+        jobs = build(settings, worker, fraud_config(**overrides))
+        worker.start()
+        workers.append(worker)
+        return jobs
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+@pytest.fixture
+def worker(start_worker: Callable[..., FraudJobs]) -> FraudJobs:
+    """One fraud worker running beside the test's apps."""
+    return start_worker()

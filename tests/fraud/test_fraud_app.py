@@ -13,6 +13,7 @@ from flask import Flask
 
 from fraud.app import get_service
 from mlplatform.config import Settings
+from mlplatform.errors import Unavailable
 from mlplatform.redisdb import free_port
 
 Tx = Callable[..., dict[str, Any]]
@@ -53,8 +54,10 @@ def test_every_decision_is_logged_with_its_features(app: Flask, client: Any, tx:
     assert [e[1][b"transaction_id"] for e in entries] == [b"t-test-1", b"t-test-2", b"t-test-3"]
     record = json.loads(entries[0][1][b"record"])
     assert record["features"]["amount"] == 42.5 and record["model_version"] == "fraud-online:v1"
+    # The key lives as long as its stream entry (retention + a margin), not 30 days.
     ttl = service.redis.ttl(service.decisions.key("t-test-1"))
-    assert 0 < ttl <= service.config.decision_ttl_seconds
+    retention = service.settings.stream_retention_seconds
+    assert retention < ttl <= service.decisions.key_ttl_seconds < 2 * retention
 
 
 def test_a_retried_transaction_gets_the_same_decision_and_counts_once(
@@ -68,7 +71,7 @@ def test_a_retried_transaction_gets_the_same_decision_and_counts_once(
     assert json.loads(record)["features"]["card_count_1m"] == 1.0  # t7 counted once
 
 
-def test_labels_are_accepted_one_or_many(client: Any, app: Flask, tx: Tx) -> None:
+def test_labels_are_accepted_one_or_many(client: Any, app: Flask, tx: Tx, worker: Any) -> None:
     for i in (1, 2, 3):
         client.post("/v1/transactions/score", json=tx(i))
     one = client.post("/v1/labels", json={"transaction_id": "t-test-1", "is_fraud": True})
@@ -80,6 +83,17 @@ def test_labels_are_accepted_one_or_many(client: Any, app: Flask, tx: Tx) -> Non
     model = client.get("/v1/model?sync=true").get_json()
     assert model["labels_learned"] == 3
     assert model["label_offset"] == many.get_json()["offsets"][-1]
+
+
+def test_waiting_for_labels_without_a_worker_gives_503_naming_it(
+        client: Any, app: Flask, tx: Tx) -> None:
+    client.post("/v1/transactions/score", json=tx(1))
+    client.post("/v1/labels", json={"transaction_id": "t-test-1", "is_fraud": True})
+    with pytest.raises(Unavailable) as caught:
+        get_service(app).model.sync(timeout=0.2)
+    assert caught.value.dependency == "model"
+    assert "fraud-online:v1" in caught.value.message
+    assert "mlsuite worker fraud" in caught.value.message
 
 
 def test_model_endpoint_reports_version_thresholds_metrics_and_drift(client: Any) -> None:

@@ -1,0 +1,154 @@
+"""The worker's "feast-push" consumer: queued profile updates -> Feast -> profile overrides.
+
+Any number of fraud workers share the consumer group. Each batch of updates read from
+``<prefix>profile-updates`` is:
+
+1. checked again; an invalid entry goes to the dead letters with the reason;
+2. pushed to Feast's online store, one ``push`` per entity kind per batch (a push costs
+   milliseconds whatever its size), the latest update per entity winning;
+3. merged into the "profile overrides" snapshot: the updates of the last
+   ``profile_cache_seconds`` (+ a minute), which request workers' caches apply as soon
+   as they see it (their cache would otherwise serve the old profile until it expires).
+
+Only then are the entries acknowledged. A push that fails (Feast down) acknowledges
+nothing and sends nothing to the dead letters: the entries stay pending and are taken
+over again (XAUTOCLAIM) after ``claim_idle_ms``, before any newer entry is read. Pushing
+twice is harmless (same values, same timestamps), so redelivery after a crash is too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from fraud.config import FraudConfig
+from fraud.keys import FEAST_PUSH_GROUP, Keys
+from fraud.profile_updates import KINDS, ProfileUpdate, decode_update
+from mlplatform.config import Settings
+from mlplatform.retention import id_before
+from mlplatform.snapshots import Snapshot, SnapshotStore
+from mlplatform.streams import Consumer, Entry, consumer_name
+
+__all__ = ["ProfilePusher", "FeastDown", "decode_overrides", "MAX_OVERRIDES"]
+
+log = logging.getLogger(__name__)
+# Overrides beyond this many (the oldest) are dropped: replicas then see those changes
+# when their cache entries expire, as without overrides.
+MAX_OVERRIDES = 20_000
+
+
+class FeastDown(redis.RedisError):
+    """The feature store did not take a push. Not the entries' fault: raised as a Redis
+    error so the platform consumer leaves them pending (no ack, no dead letter)."""
+
+
+def decode_overrides(snapshot: Snapshot) -> dict[str, dict[str, dict[str, Any]]]:
+    """Kind -> entity id -> profile, from an overrides snapshot (plain JSON)."""
+    body = json.loads(snapshot.body)
+    return {kind: {i: e["profile"] for i, e in body.get(kind, {}).items()} for kind in KINDS}
+
+
+class ProfilePusher:
+    """One member of the "feast-push" group: pushes batches, publishes overrides."""
+
+    def __init__(self, client: redis.Redis, settings: Settings, config: FraudConfig, *,
+                 adapter_factory: Callable[[], Any] | None = None, name: str | None = None,
+                 claim_idle_ms: int = 5000) -> None:
+        self.client = client
+        self.keys = Keys(config.key_prefix, config.model_name)
+        self.window = config.profile_cache_seconds + 60.0
+        self.store = SnapshotStore(client, self.keys.profile_overrides)
+        self.consumer = Consumer(client, self.keys.profile_updates, FEAST_PUSH_GROUP,
+                                 self.handle, self.keys.dead_letters,
+                                 name=name or consumer_name("feast-push"),
+                                 claim_idle_ms=claim_idle_ms, claim_every_seconds=1.0)
+        self._factory = adapter_factory or _adapter_factory(settings)
+        self._adapter: Any = None
+        self.pushes = 0  # Feast push calls made (one per kind per batch)
+
+    def handle(self, entries: Sequence[Entry], tx: Any) -> dict[str, str]:
+        """Push the valid updates, publish them as overrides; the invalid ones' reasons."""
+        rejected: dict[str, str] = {}
+        updates: list[ProfileUpdate] = []
+        for entry in entries:
+            try:
+                updates.append(decode_update(entry))
+            except ValueError as exc:
+                rejected[entry.id] = str(exc)
+        if updates:
+            self._push(updates)
+            self._publish(updates)
+        return rejected
+
+    def _push(self, updates: Sequence[ProfileUpdate]) -> None:
+        import pandas as pd
+
+        latest: dict[tuple[str, str], ProfileUpdate] = {}
+        for u in updates:  # stream order: the last update of an entity wins
+            latest[(u.kind, u.entity_id)] = u
+        for kind, spec in KINDS.items():
+            rows = [{spec.key: u.entity_id, **u.profile,
+                     "event_timestamp": datetime.fromtimestamp(u.at, UTC)}
+                    for (k, _), u in latest.items() if k == kind]
+            if not rows:
+                continue
+            try:
+                if self._adapter is None:
+                    self._adapter = self._factory()
+                self._adapter.push(spec.push_source, pd.DataFrame(rows), to="online")
+            except Exception as exc:
+                raise FeastDown(f"push of {len(rows)} {kind} profiles to "
+                                f"{spec.push_source} failed: {exc}") from exc
+            self.pushes += 1
+
+    def _publish(self, updates: Sequence[ProfileUpdate]) -> None:
+        """Merge ``updates`` into the overrides snapshot (one writer at a time: several
+        workers may push), dropping what every cache has since reloaded anyway."""
+        with self.client.lock(f"{self.keys.profile_overrides}:lock", timeout=10,
+                              blocking_timeout=5):
+            current = self.store.read()
+            body: dict[str, dict[str, Any]] = json.loads(current.body) if current else {}
+            for kind in KINDS:
+                body.setdefault(kind, {})
+            for u in updates:
+                held = body[u.kind].get(u.entity_id)
+                if held is None or id_before(held["id"], u.stream_id):
+                    body[u.kind][u.entity_id] = {"profile": u.profile, "id": u.stream_id,
+                                                 "at": u.at}
+            oldest = time.time() - self.window
+            kept = sorted(((e["at"], kind, i) for kind in KINDS for i, e in body[kind].items()
+                           if e["at"] >= oldest), reverse=True)[:MAX_OVERRIDES]
+            body = {kind: {i: body[kind][i] for _, k, i in kept if k == kind} for kind in KINDS}
+            self.store.publish(json.dumps(body).encode(), {"overrides": len(kept)})
+
+    def run(self, stop: Any) -> None:
+        """Poll until ``stop``; after a failed push, wait until the pending entries can be
+        taken over again, so they are retried before anything newer is read."""
+        problem = ""
+        while not stop.is_set():
+            try:
+                self.consumer.poll()
+                if problem:
+                    log.info("feast-push: working again")
+                problem = ""
+            except redis.RedisError as exc:
+                if str(exc) != problem:
+                    log.warning("feast-push: %s; the updates stay queued and are retried", exc)
+                problem = str(exc)
+                wait = self.consumer.claim_idle_ms / 1000 if isinstance(exc, FeastDown) else 0.5
+                stop.wait(wait + self.consumer.claim_every_seconds)
+
+
+def _adapter_factory(settings: Settings) -> Callable[[], Any]:
+    def make() -> Any:
+        from mlplatform.features import FeatureStoreAdapter
+
+        return FeatureStoreAdapter.from_settings(settings)
+
+    return make

@@ -1,0 +1,48 @@
+"""``mlsuite worker fraud``: every piece of the fraud service's background state upkeep.
+
+``build(settings, worker)`` (entry point group "mlsuite.workers") adds:
+
+- ``fraud-learner``: the online learner (``fraud.learner``), one writer per model among
+  any number of workers (a lease); label stream -> model -> signed checkpoints and the
+  plain-data snapshots request workers follow;
+- ``feast-push``: queued card / merchant profile updates -> Feast, batched, and the
+  profile overrides request workers' caches apply (``fraud.profile_push``);
+- retention of the decision, label, profile-update and dead-letter streams (archive to
+  the lake, then trim; never what a consumer group has not finished).
+
+Request workers (``fraud.app``) do none of this: they score and append.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fraud.config import FraudConfig
+from fraud.keys import Keys
+from fraud.learner import Learner
+from fraud.profile_push import ProfilePusher
+from mlplatform.config import Settings
+from mlplatform.worker import Worker
+
+__all__ = ["build", "FraudJobs"]
+
+
+@dataclass(frozen=True)
+class FraudJobs:
+    """The jobs ``build`` added (for tests and operators to inspect)."""
+
+    learner: Learner
+    pusher: ProfilePusher
+
+
+def build(settings: Settings, worker: Worker, config: FraudConfig | None = None
+          ) -> FraudJobs:
+    """Add the fraud jobs to ``worker`` (``config``: the fraud settings, from the
+    environment when not given)."""
+    config = config or FraudConfig.from_env()
+    learner = Learner(worker.client, settings, config)
+    pusher = ProfilePusher(worker.client, settings, config)
+    worker.loop("fraud-learner", learner.run)
+    worker.loop("feast-push", pusher.run)
+    worker.retain(*Keys(config.key_prefix, config.model_name).streams)
+    return FraudJobs(learner, pusher)
