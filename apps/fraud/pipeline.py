@@ -56,10 +56,12 @@ TRANSACTION_RULES = (
     ColumnRule("merchant_id", "id"), ColumnRule("is_fraud", "category", LABELS),
     ColumnRule("timestamp", "timestamp"))
 # ``decision`` is "ok" when the logged record parses, names this transaction and holds a
-# feature vector; otherwise it says what is wrong (counted by invalid_decision_rate).
+# feature vector and the transaction's time; otherwise it says what is wrong (counted by
+# invalid_decision_rate). The time comes from the record, so a broken record's missing
+# time is that one problem, counted once there rather than again as a null timestamp.
 LABEL_RULES = (
     ColumnRule("transaction_id", "id"), ColumnRule("is_fraud", "category", LABELS),
-    ColumnRule("timestamp", "timestamp"), ColumnRule("labelled_at", "timestamp"),
+    ColumnRule("timestamp", "timestamp", nullable=True), ColumnRule("labelled_at", "timestamp"),
     ColumnRule("decision", "category", ("ok",)))
 COLUMNS = ["transaction_id", "timestamp", "is_fraud", "features"]
 VALIDATION_FRACTION = 0.2
@@ -93,7 +95,8 @@ def _decision(transaction_id: Any, record: Any) -> tuple[str, dict[str, float] |
         return "unparseable", None, None
     if not isinstance(d, dict):
         return "unparseable", None, None
-    if d.get("transaction_id") != transaction_id:
+    # A null label id is counted once, by its own check, not again as a mismatch here.
+    if isinstance(transaction_id, str) and d.get("transaction_id") != transaction_id:
         return "other_transaction", None, d.get("timestamp")
     features = d.get("features")
     if not isinstance(features, dict) or not features:
@@ -102,7 +105,11 @@ def _decision(transaction_id: Any, record: Any) -> tuple[str, dict[str, float] |
         vector = {str(k): float(v) for k, v in features.items()}
     except (TypeError, ValueError):
         return "bad_features", None, d.get("timestamp")
-    return "ok", vector, d.get("timestamp")
+    try:
+        when = float(d["timestamp"])
+    except (KeyError, TypeError, ValueError):
+        return "no_timestamp", None, None
+    return "ok", vector, when
 
 
 def parse_label_entries(entries: pd.DataFrame) -> pd.DataFrame:
