@@ -233,7 +233,7 @@ class FraudPipeline:
             raise ValueError(f"no fraud among the first {cut} training rows; cannot learn")
         names = feature_names_of(xs, self.config.extra_fields)
         kind = self._production_kind(ctx)
-        model = OnlineLinear(names, positive_weight=self.config.positive_weight) \
+        model: Any = OnlineLinear(names, positive_weight=self.config.positive_weight) \
             if kind == "online-lr" else make_model(kind, names)
         if model.online:
             for x, y in zip(xs[:cut], ys[:cut]):

@@ -183,17 +183,17 @@ def row_checks(frame: pd.DataFrame, rules: Sequence[ColumnRule], config: Pipelin
     except pa.errors.SchemaErrors as exc:
         by_column = {r.column: r for r in rules}
         for row in exc.failure_cases.itertuples(index=False):
-            rule = by_column.get(str(row.column)) if row.column is not None else None
-            if rule is None or row.check == "column_in_dataframe" or str(row.check).startswith(
+            found = by_column.get(str(row.column)) if row.column is not None else None
+            if found is None or row.check == "column_in_dataframe" or str(row.check).startswith(
                     "dtype("):
                 what = row.failure_case if row.check == "column_in_dataframe" else row.check
                 schema_problems.append(f"{row.column or what}: {row.check} "
                                        f"(got {row.failure_case!r})")
                 continue
             if row.check == "not_nullable":
-                name = f"null_{rule.column}_rate"
+                name = f"null_{found.column}_rate"
             else:
-                name = _check_name(rule, int(row.check_number or 0))
+                name = _check_name(found, int(row.check_number or 0))
             if row.index is not None:
                 failing[name].add(row.index)
     results = [CheckResult("schema", source, float(len(schema_problems)), "<=", 0.0,

@@ -17,10 +17,11 @@ from typing import Any
 
 from mlplatform.config import Settings
 from mlplatform.lake import Lake
-from mlplatform.pipeline import steps
+from mlplatform.pipeline import steps as run_steps
 from mlplatform.pipeline.config import PipelineConfig
 from mlplatform.pipeline.plugin import RunContext, load_service
 from mlplatform.pipeline.runs import RunLog
+from mlplatform.pipeline.steps import Checked, Evaluated, Gated, StepResult
 from mlplatform.registry import ModelRegistry, ModelVersion
 
 __all__ = ["EXIT_REFUSED", "EXIT_REGISTERED", "PipelineReport", "run_pipeline"]
@@ -40,7 +41,7 @@ class PipelineReport:
     run_id: str
     started_at: datetime
     seconds: float
-    steps: list[steps.StepResult]
+    steps: list[StepResult]
     registered: ModelVersion | None
 
     @property
@@ -49,14 +50,14 @@ class PipelineReport:
 
     @property
     def reason(self) -> str:
-        gate = next((s for s in self.steps if isinstance(s, steps.Gated)), None)
+        gate = next((s for s in self.steps if isinstance(s, Gated)), None)
         return gate.reason if gate else ""
 
     @property
     def exit_code(self) -> int:
         return EXIT_REGISTERED if self.registered is not None else EXIT_REFUSED
 
-    def step(self, name: str) -> steps.StepResult:
+    def step(self, name: str) -> StepResult:
         """The result of step ``name`` (extract, check, train, evaluate, gate, register)."""
         for s in self.steps:
             if s.step == name:
@@ -104,12 +105,12 @@ class PipelineReport:
                 extra = f"{d['version']} -> candidate ({d['path']})"
             lines.append(f"  {s.step:<9} {s.status:<8} {s.seconds:7.2f}s  {extra}")
         checks = self.step("check")
-        if isinstance(checks, steps.Checked) and checks.checks:
+        if isinstance(checks, Checked) and checks.checks:
             lines.append("checks:")
             for c in checks.checks:
                 lines.append(f"  {'ok  ' if c.passed else 'FAIL'} {c.message}")
         ev = self.step("evaluate")
-        if isinstance(ev, steps.Evaluated) and ev.comparison is not None:
+        if isinstance(ev, Evaluated) and ev.comparison is not None:
             comp = ev.comparison
             prod = ev.trained.production.label if ev.trained.production else "production"
             lines.append("metrics on the held-out slice:")
@@ -147,12 +148,12 @@ def run_pipeline(settings: Settings, service: str, *, config: PipelineConfig | N
                      lake=Lake.from_settings(settings), run_id=run_id, now=now, progress=say)
     runs = RunLog(settings.data_dir / "pipeline" / service)
 
-    extracted = steps.extract(ctx, plugin)
-    checked = steps.check(ctx, extracted, runs.last_passed())
-    trained = steps.train(ctx, plugin, checked)
-    evaluated = steps.evaluate(ctx, plugin, trained)
-    gated = steps.gate(ctx, plugin, evaluated)
-    registered = steps.register(ctx, plugin, gated)
+    extracted = run_steps.extract(ctx, plugin)
+    checked = run_steps.check(ctx, extracted, runs.last_passed())
+    trained = run_steps.train(ctx, plugin, checked)
+    evaluated = run_steps.evaluate(ctx, plugin, trained)
+    gated = run_steps.gate(ctx, plugin, evaluated)
+    registered = run_steps.register(ctx, plugin, gated)
 
     report = PipelineReport(service=service, model_name=plugin.model_name, run_id=run_id,
                             started_at=now, seconds=time.perf_counter() - started,

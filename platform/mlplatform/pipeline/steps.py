@@ -270,29 +270,31 @@ def gate(ctx: RunContext, service: ServicePipeline, evaluated: Evaluated) -> Gat
     def run() -> Gated:
         trained, checked = evaluated.trained, evaluated.trained.checked
         metric, tolerance = service.primary_metric, ctx.config.tolerance
-        base = {"evaluated": evaluated, "metric": metric, "tolerance": tolerance}
+        comparison = evaluated.comparison
+        cand = comparison.candidate.get(metric) if comparison else None
+        prod = comparison.production.get(metric) if comparison else None
+
+        def decide(reason: str, passed: bool = False) -> Gated:
+            return Gated(evaluated=evaluated, metric=metric, tolerance=tolerance,
+                         candidate_value=cand, production_value=prod,
+                         status="ok" if passed else "failed", reason=reason)
+
         if not checked.extracted.ok:
-            return Gated(**base, status="failed", reason=checked.extracted.reason)
+            return decide(checked.extracted.reason)
         if not checked.ok:
-            return Gated(**base, status="failed",
-                         reason=f"data-quality checks failed: {checked.reason}")
-        if evaluated.comparison is None:
-            return Gated(**base, status="failed", reason=trained.reason or evaluated.reason)
-        cand = evaluated.comparison.candidate.get(metric)
-        prod = evaluated.comparison.production.get(metric)
-        values = {**base, "candidate_value": cand, "production_value": prod}
+            return decide(f"data-quality checks failed: {checked.reason}")
+        if comparison is None:
+            return decide(trained.reason or evaluated.reason)
         if cand is None or prod is None:
-            who = "the candidate" if cand is None else f"production ({trained.production.label})" \
-                if trained.production else "production"
-            return Gated(**values, status="failed", reason=(
-                f"{metric} of {who} is not measurable on the held-out slice "
-                f"{evaluated.comparison.held_out}"))
+            who = "the candidate" if cand is None else "production" + (
+                f" ({trained.production.label})" if trained.production else "")
+            return decide(f"{metric} of {who} is not measurable on the held-out slice "
+                          f"{comparison.held_out}")
         if cand < prod - tolerance:
-            return Gated(**values, status="failed", reason=(
-                f"{metric}: candidate {cand:.4f} < production {prod:.4f} - tolerance "
-                f"{tolerance:g}"))
-        return Gated(**values, reason=(f"{metric}: candidate {cand:.4f} >= production "
-                                       f"{prod:.4f} - tolerance {tolerance:g}"))
+            return decide(f"{metric}: candidate {cand:.4f} < production {prod:.4f} - "
+                          f"tolerance {tolerance:g}")
+        return decide(f"{metric}: candidate {cand:.4f} >= production {prod:.4f} - tolerance "
+                      f"{tolerance:g}", passed=True)
 
     return _timed(run)
 
