@@ -31,6 +31,7 @@ __all__ = ["build", "FraudJobs"]
 class FraudJobs:
     """The jobs ``build`` added (for tests and operators to inspect)."""
 
+    worker: Worker
     learner: Learner
     pusher: ProfilePusher
 
@@ -45,4 +46,4 @@ def build(settings: Settings, worker: Worker, config: FraudConfig | None = None
     worker.loop("fraud-learner", learner.run)
     worker.loop("feast-push", pusher.run)
     worker.retain(*Keys(config.key_prefix, config.model_name).streams)
-    return FraudJobs(learner, pusher)
+    return FraudJobs(worker, learner, pusher)

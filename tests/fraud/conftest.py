@@ -118,6 +118,19 @@ def fraud_config(**overrides: Any) -> FraudConfig:
 
 
 @pytest.fixture
+def make_learner(fraud_settings: Settings, redis_client: Any) -> Callable[..., Any]:
+    """Learners as separate fraud workers would hold them (own consumer names), driven
+    round by round with ``step()``; entries left pending are taken over after 50 ms."""
+    from fraud.learner import Learner
+
+    def make(name: str, claim_idle_ms: int = 50, **overrides: Any) -> Learner:
+        return Learner(redis_client, fraud_settings, fraud_config(**overrides), name=name,
+                       claim_idle_ms=claim_idle_ms)
+
+    return make
+
+
+@pytest.fixture
 def start_worker(fraud_settings: Settings) -> Iterator[Callable[..., FraudJobs]]:
     """Start ``mlsuite worker fraud`` in this process (``overrides``: fraud settings);
     every worker started is stopped after the test."""
