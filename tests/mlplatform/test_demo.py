@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from mlplatform.redisdb import connect
+from mlplatform.worker import heartbeats
+
 pytestmark = pytest.mark.slow
 
 
@@ -41,6 +44,10 @@ def test_demo_serves_both_services_and_stops_cleanly(sim_data_dir: Path, tmp_pat
         for url in urls.values():
             with urllib.request.urlopen(f"{url}/readyz", timeout=10) as resp:
                 assert resp.status == 200
+        # One background worker per service is running beside the servers.
+        client = connect((data_dir / "redis" / "redis.url").read_text().strip())
+        assert {b["service"] for b in heartbeats(client)} == {"recommender", "fraud"}
+        client.close()
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)

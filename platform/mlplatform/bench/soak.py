@@ -71,14 +71,15 @@ def run_soak(settings: Any, *, service: str, endpoint: str, rate: float, seconds
                 raise RuntimeError(f"{result.error_count} requests failed: {dict(result.errors)}")
             mem = int(client.info("memory")["used_memory"])
             streams = _streams(client)
-            sample = {"t_s": round(time.monotonic() - started, 1), "requests": done,
-                      "used_memory": mem, "streams": streams,
-                      "stream_entries": sum(streams.values()),
-                      "lake_bytes": _folder_bytes(lake) - base_lake}
-            samples.append(sample)
+            t = round(time.monotonic() - started, 1)
+            entries = sum(streams.values())
+            lake_bytes = _folder_bytes(lake) - base_lake
+            samples.append({"t_s": t, "requests": done, "used_memory": mem,
+                            "streams": streams, "stream_entries": entries,
+                            "lake_bytes": lake_bytes})
             per_k = (mem - base_mem) / done * 1000 if done else 0.0
-            say(f"{sample['t_s']:>7.0f} {done:>9} {mem / 1e6:>9.2f} {per_k:>14,.0f} "
-                f"{sample['stream_entries']:>15} {sample['lake_bytes'] / 1e6:>8.2f}")
+            say(f"{t:>7.0f} {done:>9} {mem / 1e6:>9.2f} {per_k:>14,.0f} "
+                f"{entries:>15} {lake_bytes / 1e6:>8.2f}")
         client.close()
     half = len(samples) // 2
     report: dict[str, Any] = {"endpoint": endpoint, "rate": rate, "seconds": seconds,
