@@ -1,21 +1,25 @@
 """The recommender service's app factory.
 
 ``create_app`` builds on ``mlplatform.http.create_service_app`` (errors, request ids,
-metrics, /healthz, /readyz) and attaches the engine. Nothing loads a model or opens a
-connection here: the model loads on the first request (or the first /readyz, which the
-servers' start-up waits for) and then follows its registry alias in the background.
+metrics, /healthz, /readyz) and attaches the engine. The servers call it in each worker
+process before it takes traffic: it loads the model (``/readyz`` names the version) and
+starts following the recommender worker's snapshots (catalogue, live popularity, segment
+overrides; ``recommender.live``). After that, a request does no loading and no refresh
+work: the model follows its registry alias and the snapshots their keys, in background
+threads. Nothing happens at import time.
 
 Options (``app.config``, overridable with ``test_config``):
 
 =================================== ==============================================
 RECOMMENDER_MODEL_NAME              registry name (``recommender``)
 RECOMMENDER_MODEL_ALIAS             alias served (``production``)
-RECOMMENDER_FEAST                   read entity features from Feast (True)
-RECOMMENDER_ITEM_FEATURES_SECONDS   refresh period of item stock/category (2.0)
-RECOMMENDER_SEGMENT_CACHE_SECONDS   how long a user's segment is cached (300)
+RECOMMENDER_FEAST                   use Feast's entity features: the catalogue snapshot
+                                    and users' segments (True)
+RECOMMENDER_SNAPSHOT_POLL_SECONDS   how often snapshots are checked for a new version (0.25)
+RECOMMENDER_SEGMENT_CACHE_SECONDS   how long a user's segment is cached (300; keep it
+                                    under updates.OVERRIDE_SECONDS)
 RECOMMENDER_HISTORY_EVENTS          live events kept per user (200)
 RECOMMENDER_HISTORY_TTL_SECONDS     a user's live history expires after (30 days)
-RECOMMENDER_STREAM_MAXLEN           approximate length cap of the event stream (1M)
 RECOMMENDER_MAX_BATCH_USERS         users per batch request (1000)
 RECOMMENDER_MAX_EVENTS_PER_REQUEST  events per POST /v1/events (1000)
 RECOMMENDER_EXPERIMENT              an ``Experiment`` to use instead of the file's
@@ -33,10 +37,12 @@ from mlplatform.assignment import Experiment, load_experiments
 from mlplatform.config import Settings, get_settings
 from mlplatform.http import add_readiness_check, create_service_app
 from mlplatform.registry import ModelRegistry
-from recommender.catalogue import FeatureReader, ItemFeatures, SegmentCache
-from recommender.engine import SERVICE, Engine, load_serving_model
+from recommender.catalogue import FeatureReader, SegmentCache
+from recommender.engine import SERVICE, Engine
 from recommender.history import HistoryStore
+from recommender.live import LiveState
 from recommender.models import limit_blas_threads
+from recommender.updates import UpdateQueue
 from recommender.views import bp
 
 __all__ = ["EXPERIMENT", "MODEL_NAME", "create_app"]
@@ -51,11 +57,10 @@ DEFAULTS: dict[str, Any] = {
     "RECOMMENDER_MODEL_NAME": MODEL_NAME,
     "RECOMMENDER_MODEL_ALIAS": "production",
     "RECOMMENDER_FEAST": True,
-    "RECOMMENDER_ITEM_FEATURES_SECONDS": 2.0,
+    "RECOMMENDER_SNAPSHOT_POLL_SECONDS": 0.25,
     "RECOMMENDER_SEGMENT_CACHE_SECONDS": 300.0,
     "RECOMMENDER_HISTORY_EVENTS": 200,
     "RECOMMENDER_HISTORY_TTL_SECONDS": 30 * 86_400,
-    "RECOMMENDER_STREAM_MAXLEN": 1_000_000,
     "RECOMMENDER_MAX_BATCH_USERS": 1000,
     "RECOMMENDER_MAX_EVENTS_PER_REQUEST": 1000,
 }
@@ -70,32 +75,44 @@ def create_app(settings: Settings | None = None,
     limit_blas_threads()
     cfg = app.config
 
-    reader = _feature_reader(settings) if cfg["RECOMMENDER_FEAST"] else None
-    item_features = ItemFeatures(reader, ttl=float(cfg["RECOMMENDER_ITEM_FEATURES_SECONDS"]))
-    registry = ModelRegistry(settings.data_dir / "models")
-    live = registry.live(cfg["RECOMMENDER_MODEL_NAME"], cfg["RECOMMENDER_MODEL_ALIAS"],
-                         lambda version: load_serving_model(version, item_features),
-                         poll_seconds=settings.model_poll_seconds)
+    feast = bool(cfg["RECOMMENDER_FEAST"])
     redis_client = app.extensions.get("mlsuite.redis")
     history = None if redis_client is None else HistoryStore(
         redis_client, max_events=int(cfg["RECOMMENDER_HISTORY_EVENTS"]),
-        ttl_seconds=int(cfg["RECOMMENDER_HISTORY_TTL_SECONDS"]),
-        stream_maxlen=int(cfg["RECOMMENDER_STREAM_MAXLEN"]))
+        ttl_seconds=int(cfg["RECOMMENDER_HISTORY_TTL_SECONDS"]))
     experiment = cfg.get("RECOMMENDER_EXPERIMENT", _UNSET)
     if experiment is _UNSET:
         experiment = load_experiments(settings.experiments_file).get(EXPERIMENT)
         if experiment is None:
             log.warning("no [%s] experiment configured: every user gets the first variant",
                         EXPERIMENT)
-    engine = Engine(live, history, item_features,
-                    SegmentCache(reader, ttl=float(cfg["RECOMMENDER_SEGMENT_CACHE_SECONDS"])),
-                    experiment if isinstance(experiment, Experiment) else None)
+    state = LiveState(redis_client, catalogue=feast,
+                      poll_seconds=float(cfg["RECOMMENDER_SNAPSHOT_POLL_SECONDS"]))
+    # The adapter reads users' segments only (a few entities per cold-start request);
+    # the catalogue comes from the worker's snapshot.
+    segments = SegmentCache(_feature_reader(settings) if feast else None,
+                            ttl=float(cfg["RECOMMENDER_SEGMENT_CACHE_SECONDS"]),
+                            overrides=state.segment_overrides)
+    engine = Engine(ModelRegistry(settings.data_dir / "models"),
+                    cfg["RECOMMENDER_MODEL_NAME"], cfg["RECOMMENDER_MODEL_ALIAS"],
+                    history=history,
+                    updates=None if redis_client is None else UpdateQueue(redis_client),
+                    state=state, segments=segments,
+                    experiment=experiment if isinstance(experiment, Experiment) else None,
+                    poll_seconds=settings.model_poll_seconds)
     app.extensions["recommender.engine"] = engine
     app.register_blueprint(bp)
+    engine.start()  # before the server takes traffic: no request ever loads the model
 
     add_readiness_check(app, "model", lambda: engine.current().version.label)
-    add_readiness_check(app, "item_features", lambda: engine.current().items.source)
+    add_readiness_check(app, "item_features", lambda: _items_detail(engine))
     return app
+
+
+def _items_detail(engine: Engine) -> str:
+    state = engine.current().items
+    seq = engine.state.catalogue.seq if engine.state.catalogue is not None else 0
+    return f"{state.source} (catalogue snapshot {seq})" if seq else state.source
 
 
 def _feature_reader(settings: Settings) -> FeatureReader | None:

@@ -57,6 +57,11 @@ def run_bench(settings: Settings, *, n_requests: int = 2000, batch_size: int = 5
         settings = settings.with_(redis_url=embedded.start())
     try:
         ensure_model(settings)
+        # What a running worker keeps published: the catalogue and live popularity.
+        from mlplatform.redisdb import connect
+        from recommender.worker import publish_snapshots
+
+        publish_snapshots(settings, connect(str(settings.redis_url)))
         app = create_app(settings)
         engine = app.extensions["recommender.engine"]
         serving = engine.current()
@@ -89,8 +94,7 @@ def run_bench(settings: Settings, *, n_requests: int = 2000, batch_size: int = 5
             "batch": {"batch_size": batch_size, "p50_ms": batch["p50_ms"],
                       "p99_ms": batch["p99_ms"], "users_per_s": round(users_per_s, 1)},
         }
-        engine.live.stop()
-        engine.item_features.stop()
+        engine.stop()
         if http:
             report["http"] = _bench_http(settings, users, batch_size=min(batch_size, 100),
                                          workers=workers or settings.workers,

@@ -1,14 +1,16 @@
-"""Entity features for serving, from Feast, kept off the hot path.
+"""Entity features for serving: item flags for the whole catalogue, users' segments.
 
-- ``ItemState``: in-stock flags and category codes for every item of a model version,
-  as arrays aligned with its item indices, so a request filters the whole catalogue
-  with one numpy mask. ``ItemFeatures`` reads it from Feast in one batched online read
-  when a version is loaded and then every ``ttl`` seconds (stretched for big
-  catalogues, see ``ItemFeatures.period``) in a background thread; a request never
-  waits for Feast. Inventory pushes (``item_catalogue_push``) therefore reach
-  recommendations within one period (``GET /v1/model`` shows it).
+- ``ItemState``: in-stock flags, category codes and prices for every item of a model
+  version, as arrays aligned with its item indices, so a request filters the whole
+  catalogue with one numpy mask. The recommender worker reads them from Feast
+  (``read_item_state``: one batched online read) and publishes them as the catalogue
+  snapshot (``encode_catalogue``); request workers follow that snapshot and align it to
+  the version they serve (``align_catalogue``). No request worker reads the whole
+  catalogue from Feast, and no request waits for Feast.
 - ``SegmentCache``: users' segments for the cold-start fallback, read from Feast for the
-  users a request does not know yet (one batched read), cached with a TTL.
+  users a request does not know yet (one batched read), cached with a TTL; recent
+  segment changes made through ``PUT /v1/users/<id>`` come first (the overrides the
+  worker publishes), so an edit shows before the cache entry expires.
 
 When Feast cannot answer, the state says so (``source != "feast"``) and the service
 flags its responses as degraded instead of failing them.
@@ -20,26 +22,34 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
+from mlplatform.snapshots import Snapshot, pack_arrays, unpack_arrays
+
 __all__ = [
+    "CATALOGUE_KEY",
     "ITEM_FEATURES",
     "USER_FEATURES",
+    "Catalogue",
     "FeatureReader",
-    "ItemFeatures",
     "ItemState",
     "SegmentCache",
+    "align_catalogue",
+    "decode_catalogue",
+    "encode_catalogue",
+    "model_item_state",
+    "read_item_state",
 ]
 
 log = logging.getLogger(__name__)
 
-ITEM_FEATURES = ["item_catalogue:in_stock", "item_catalogue:category"]
+CATALOGUE_KEY = "mlsuite:rec:snapshot:catalogue"
+ITEM_FEATURES = ["item_catalogue:in_stock", "item_catalogue:category", "item_catalogue:price"]
 USER_FEATURES = ["user_profile:segment"]
-MAX_DUTY = 0.02  # share of a process's time the item refresh may take
 
 
 class FeatureReader(Protocol):
@@ -56,8 +66,11 @@ class ItemState:
     in_stock: np.ndarray  # bool; unknown to Feast -> True (the model knows the item)
     category: np.ndarray  # int16 code into ``categories``; -1 unknown
     categories: list[str]
-    source: str  # "feast", or "model" (training-time categories, stock unknown)
-    loaded_at: float = field(default_factory=time.time)
+    # "feast"; "stale" (Feast failed since: the last good flags); "model" (training-time
+    # categories, stock unknown). Anything but "feast" marks responses degraded.
+    source: str
+    loaded_at: float = field(default_factory=time.time)  # when Feast was read
+    price: np.ndarray | None = None  # float32, NaN unknown
     code: dict[str, int] = field(init=False, repr=False)
     # Blocked item indices per category filter (None: no filter), filled by the engine.
     masks: dict[str | None, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
@@ -75,6 +88,12 @@ class ItemState:
         return None if code is None else self.category == code
 
 
+def model_item_state(n: int, categories: list[str], codes: np.ndarray) -> ItemState:
+    """What the model knows without Feast: training-time categories, everything in stock."""
+    codes = codes if len(codes) == n else np.full(n, -1, np.int16)
+    return ItemState(np.ones(n, bool), codes.astype(np.int16), list(categories), "model")
+
+
 def read_item_state(reader: FeatureReader | None, item_ids: list[str],
                     fallback_categories: list[str], fallback_codes: np.ndarray) -> ItemState:
     """One batched Feast read for all items; the training-time categories if it fails."""
@@ -83,6 +102,8 @@ def read_item_state(reader: FeatureReader | None, item_ids: list[str],
         try:
             rows = reader.online_features(ITEM_FEATURES, [{"item_id": i} for i in item_ids])
             stock = np.fromiter((r.get("in_stock") is not False for r in rows), bool, n)
+            price = np.fromiter((np.nan if r.get("price") is None else r["price"] for r in rows),
+                                np.float32, n)
             names = [r.get("category") for r in rows]
             categories = sorted({c for c in names if c is not None} | set(fallback_categories))
             code = {c: i for i, c in enumerate(categories)}
@@ -93,72 +114,89 @@ def read_item_state(reader: FeatureReader | None, item_ids: list[str],
             if missing.any() and len(fallback_codes) == n:
                 remap = np.array([code[c] for c in fallback_categories] + [-1], np.int16)
                 cats[missing] = remap[fallback_codes[missing]]
-            return ItemState(stock, cats, categories, "feast")
+            return ItemState(stock, cats, categories, "feast", price=price)
         except Exception as exc:  # noqa: BLE001 - any Feast failure degrades, never fails
             log.warning("item features: feast read failed, using training-time categories "
                         "and no stock filter: %s", exc)
-    codes = fallback_codes if len(fallback_codes) == n else np.full(n, -1, np.int16)
-    return ItemState(np.ones(n, bool), codes.astype(np.int16), list(fallback_categories), "model")
+    return model_item_state(n, fallback_categories, fallback_codes)
 
 
-class ItemFeatures:
-    """Keeps an ``ItemState`` fresh for whatever model version is being served.
+# -- the catalogue snapshot -------------------------------------------------------------
 
-    ``watch(get_items)`` starts one daemon thread per process (lazily, never at import)
-    that re-reads the state every ``ttl`` seconds for the items ``get_items()`` returns.
-    """
+@dataclass(frozen=True)
+class Catalogue:
+    """A decoded catalogue snapshot: the flags of the items of the model it was read for."""
 
-    def __init__(self, reader: FeatureReader | None, ttl: float = 2.0) -> None:
-        self.reader = reader
-        self.ttl = ttl
-        self._last_duration = 0.0
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
+    model: str  # the version label the item order belongs to ("recommender:v3")
+    item_ids: np.ndarray  # str, in that version's index order
+    state: ItemState
+    meta: dict[str, Any]
 
-    def load(self, item_ids: list[str], categories: list[str], codes: np.ndarray) -> ItemState:
-        return read_item_state(self.reader, item_ids, categories, codes)
 
-    def watch(self, refresh: Callable[[], None]) -> None:
-        if self._thread is not None:  # every request calls this: no lock once started
-            return
-        with self._lock:
-            if self._thread is not None or self.reader is None or self.ttl <= 0:
-                return
-            self._thread = threading.Thread(target=self._run, args=(refresh,),
-                                            name="recommender-item-features", daemon=True)
-            self._thread.start()
+def encode_catalogue(state: ItemState, item_ids: Sequence[str], model: str,
+                     **meta: Any) -> tuple[bytes, dict[str, Any]]:
+    """The snapshot body (plain arrays) and meta of ``state`` for ``model``'s items."""
+    n = len(item_ids)
+    price = state.price if state.price is not None else np.full(n, np.nan, np.float32)
+    info = {"model": model, "categories": state.categories, "source": state.source,
+            "read_at": state.loaded_at, "items": n, **meta}
+    body = pack_arrays({"item_ids": np.asarray(list(item_ids), dtype=str),
+                        "in_stock": state.in_stock, "category": state.category,
+                        "price": price}, info)
+    return body, info
 
-    def stop(self) -> None:
-        self._stop.set()
 
-    @property
-    def period(self) -> float:
-        """Seconds between refreshes: ``ttl``, stretched so reads take <= 2% of the time.
+def decode_catalogue(snapshot: Snapshot) -> Catalogue:
+    arrays, meta = unpack_arrays(snapshot.body)
+    state = ItemState(arrays["in_stock"].astype(bool), arrays["category"].astype(np.int16),
+                      list(meta["categories"]), str(meta["source"]),
+                      float(meta["read_at"]), arrays["price"].astype(np.float32))
+    return Catalogue(str(meta["model"]), arrays["item_ids"], state, meta)
 
-        A Feast read of the whole catalogue holds the GIL for tens of milliseconds
-        (~70 ms for 1,000 items on SQLite); requests of this process wait meanwhile.
-        """
-        return max(self.ttl, self._last_duration / MAX_DUTY)
 
-    def _run(self, refresh: Callable[[], None]) -> None:
-        while not self._stop.wait(self.period):
-            started = time.perf_counter()
-            try:
-                refresh()
-            except Exception:  # keep the last good state; say why
-                log.exception("item features: refresh failed")
-            self._last_duration = time.perf_counter() - started
+def align_catalogue(catalogue: Catalogue, model: str, item_ids: np.ndarray,
+                    categories: list[str], codes: np.ndarray) -> ItemState:
+    """``catalogue``'s flags in the item order of ``model`` (another version: by item id;
+    items it does not cover keep their training-time category and count as in stock)."""
+    state = catalogue.state
+    if catalogue.model == model and len(catalogue.item_ids) == len(item_ids):
+        return ItemState(state.in_stock, state.category, state.categories, state.source,
+                         state.loaded_at, state.price)  # its own (empty) mask cache
+    n = len(item_ids)
+    position = {k: i for i, k in enumerate(catalogue.item_ids.tolist())}
+    idx = np.fromiter((position.get(str(k), -1) for k in item_ids.tolist()), np.int64, n)
+    found = idx >= 0
+    names = sorted(set(state.categories) | set(categories))
+    code = {c: i for i, c in enumerate(names)}
+    theirs = np.array([code[c] for c in state.categories] + [-1], np.int16)
+    ours = np.array([code[c] for c in categories] + [-1], np.int16)
+    fallback = codes if len(codes) == n else np.full(n, -1, np.int16)
+    category = ours[fallback]
+    category[found] = theirs[state.category[idx[found]]]
+    in_stock = np.ones(n, bool)
+    in_stock[found] = state.in_stock[idx[found]]
+    price = np.full(n, np.nan, np.float32)
+    if state.price is not None:
+        price[found] = state.price[idx[found]]
+    return ItemState(in_stock, category, names, state.source, state.loaded_at, price)
 
+
+# -- users' segments ----------------------------------------------------------------------
 
 class SegmentCache:
-    """Users' segments from Feast, for users the model does not know; TTL + LRU bounded."""
+    """Users' segments from Feast, for users the model does not know; TTL + LRU bounded.
+
+    ``overrides()`` (user -> segment) is consulted first: the segments changed recently
+    through the API, published by the worker, so an edit does not wait for the TTL.
+    """
 
     def __init__(self, reader: FeatureReader | None, *, ttl: float = 300.0,
-                 max_entries: int = 100_000) -> None:
+                 max_entries: int = 100_000,
+                 overrides: Callable[[], Mapping[str, str | None]] | None = None) -> None:
         self.reader = reader
         self.ttl = ttl
         self.max_entries = max_entries
+        self.overrides = overrides
         self._cache: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -167,8 +205,12 @@ class SegmentCache:
         now = time.monotonic()
         found: dict[str, str | None] = {}
         missing = []
+        edited = self.overrides() if self.overrides is not None else {}
         with self._lock:
             for u in user_ids:
+                if u in edited:
+                    found[u] = edited[u]
+                    continue
                 hit = self._cache.get(u)
                 if hit is not None and now - hit[0] < self.ttl:
                     found[u] = hit[1]

@@ -1,8 +1,9 @@
 """The serving engine: recommendations, similar items and events, with no HTTP in sight.
 
 One request (one user or a batch) costs one Redis round trip (the users' live histories,
-pipelined), no Feast read for users the model knows (item flags come from the
-in-process ``ItemState``), and one vectorised scoring pass per A/B variant (a batch:
+pipelined), no Feast read for users the model knows (item flags and live popularity
+come from the worker's snapshots, swapped into the ``ServingModel`` by ``live``), and
+one vectorised scoring pass per A/B variant (a batch:
 sparse matrices and implicit; one user: the same maths in plain numpy, which is what a
 page view asks for and costs a fraction of the sparse-matrix overhead):
 
@@ -16,8 +17,11 @@ the JSON body is encoded once with a shared encoder (views), so the per-request 
 the Redis round trip, one small solve (ALS) or mean (BPR), and one partition of the
 catalogue's scores.
 
+The model is loaded before the app takes traffic (``Engine.start``) and swapped in the
+background when its alias moves; no request ever loads one.
+
 A user with no usable history gets the popular items of their segment (Feast), else of
-everyone, flagged ``fallback``. If Redis is down, recommendations use the training
+everyone, flagged ``fallback``: the trained shares blended with live popularity. If Redis is down, recommendations use the training
 history alone and say ``degraded: ["redis"]``; if Feast is down, ``degraded: ["feast"]``.
 """
 
@@ -31,16 +35,19 @@ from typing import Any
 
 import numpy as np
 import redis
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 
 from mlplatform.assignment import EXPOSURES, Experiment
-from mlplatform.errors import BadRequest
+from mlplatform.errors import BadRequest, Unavailable
 from mlplatform.metrics import set_model_info
-from mlplatform.registry import LiveModel, ModelVersion
+from mlplatform.registry import ModelRegistry, ModelVersion
 from recommender.bundle import ModelBundle
-from recommender.catalogue import ItemFeatures, ItemState, SegmentCache
+from recommender.catalogue import ItemState, SegmentCache
 from recommender.history import Event, HistoryStore
+from recommender.live import LiveState
+from recommender.popularity import PopularityRecommender
 from recommender.ranking import exclude, top_n
+from recommender.updates import UpdateQueue
 
 __all__ = ["Engine", "ServingModel", "SimilarItems", "UserRecommendations", "load_serving_model"]
 
@@ -64,16 +71,12 @@ TOP_SCORE = Histogram(
     "mlsuite_recommender_top_score", "Score of the first item of each list, by strategy",
     ["strategy"], buckets=(-1.0, 0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0),
 )
-ITEM_FEATURES_REFRESHED = Gauge(
-    "mlsuite_recommender_item_features_refreshed_timestamp_seconds",
-    "When the item stock/category state was last read from Feast (alert on its age)",
-    multiprocess_mode="min",
-)
 
 
 @dataclass(eq=False)
 class ServingModel:
-    """A loaded version and the item flags for its catalogue (replaced as they refresh).
+    """A loaded version, the item flags of its catalogue and its (live-blended) popularity;
+    ``items`` and ``popularity`` are replaced as the worker's snapshots move.
 
     Also the lookups the per-request path needs, built once per version: encoded item
     id -> index and encoded event type -> weight, so live events read from Redis are
@@ -83,28 +86,32 @@ class ServingModel:
     version: ModelVersion
     bundle: ModelBundle
     items: ItemState
+    # Omitted: the bundle's trained popularity (set in __post_init__).
+    popularity: PopularityRecommender = None  # type: ignore[assignment]
     item_key: dict[bytes, int] = field(init=False, repr=False)
     event_weight: dict[bytes, float] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.popularity is None:
+            self.popularity = self.bundle.popularity
         self.item_key = {k.encode(): i for k, i in self.bundle.items.index.items()}
         self.event_weight = {k.encode(): float(w)
                              for k, w in self.bundle.event_weights.items()}
 
 
-def load_serving_model(version: ModelVersion, item_features: ItemFeatures) -> ServingModel:
+def load_serving_model(version: ModelVersion, state: LiveState) -> ServingModel:
+    """Load a version with the latest snapshots aligned to it (start-up, or a promotion
+    in the background); never on a request."""
     bundle = ModelBundle.load(version.path)
-    state = item_features.load([str(i) for i in bundle.items.ids.tolist()], bundle.categories,
-                               bundle.item_category)
+    serving = ServingModel(version, bundle, state.items_for(bundle, version.label),
+                           state.popularity_for(bundle, version.label))
     # Warm both scoring paths so the first request after a swap pays nothing extra.
     row = 0 if len(bundle.users) else -1
     for model in bundle.models.values():
         model.scores(bundle.histories([row]))
         model.score_one(*bundle.history_of(row))
     set_model_info(SERVICE, version.name, str(version.version))
-    if not state.degraded:
-        ITEM_FEATURES_REFRESHED.set(state.loaded_at)
-    return ServingModel(version, bundle, state)
+    return serving
 
 
 @dataclass(frozen=True)
@@ -161,14 +168,18 @@ def parse_events(raw: Sequence[bytes], serving: ServingModel) -> dict[int, float
 class Engine:
     """Serves one model alias: recommend, similar, record events, describe."""
 
-    def __init__(self, live: LiveModel[ServingModel], history: HistoryStore | None,
-                 item_features: ItemFeatures, segments: SegmentCache,
-                 experiment: Experiment | None) -> None:
-        self.live = live
+    def __init__(self, registry: ModelRegistry, name: str, alias: str, *,
+                 history: HistoryStore | None, updates: UpdateQueue | None, state: LiveState,
+                 segments: SegmentCache, experiment: Experiment | None,
+                 poll_seconds: float = 1.0) -> None:
         self.history = history
-        self.item_features = item_features
+        self.updates = updates
+        self.state = state
         self.segments = segments
         self.experiment = experiment
+        self._serving: ServingModel | None = None
+        self.live = registry.live(name, alias, lambda v: load_serving_model(v, state),
+                                  poll_seconds=poll_seconds, on_swap=self._swapped)
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._degraded_children: dict[str, Any] = {}
         # user -> assigned variant: the assignment is a pure function of the user (a hash),
@@ -178,20 +189,33 @@ class Engine:
 
     # -- model ---------------------------------------------------------------------------
 
+    def start(self) -> None:
+        """Follow the snapshots and load the model now, before the server takes traffic.
+
+        No model yet: the registry is polled in the background and requests get a
+        retryable 503 until one is promoted.
+        """
+        self.state.start()
+        try:
+            self.live.get()  # loads, then polls the alias in the background
+        except Unavailable as exc:
+            log.warning("%s; serving 503s until one is promoted", exc.message)
+
+    def stop(self) -> None:
+        self.live.stop()
+        self.state.stop()
+
     def current(self) -> ServingModel:
-        _, serving = self.live.get()
-        self.item_features.watch(self.refresh_items)
+        """The model being served (never loads one: see ``start``)."""
+        serving = self._serving
+        if serving is None:
+            raise Unavailable(f"no model {self.live.name!r} at alias {self.live.alias!r} "
+                              f"loaded yet", dependency="model")
         return serving
 
-    def refresh_items(self) -> None:
-        """Re-read the item flags of the model being served (the background thread's job)."""
-        serving = self.current()
-        b = serving.bundle
-        state = self.item_features.load([str(i) for i in b.items.ids.tolist()], b.categories,
-                                        b.item_category)
-        serving.items = state  # one reference swap: requests see the old or the new state
-        if not state.degraded:
-            ITEM_FEATURES_REFRESHED.set(state.loaded_at)
+    def _swapped(self, version: ModelVersion, serving: ServingModel) -> None:
+        self.state.serving = serving
+        self._serving = serving
 
     def _blocked(self, state: ItemState, category: str | None) -> np.ndarray:
         """Indices of items a request must not get: out of stock or another category."""
@@ -243,7 +267,8 @@ class Engine:
         for group, idx in groups.items():
             cold = group == COLD
             sub = histories if len(idx) == len(user_ids) else histories[idx]
-            scores = b.models["popularity" if cold else group].scores(sub, segment[idx])
+            model = serving.popularity if cold or group == "popularity" else b.models[group]
+            scores = model.scores(sub, segment[idx])
             if len(blocked):
                 scores[:, blocked] = -np.inf
             if exclude_seen and not cold:
@@ -278,7 +303,8 @@ class Engine:
         else:  # a user the model does not know, on the fallback or popularity path
             segment = int(self._segments(b, [user_id], np.array([row]), np.array([warm]),
                                          [variant], degraded)[0])
-        scores = b.models[variant if warm else "popularity"].score_one(items, weights, segment)
+        model = b.models[variant] if warm and variant != "popularity" else serving.popularity
+        scores = model.score_one(items, weights, segment)
         if len(blocked):
             scores[blocked] = -np.inf
         if exclude_seen and warm:
@@ -381,7 +407,7 @@ class Engine:
             strategy, fallback = str(variant), False
         else:
             # Unknown or unplaceable item: popular items of its category, else of everyone.
-            scores = b.popularity.ranking().copy()
+            scores = serving.popularity.ranking().copy()
             strategy, fallback = "global_popularity", True
             own = int(state.category[idx]) if idx is not None else -1
             if own >= 0 and category is None:
@@ -402,19 +428,24 @@ class Engine:
     def record(self, events: Sequence[Event], *, request_id: str = "") -> list[str]:
         """Store events in the live history and the durable stream; their stream ids."""
         if self.history is None:
-            from mlplatform.errors import Unavailable
-
             raise Unavailable("redis is not configured: set MLSUITE_REDIS_URL", dependency="redis")
         ids = self.history.append(events, request_id=request_id)
         for e in events:
             EVENTS.labels(e.event_type).inc()
         return ids
 
+    def update(self, kind: str, entity_id: str, fields: dict[str, Any], *,
+               request_id: str = "") -> str:
+        """Queue a validated item or user update for the worker's Feast push; its stream id."""
+        if self.updates is None:
+            raise Unavailable("redis is not configured: set MLSUITE_REDIS_URL", dependency="redis")
+        return self.updates.put(kind, entity_id, fields, request_id=request_id)
+
     # -- description ---------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
         serving = self.current()
-        v, b, state = serving.version, serving.bundle, serving.items
+        v, b = serving.version, serving.bundle
         return {
             "model": v.label,
             "name": v.name,
@@ -431,10 +462,5 @@ class Engine:
             "catalogue_size": len(b.items),
             "known_users": len(b.users),
             "data_cutoff": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(b.cutoff)),
-            "item_features": {
-                "source": state.source,
-                "in_stock": int(state.in_stock.sum()),
-                "age_seconds": round(time.time() - state.loaded_at, 3),
-                "refresh_seconds": round(self.item_features.period, 3),
-            },
+            **self.state.describe(serving),
         }

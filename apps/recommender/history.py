@@ -8,11 +8,13 @@ Two structures, written together in one MULTI/EXEC round trip per request:
   an event posted to any replica changes the next recommendation on every replica.
   Bounded by design: a bot cannot grow a key without limit, and an idle user costs nothing.
 - ``mlsuite:rec:events``: a durable STREAM of every event (XADD), the record that feeds
-  the offline store and the next training run. ``MAXLEN ~ stream_maxlen`` trims the
-  oldest entries approximately (cheap whole-node trimming), so the stream holds the
-  last ~1M events (~150 MB): consumers (export to parquet/Feast offline store) must
-  read within that window. Durability is Redis's: AOF with fsync every second (the
-  embedded server's setting) loses at most the last second on a crash of the host.
+  live popularity (the worker's "popularity" consumer group), the lake and the next
+  training run. Appended without ``MAXLEN`` (approximate trimming would drop entries
+  nobody archived): the recommender worker's retention archives entries to the lake
+  once they are past ``MLSUITE_STREAM_RETENTION_SECONDS`` / ``MLSUITE_STREAM_MAXLEN``
+  and only then trims them, never past what a consumer group has not applied.
+  Durability is Redis's: AOF with fsync every second (the embedded server's setting)
+  loses at most the last second on a crash of the host.
 
 An event is acknowledged (HTTP 201) only after EXEC returned, i.e. both writes are in
 Redis; a Redis error is an ``Unavailable(dependency="redis")`` and nothing was written.
@@ -62,11 +64,10 @@ class HistoryStore:
     """Per-user recent events plus the durable event stream, on one Redis."""
 
     def __init__(self, client: redis.Redis, *, max_events: int = 200,
-                 ttl_seconds: int = 30 * 86_400, stream_maxlen: int = 1_000_000) -> None:
+                 ttl_seconds: int = 30 * 86_400) -> None:
         self.client = client
         self.max_events = max_events
         self.ttl_seconds = ttl_seconds
-        self.stream_maxlen = stream_maxlen
 
     def append(self, events: Sequence[Event], *, request_id: str = "") -> list[str]:
         """Write events atomically (one round trip); the stream ids, in order."""
@@ -78,8 +79,7 @@ class HistoryStore:
             pipe.expire(key, self.ttl_seconds)
             pipe.xadd(STREAM_KEY, {"user_id": e.user_id, "item_id": e.item_id,
                                    "event_type": e.event_type, "ts": f"{e.timestamp:.3f}",
-                                   "request_id": request_id},
-                      maxlen=self.stream_maxlen, approximate=True)
+                                   "request_id": request_id})
         try:
             results = pipe.execute()
         except redis.RedisError as exc:

@@ -84,6 +84,35 @@ class PopularityRecommender(Recommender):
             self.group_share = np.hstack(
                 [self.group_share, np.tile(share, (len(self.group_share), 1))])
 
+    def blended(self, live: np.ndarray, alpha: float) -> PopularityRecommender:
+        """A copy whose shares mix in live counts (``live``: per item, this model's order).
+
+        Each row (global, every segment) becomes ``(1 - alpha) * row + alpha * p * row.sum()``
+        with ``p = live / live.sum()``: the live distribution at the row's own scale, so
+        ``alpha = 0`` gives the trained shares back exactly and scores keep their meaning.
+        Live counts are global (events carry no segment); segments keep their own prior.
+
+        >>> pop = PopularityRecommender()
+        >>> pop.global_share = np.array([0.6, 0.2, 0.2], np.float32)
+        >>> [round(float(s), 2) for s in pop.blended(np.array([0.0, 0.0, 5.0]), 0.5).ranking()]
+        [0.3, 0.1, 0.6]
+        """
+        out = PopularityRecommender(self.smoothing)
+        total = float(live.sum())
+        if total <= 0 or alpha <= 0 or len(live) != self.n_items:
+            out.global_share, out.group_share = self.global_share, self.group_share
+            return out
+        p = (live / total).astype(np.float32)
+        g = self.global_share
+        out.global_share = ((1 - alpha) * g + alpha * p * g.sum()).astype(np.float32)
+        if len(self.group_share):
+            rows = self.group_share
+            out.group_share = ((1 - alpha) * rows + alpha * p[None, :]
+                               * rows.sum(axis=1, keepdims=True)).astype(np.float32)
+        else:
+            out.group_share = self.group_share
+        return out
+
     def arrays(self) -> dict[str, np.ndarray]:
         return {"global_share": self.global_share, "group_share": self.group_share}
 

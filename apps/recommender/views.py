@@ -2,6 +2,10 @@
 
 Every bad input is a ``BadRequest`` naming the field (``n``, ``user_ids[3]``,
 ``events[0].event_type``, ``body``); mlplatform.http turns it into the JSON error shape.
+
+Reads (recommendations, similar items, the model) and writes (events, item and user
+updates) are apart: a write is acknowledged once it is durably in Redis, and the
+worker turns the update stream into Feast pushes and snapshots the reads swap in.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from mlplatform.http import check_id, json_body, query_bool, query_int, query_st
 from recommender.data import EVENT_TYPES
 from recommender.engine import Engine, UserRecommendations
 from recommender.history import Event
+from recommender.updates import parse_update
 
 __all__ = ["MAX_N", "bp", "get_engine"]
 
@@ -114,6 +119,38 @@ def post_events() -> tuple[Response, int]:
     events = [_event(e, f"{prefix}[{i}]." if prefix else "", now) for i, e in enumerate(raw)]
     ids = get_engine().record(events, request_id=request_id())
     return jsonify({"accepted": len(ids), "ids": ids}), 201
+
+
+@bp.put("/items/<item_id>")
+def put_item(item_id: str) -> tuple[Response, int]:
+    """Update an item's catalogue entry: ``{"category": str, "price": number >= 0,
+    "in_stock": bool}``.
+
+    Partial updates: any non-empty subset of the fields (the others keep their current
+    Feast values); an unknown field or a null is a 400 naming it. 202 ``{"queued": id}``
+    once the update is durably on the updates stream; the worker pushes it to Feast and
+    every replica's recommendations reflect it within about a second (an item set out of
+    stock is no longer recommended).
+    """
+    item_id = check_id(item_id, "item_id")
+    fields = parse_update("item", json_body())
+    queued = get_engine().update("item", item_id, fields, request_id=request_id())
+    return jsonify({"queued": queued}), 202
+
+
+@bp.put("/users/<user_id>")
+def put_user(user_id: str) -> tuple[Response, int]:
+    """Update a user's profile: ``{"segment": str, "country": "DE"}`` (2 upper-case
+    letters, ISO 3166).
+
+    Partial updates, validation and the 202 as for items; a new segment changes the
+    user's cold-start fallback (segment popularity) on every replica within about a
+    second, before any segment cache expires.
+    """
+    user_id = check_id(user_id, "user_id")
+    fields = parse_update("user", json_body())
+    queued = get_engine().update("user", user_id, fields, request_id=request_id())
+    return jsonify({"queued": queued}), 202
 
 
 @bp.get("/model")

@@ -7,6 +7,9 @@
   materialized in that folder, and a trained version promoted to production.
   ``served_settings`` copies it for one test, so tests may push features, post events
   and promote versions without seeing each other's changes.
+- ``make_app``: recommender apps on that folder, after the snapshots a worker publishes
+  (catalogue, popularity) were published once; ``worker``: the recommender worker
+  running in this process with short periods, for tests of what it keeps fresh.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import redis
 import scipy.sparse as sp
 from flask import Flask
 from flask.testing import FlaskClient
 
 from mlplatform.assignment import Experiment
 from mlplatform.config import Settings
+from mlplatform.worker import Worker
 from recommender.data import IdMap, user_item_matrix
 
 
@@ -98,23 +103,36 @@ def only(variant: str) -> Experiment:
 
 
 @pytest.fixture
-def make_app(served_settings: Settings) -> Iterator[Callable[..., Flask]]:
+def make_app(served_settings: Settings, redis_client: redis.Redis
+             ) -> Iterator[Callable[..., Flask]]:
     """Build recommender apps on the served folder; their background threads stop after."""
     from recommender.app import create_app
+    from recommender.worker import publish_snapshots
 
     apps: list[Flask] = []
+    publish_snapshots(served_settings, redis_client)
 
     def build(settings: Settings | None = None, **config: Any) -> Flask:
-        app = create_app(settings or served_settings,
-                         {"TESTING": True, "RECOMMENDER_ITEM_FEATURES_SECONDS": 0.2, **config})
+        app = create_app(settings or served_settings, {"TESTING": True, **config})
         apps.append(app)
         return app
 
     yield build
     for app in apps:
-        engine = app.extensions["recommender.engine"]
-        engine.live.stop()
-        engine.item_features.stop()
+        app.extensions["recommender.engine"].stop()
+
+
+@pytest.fixture
+def worker(served_settings: Settings, redis_client: redis.Redis) -> Iterator[Worker]:
+    """The recommender worker, running in this process (short periods), stopped after."""
+    from recommender.worker import WorkerConfig, build
+
+    running = Worker("recommender", served_settings, redis_client)
+    build(served_settings, running, WorkerConfig(catalogue_seconds=0.5, popularity_seconds=0.2,
+                                                 retry_seconds=0.5))
+    running.start()
+    yield running
+    running.stop()
 
 
 @pytest.fixture
