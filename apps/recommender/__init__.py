@@ -1,6 +1,7 @@
 """recommender: personalised, similar and batch recommendations, learning in real time.
 
-A Flask service (``recommender.app:create_app``) and its command line
+A Flask service (``recommender.app:create_app``), its background worker
+(``recommender.worker:build`` -> ``mlsuite worker recommender``) and its command line
 (``recommender.cli:cli`` -> ``mlsuite recommender train|evaluate|bench``).
 
 Modules, one concept each:
@@ -13,7 +14,11 @@ Modules, one concept each:
 - ``bundle``: one registered version (all variants, id maps, training histories)
 - ``training``: fit a bundle, compare variants offline
 - ``history``: live per-user history and the durable event stream in Redis
-- ``catalogue``: item stock/category and user segments from Feast, off the hot path
+- ``catalogue``: item stock/category (the catalogue snapshot) and user segments
+- ``trending``: live popularity and trending, decayed counts from the event stream
+- ``updates``: item/user updates validated and queued; ``pusher``: batched Feast pushes
+- ``worker``: the background jobs (consumer groups, snapshots, retention)
+- ``live``: what request workers follow: the worker's snapshots, swapped in
 - ``engine``: serving logic (A/B variant, fold-in, filters, fallbacks), no HTTP
 - ``views``, ``app``: the HTTP API; ``cli``, ``bench``: the commands
 """

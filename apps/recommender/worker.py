@@ -216,7 +216,8 @@ def build(settings: Settings, worker: Worker, config: WorkerConfig | None = None
     kick.append(catalogue.kick)
     counter = PopularityCounter(client, served.event_weights)
     popularity = PopularityPublisher(client, served, counter, config.popularity_seconds)
-    pusher = FeastPusher(client, FeastHandle(settings).get, on_items=catalogue.kick)
+    push_feast = FeastHandle(settings)
+    pusher = FeastPusher(client, push_feast.get, on_items=catalogue.kick)
 
     worker.consume(Consumer(client, STREAM_KEY, "popularity", counter.handle, DEAD_LETTERS,
                             name=consumer_name("popularity")))
@@ -225,6 +226,8 @@ def build(settings: Settings, worker: Worker, config: WorkerConfig | None = None
                             claim_idle_ms=int(config.retry_seconds * 1000),
                             claim_every_seconds=min(1.0, config.retry_seconds)))
     worker.loop("catalogue", catalogue.run)
+    # Set Feast up now (seconds: imports, registry), not on the first PUT's batch.
+    worker.loop("feast-setup", lambda _stop: push_feast.reader() and None)
     worker.loop("served-model", lambda stop: (stop.wait(), served.live.stop(), None)[-1])
     worker.every("popularity", config.popularity_seconds, popularity.publish, first_after=0.0)
     worker.every("user-overrides", config.overrides_seconds, lambda: publish_overrides(client))
