@@ -9,9 +9,8 @@ holds is skipped: redelivery after a crash, or two workers racing, never puts ba
 older value (Feast's SQLite store would overwrite blindly).
 
 Invalid entries are rejected (dead letters with the reason). If Feast cannot be reached
-the handler raises ``FeastUnavailable``, a ``redis.ConnectionError`` as far as the
-consumer is concerned: nothing is acked and the entries are retried (the consumer
-reclaims them once idle), never dead-lettered.
+the handler raises ``mlplatform.streams.Retry``: nothing is acked and the consumer
+hands the same entries back after a pause; they are never dead-lettered.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ import redis
 from mlplatform.errors import BadRequest, Unavailable
 from mlplatform.features import TIMESTAMP_SUFFIX
 from mlplatform.http import check_id
-from mlplatform.streams import Entry
+from mlplatform.streams import Entry, Retry
 from recommender.updates import FIELDS, KINDS, parse_update, publish_overrides, record_overrides
 
 __all__ = ["FeastPusher", "FeastUnavailable", "FeatureWriter", "Update", "parse_entry"]
@@ -39,12 +38,9 @@ __all__ = ["FeastPusher", "FeastUnavailable", "FeatureWriter", "Update", "parse_
 log = logging.getLogger(__name__)
 
 
-class FeastUnavailable(redis.ConnectionError):
-    """Feast failed: an outage of a dependency, not the entries' fault, so they stay pending.
-
-    A ``redis.ConnectionError`` because that is how a consumer handler says "retry later"
-    (``mlplatform.streams`` dead-letters what any other exception rejects).
-    """
+class FeastUnavailable(Retry):
+    """Feast failed: an outage of a dependency, not the entries' fault, so they stay
+    pending with the consumer and are retried."""
 
 
 class FeatureWriter(Protocol):

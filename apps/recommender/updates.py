@@ -9,8 +9,8 @@ what Feast holds (redelivery, two workers: the online store keeps the newest), t
 has the catalogue snapshot republished and records users' new segments as overrides
 (``OVERRIDES_KEY``) that request workers consult before their segment cache.
 
-Feast down: the handler raises ``FeastUnavailable`` (a ``redis.ConnectionError`` to the
-consumer: not the entries' fault), nothing is acked, and the entries are retried.
+Feast down: the handler raises ``FeastUnavailable`` (a ``mlplatform.streams.Retry``: not
+the entries' fault), nothing is acked, and the consumer retries the same entries.
 
 >>> parse_update("item", {"in_stock": False, "price": 12})
 {'in_stock': False, 'price': 12.0}

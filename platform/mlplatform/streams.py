@@ -15,6 +15,8 @@ processes (replicas) share the entries and each entry is applied once per group:
 - an entry the handler rejects, or that makes it raise, goes to the dead-letter stream
   with the reason (counted, logged once) and the consumer goes on with the next entry.
   A Redis error is not the entry's fault: nothing is acked and the batch is retried.
+  Neither is a dependency that is down (Feast, say): the handler raises ``Retry`` and
+  the entries stay pending with this consumer, which re-reads them after a pause.
 
 Handlers are plain functions ``handle(entries, tx) -> {entry_id: reason}`` (the rejected
 ones; ``None`` or ``{}`` when all were applied), testable without a loop.
@@ -36,6 +38,7 @@ import redis
 from prometheus_client import Counter, Gauge
 
 __all__ = [
+    "Retry",
     "Entry",
     "Handler",
     "Consumer",
@@ -57,6 +60,14 @@ CLAIMED = Counter("mlsuite_stream_claimed_total",
 PENDING = Gauge("mlsuite_stream_pending_entries",
                 "Entries delivered to a group and not yet acknowledged", ["stream", "group"],
                 multiprocess_mode="max")
+
+
+class Retry(Exception):  # noqa: N818 - an instruction to the consumer, not a failure kind
+    """Raised by a handler when a dependency is down: the entries are not at fault.
+
+    Nothing is acked or dead-lettered; the consumer pauses ``retry_seconds`` and hands the
+    same entries (its own pending ones) to the handler again.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +130,11 @@ class Consumer:
     block_ms: int = 100
     claim_idle_ms: int = 30_000
     claim_every_seconds: float = 5.0
+    retry_seconds: float = 1.0
     _next_claim: float = field(default=0.0, init=False, repr=False)
     _ready: bool = field(default=False, init=False, repr=False)
+    # Set after a Retry: this consumer's own pending entries are read again first.
+    _backlog: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._applied = ENTRIES.labels(self.stream, self.group)
@@ -138,6 +152,13 @@ class Consumer:
             self._ready = True
         done = 0
         now = time.monotonic()
+        if self._backlog:
+            own: Any = self.client.xreadgroup(self.group, self.name, {self.stream: "0"},
+                                              count=self.batch)
+            entries = [Entry(self.stream, _s(i), f, delivered=2)
+                       for _, items in own or [] for i, f in items if f is not None]
+            self._backlog = bool(entries)
+            done += self._process(entries)
         if now >= self._next_claim:
             self._next_claim = now + self.claim_every_seconds
             done += self._process(self._claim())
@@ -175,6 +196,12 @@ class Consumer:
                 failing = True
                 self._ready = False
                 stop.wait(0.5)
+            except Retry as exc:
+                if not failing:
+                    log.warning("%s/%s: %s; the entries stay pending and are retried every "
+                                "%gs", self.stream, self.group, exc, self.retry_seconds)
+                failing = True
+                stop.wait(self.retry_seconds)
 
     def pending(self) -> int:
         """Entries delivered to the group and not acknowledged yet."""
@@ -225,14 +252,16 @@ class Consumer:
         try:
             tx = self.client.pipeline(transaction=True)
             rejected = self.handler(entries, tx) or {}
-        except redis.RedisError:
+        except (redis.RedisError, Retry):
+            self._backlog = True
             raise
         except Exception:  # noqa: BLE001 - isolate the entry at fault
             for entry in entries:
                 tx = self.client.pipeline(transaction=True)
                 try:
                     one = self.handler([entry], tx) or {}
-                except redis.RedisError:
+                except (redis.RedisError, Retry):
+                    self._backlog = True
                     raise
                 except Exception as exc:  # noqa: BLE001 - becomes the dead letter's reason
                     tx = self.client.pipeline(transaction=True)

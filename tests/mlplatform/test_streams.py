@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import redis
 
-from mlplatform.streams import Consumer, Entry, ensure_group
+from mlplatform.streams import Consumer, Entry, Retry, ensure_group
 
 STREAM, GROUP, DEAD = "test:events", "counter", "test:dead"
 
@@ -132,3 +132,22 @@ def test_a_redis_error_is_retried_not_dead_lettered(redis_client: redis.Redis) -
     c.drain()
     assert applied(redis_client) == (5, 1)
     assert redis_client.xlen(DEAD) == 0
+
+
+def test_retry_keeps_entries_pending_with_this_consumer(redis_client: redis.Redis) -> None:
+    ensure_group(redis_client, STREAM, GROUP)
+    add(redis_client, 1, 2)
+    feast_up = False
+
+    def needs_feast(entries: Sequence[Entry], tx: Any) -> None:
+        if not feast_up:
+            raise Retry("feast is unavailable")
+        count_handler(entries, tx)
+
+    c = consumer(redis_client, "c", needs_feast, claim_idle_ms=60_000)
+    with pytest.raises(Retry):
+        c.poll(wait=False)
+    assert c.pending() == 2 and redis_client.xlen(DEAD) == 0
+    feast_up = True
+    c.drain()  # its own pending entries, re-read without waiting for a reclaim
+    assert applied(redis_client) == (3, 2) and c.pending() == 0

@@ -19,7 +19,7 @@ from flask.testing import FlaskClient
 
 from mlplatform.config import Settings
 from mlplatform.errors import Unavailable
-from mlplatform.streams import Consumer
+from mlplatform.streams import Consumer, Retry
 from mlplatform.worker import Worker
 from recommender.history import STREAM_KEY
 from recommender.pusher import FeastPusher
@@ -220,8 +220,8 @@ def test_feast_down_keeps_updates_pending_then_pushes_them(
     queue.put("user", "someone", {"segment": "tech"})
     pusher = FeastPusher(redis_client, store)
     consumer = Consumer(redis_client, UPDATES_STREAM, "feast-push", pusher.handle,
-                        DEAD_LETTERS, claim_idle_ms=0, claim_every_seconds=0)
-    with pytest.raises(redis.ConnectionError):
+                        DEAD_LETTERS, claim_idle_ms=60_000)
+    with pytest.raises(Retry):
         consumer.poll(wait=False)
     assert redis_client.xlen(DEAD_LETTERS) == 0 and consumer.pending() == 3
     feast_up = True
