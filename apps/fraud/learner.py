@@ -255,9 +255,12 @@ class Learner:
         state = LearnerState(version, artifact, model, monitor, offset, labels)
         replayed = self._replay(state)
         tx = self.client.pipeline(transaction=True)
-        self._fence(tx)
-        self._checkpoint(state, tx)
-        tx.execute()
+        try:
+            self._fence(tx)
+            self._checkpoint(state, tx)
+            tx.execute()
+        finally:
+            tx.reset()  # hand the watching connection back to the pool
         self.state = state
         self.publish()
         set_model_info("fraud", version.name, f"v{version.version}")

@@ -72,6 +72,19 @@ class ProfilePusher:
         self._adapter: Any = None
         self.pushes = 0  # Feast push calls made (one per kind per batch)
 
+    def open(self) -> None:
+        """Open the feature store now (importing Feast takes seconds in a new process),
+        so the first update is not late; on failure the first push retries."""
+        try:
+            self._store()
+        except Exception as exc:  # noqa: BLE001 - logged; pushes raise FeastDown
+            log.warning("feast-push: cannot open the feature store yet: %s", exc)
+
+    def _store(self) -> Any:
+        if self._adapter is None:
+            self._adapter = self._factory()
+        return self._adapter
+
     def handle(self, entries: Sequence[Entry], tx: Any) -> dict[str, str]:
         """Push the valid updates, publish them as overrides; the invalid ones' reasons."""
         rejected: dict[str, str] = {}
@@ -99,9 +112,7 @@ class ProfilePusher:
             if not rows:
                 continue
             try:
-                if self._adapter is None:
-                    self._adapter = self._factory()
-                self._adapter.push(spec.push_source, pd.DataFrame(rows), to="online")
+                self._store().push(spec.push_source, pd.DataFrame(rows), to="online")
             except Exception as exc:
                 raise FeastDown(f"push of {len(rows)} {kind} profiles to "
                                 f"{spec.push_source} failed: {exc}") from exc
@@ -131,6 +142,7 @@ class ProfilePusher:
         """Poll until ``stop``; after a failed push, wait until the pending entries can be
         taken over again, so they are retried before anything newer is read."""
         problem = ""
+        self.open()
         while not stop.is_set():
             try:
                 self.consumer.poll()

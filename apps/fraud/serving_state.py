@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -128,7 +128,8 @@ class ModelView:
             return ServingState(version, artifact.model.predictor(), thresholds, is_online,
                                 "0-0", 0, _NO_LABELS)
         meta = online.meta
-        predictor = online.predictor if online.predictor is not None \
+        # A frozen dataclass's read-only fields satisfy the protocol at run time.
+        predictor = cast(Predictor, online.predictor) if online.predictor is not None \
             else artifact.model.predictor()
         return ServingState(version, predictor, thresholds, is_online, str(meta["offset"]),
                             int(meta["labels"]), meta["quality"])
