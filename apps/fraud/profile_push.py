@@ -10,10 +10,10 @@ Any number of fraud workers share the consumer group. Each batch of updates read
    ``profile_cache_seconds`` (+ a minute), which request workers' caches apply as soon
    as they see it (their cache would otherwise serve the old profile until it expires).
 
-Only then are the entries acknowledged. A push that fails (Feast down) acknowledges
-nothing and sends nothing to the dead letters: the entries stay pending and are taken
-over again (XAUTOCLAIM) after ``claim_idle_ms``, before any newer entry is read. Pushing
-twice is harmless (same values, same timestamps), so redelivery after a crash is too.
+Only then are the entries acknowledged. A push that fails (Feast down) raises
+``streams.Retry``: nothing is acknowledged or dead-lettered, and the consumer re-reads
+its own pending entries, before any newer one, after ``retry_seconds``. Pushing twice is
+harmless (same values, same timestamps), so redelivery after a crash is too.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from fraud.profile_updates import KINDS, ProfileUpdate, decode_update
 from mlplatform.config import Settings
 from mlplatform.retention import id_before
 from mlplatform.snapshots import Snapshot, SnapshotStore
-from mlplatform.streams import Consumer, Entry, consumer_name
+from mlplatform.streams import Consumer, Entry, Retry, consumer_name
 
 __all__ = ["ProfilePusher", "FeastDown", "decode_overrides", "MAX_OVERRIDES"]
 
@@ -43,9 +43,9 @@ log = logging.getLogger(__name__)
 MAX_OVERRIDES = 20_000
 
 
-class FeastDown(redis.RedisError):
-    """The feature store did not take a push. Not the entries' fault: raised as a Redis
-    error so the platform consumer leaves them pending (no ack, no dead letter)."""
+class FeastDown(Retry):  # noqa: N818 - an instruction to the consumer, like Retry
+    """The feature store did not take a push: not the entries' fault, so the consumer
+    keeps them pending and retries them (no ack, no dead letter)."""
 
 
 def decode_overrides(snapshot: Snapshot) -> dict[str, dict[str, dict[str, Any]]]:
@@ -67,7 +67,7 @@ class ProfilePusher:
         self.consumer = Consumer(client, self.keys.profile_updates, FEAST_PUSH_GROUP,
                                  self.handle, self.keys.dead_letters,
                                  name=name or consumer_name("feast-push"),
-                                 claim_idle_ms=claim_idle_ms, claim_every_seconds=1.0)
+                                 claim_idle_ms=claim_idle_ms, retry_seconds=1.0)
         self._factory = adapter_factory or _adapter_factory(settings)
         self._adapter: Any = None
         self.pushes = 0  # Feast push calls made (one per kind per batch)
@@ -139,22 +139,9 @@ class ProfilePusher:
             self.store.publish(json.dumps(body).encode(), {"overrides": len(kept)})
 
     def run(self, stop: Any) -> None:
-        """Poll until ``stop``; after a failed push, wait until the pending entries can be
-        taken over again, so they are retried before anything newer is read."""
-        problem = ""
+        """Open the feature store, then consume until ``stop`` (the worker's loop)."""
         self.open()
-        while not stop.is_set():
-            try:
-                self.consumer.poll()
-                if problem:
-                    log.info("feast-push: working again")
-                problem = ""
-            except redis.RedisError as exc:
-                if str(exc) != problem:
-                    log.warning("feast-push: %s; the updates stay queued and are retried", exc)
-                problem = str(exc)
-                wait = self.consumer.claim_idle_ms / 1000 if isinstance(exc, FeastDown) else 0.5
-                stop.wait(wait + self.consumer.claim_every_seconds)
+        self.consumer.run(stop)
 
 
 def _adapter_factory(settings: Settings) -> Callable[[], Any]:

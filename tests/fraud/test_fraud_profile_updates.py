@@ -103,7 +103,7 @@ def test_feast_down_keeps_updates_pending_and_invalid_ones_become_dead_letters(
         return FeatureStoreAdapter.from_settings(fraud_settings)
 
     pusher = ProfilePusher(service.redis, fraud_settings, service.config,
-                           adapter_factory=adapter, name="pusher-1", claim_idle_ms=50)
+                           adapter_factory=adapter, name="pusher-1")
     client = app.test_client()
     for i in range(3):
         client.put(f"/v1/cards/c-down-{i}", json={**CARD, "avg_amount": 100.0 + i})
@@ -117,9 +117,7 @@ def test_feast_down_keeps_updates_pending_and_invalid_ones_become_dead_letters(
     assert service.redis.xlen("fraud:dead-letters") == 0
 
     feast_up = True
-    time.sleep(0.06)  # the entries have been idle long enough to be taken over
-    pusher.consumer._next_claim = 0.0  # claim now rather than within a second
-    pusher.consumer.poll(wait=False)
+    pusher.consumer.poll(wait=False)  # its own pending entries first, then new ones
     assert pusher.consumer.pending() == 0
     assert pusher.pushes == 2, "one push per kind for the whole batch"
     [dead] = service.redis.xrange("fraud:dead-letters")
