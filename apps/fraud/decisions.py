@@ -20,6 +20,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -150,12 +151,13 @@ class DecisionLog:
                now: float | None = None) -> list[bytes | None]:
         """The records of ``transaction_ids`` decided at most ``max_age_seconds`` ago,
         from Redis or else the lake (a late label); None where unknown or older."""
-        cutoff_ms = ((time.time() if now is None else now) - max_age_seconds) * 1000
+        cutoff = (time.time() if now is None else now) - max_age_seconds
+        cutoff_ms = cutoff * 1000
         return [None if hit is None or id_ms(hit[0]) < cutoff_ms else hit[1]
-                for hit in self._entries(transaction_ids, archived_too=True)]
+                for hit in self._entries(transaction_ids, archived_too=True, since=cutoff)]
 
-    def _entries(self, transaction_ids: Sequence[str], archived_too: bool
-                 ) -> list[tuple[str, bytes] | None]:
+    def _entries(self, transaction_ids: Sequence[str], archived_too: bool,
+                 since: float | None = None) -> list[tuple[str, bytes] | None]:
         """(stream id, record) per transaction: the key's entry in the stream; from the
         lake when that entry was trimmed, or (``archived_too``) when the key is gone."""
         if not transaction_ids:
@@ -173,8 +175,11 @@ class DecisionLog:
         archived = [n for n, hit in enumerate(out)
                     if hit is None and (archived_too or ids[n] is not None)]
         if archived and self._lake is not None:
+            # Only the days that can hold them: a key lives key_ttl_seconds at most.
+            oldest = since if since is not None else time.time() - self.key_ttl_seconds
             rows = self._lake.find(self.stream, "transaction_id",
-                                   [transaction_ids[n] for n in archived])
+                                   [transaction_ids[n] for n in archived],
+                                   since=datetime.fromtimestamp(oldest, UTC))
             for n in archived:
                 row = rows.get(transaction_ids[n])
                 if row is not None and row.get("record") is not None:

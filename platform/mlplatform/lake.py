@@ -188,15 +188,21 @@ class Lake:
         frame = frame.drop_duplicates("stream_id").drop(columns=["_ms", "_seq"])
         return frame.reset_index(drop=True)
 
-    def find(self, stream: str, column: str, values: Sequence[str]) -> dict[str, dict[str, str]]:
+    def find(self, stream: str, column: str, values: Sequence[str], *,
+             since: datetime | None = None) -> dict[str, dict[str, str]]:
         """The newest archived entry whose ``column`` equals each of ``values`` (a lookup
-        for what was trimmed from Redis, e.g. a decision a late label refers to)."""
+        for what was trimmed from Redis, e.g. a decision a late label refers to).
+
+        ``since`` skips the days before it: a lookup for something that cannot be older
+        reads only the partitions that could hold it, not the whole archive.
+        """
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         wanted = set(values)
         found: dict[str, dict[str, str]] = {}
-        for part in reversed(self.partitions(stream)):  # newest first
+        parts = [p for p in self.partitions(stream) if _day_in(p.date, since, None)]
+        for part in reversed(parts):  # newest first
             if not wanted:
                 break
             table = pq.read_table(part.path)

@@ -136,6 +136,7 @@ class Follower(Generic[T]):
         self._pid = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
 
     def get(self) -> T | None:
         """The current object (None before any snapshot was published)."""
@@ -179,16 +180,19 @@ class Follower(Generic[T]):
         """Load what is there now, then follow in a daemon thread (once per process)."""
         if self._pid == os.getpid():
             return
-        self._pid = os.getpid()
-        self._stop = threading.Event()
-        try:
-            self.refresh()
-        except redis.RedisError as exc:
-            log.warning("%s: redis unavailable at start (%s); following in the background",
-                        self.name, exc)
-        self._thread = threading.Thread(target=self._run, name=f"follow-{self.name}",
-                                        daemon=True)
-        self._thread.start()
+        with self._start_lock:  # two first requests at once start one thread
+            if self._pid == os.getpid():
+                return
+            self._stop = threading.Event()
+            try:
+                self.refresh()
+            except redis.RedisError as exc:
+                log.warning("%s: redis unavailable at start (%s); following in the background",
+                            self.name, exc)
+            self._thread = threading.Thread(target=self._run, name=f"follow-{self.name}",
+                                            daemon=True)
+            self._thread.start()
+            self._pid = os.getpid()
 
     def stop(self) -> None:
         self._stop.set()
