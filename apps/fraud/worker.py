@@ -43,6 +43,9 @@ def build(settings: Settings, worker: Worker, config: FraudConfig | None = None
     config = config or FraudConfig.from_env()
     learner = Learner(worker.client, settings, config)
     pusher = ProfilePusher(worker.client, settings, config)
+    # Open Feast before the worker says it runs: importing it takes seconds of CPU,
+    # which must not land on the request workers' first seconds of traffic.
+    pusher.open()
     worker.loop("fraud-learner", learner.run)
     worker.loop("feast-push", pusher.run)
     worker.retain(*Keys(config.key_prefix, config.model_name).streams)

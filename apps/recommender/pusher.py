@@ -82,10 +82,10 @@ class FeastPusher:
     """Applies batches of updates to Feast; see the module docstring."""
 
     def __init__(self, client: redis.Redis, store: Callable[[], FeatureWriter], *,
-                 on_items: Callable[[], None] = lambda: None) -> None:
+                 on_items: Callable[[list[str]], None] = lambda ids: None) -> None:
         self.client = client
         self.store = store
-        self.on_items = on_items  # the catalogue snapshot must be republished
+        self.on_items = on_items  # these items' flags must be republished
 
     def handle(self, entries: Sequence[Entry], tx: Any) -> dict[str, str]:
         rejected: dict[str, str] = {}
@@ -119,8 +119,8 @@ class FeastPusher:
             record_overrides(self.client, {u: (row.get("segment"), at)
                                            for u, (row, at) in users.items()})
             publish_overrides(self.client)
-        if "item" in applied:
-            self.on_items()
+        if applied.get("item"):
+            self.on_items(list(applied["item"]))
         return rejected
 
     def _push(self, store: FeatureWriter, kind: str, updates: dict[str, Update]

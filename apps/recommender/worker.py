@@ -21,12 +21,15 @@ worker's push is never published after that worker's newer one.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import redis
 
 from mlplatform.config import Settings
@@ -37,7 +40,13 @@ from mlplatform.snapshots import SnapshotStore
 from mlplatform.streams import Consumer, consumer_name
 from mlplatform.worker import Worker
 from recommender.bundle import ModelBundle
-from recommender.catalogue import CATALOGUE_KEY, decode_catalogue, encode_catalogue, read_item_state
+from recommender.catalogue import (
+    CATALOGUE_KEY,
+    ItemState,
+    decode_catalogue,
+    encode_catalogue,
+    read_item_state,
+)
 from recommender.data import DEFAULT_EVENT_WEIGHTS
 from recommender.history import STREAM_KEY
 from recommender.pusher import FeastPusher
@@ -51,6 +60,7 @@ log = logging.getLogger(__name__)
 DEAD_LETTERS = "mlsuite:rec:dead-letters"
 CATALOGUE_LOCK = "mlsuite:rec:catalogue:lock"
 POPULARITY_LEASE = "mlsuite:rec:popularity:lease"
+MAX_DUTY = 0.02  # share of a worker's time full catalogue reads may take
 
 
 @dataclass(frozen=True)
@@ -59,7 +69,9 @@ class WorkerConfig:
 
     model_name: str = "recommender"
     alias: str = "production"
-    catalogue_seconds: float = 2.0
+    # Full re-read of the catalogue from Feast (what was written there directly); updates
+    # pushed by this service are patched in at once.
+    catalogue_seconds: float = 30.0
     popularity_seconds: float = 2.0
     overrides_seconds: float = 60.0
     retry_seconds: float = 5.0  # Feast down: pending updates are retried this often
@@ -117,7 +129,14 @@ class FeastHandle:
 
 
 class CataloguePublisher:
-    """Reads the served version's item flags from Feast and publishes the catalogue."""
+    """Reads the served version's item flags from Feast and publishes the catalogue.
+
+    Two ways: ``publish`` reads every item of the version (at start, on a promotion, and
+    every ``period`` to pick up what was written to Feast without going through this
+    service), stretched so reads take at most ``MAX_DUTY`` of the time; ``patch`` reads
+    only the items an update batch just pushed and writes them into the published flags,
+    so a PUT shows at once without re-reading the catalogue.
+    """
 
     def __init__(self, client: redis.Redis, served: Served, feast: FeastHandle,
                  period: float) -> None:
@@ -125,53 +144,126 @@ class CataloguePublisher:
         self.lock = Lease(client, CATALOGUE_LOCK, ttl_seconds=10)
         self.served, self.feast, self.period = served, feast, period
         self._kicked = threading.Event()
+        self._full = True
+        self._pending: set[str] = set()
+        self._pending_lock = threading.Lock()
+        self._read_seconds = 0.0
 
-    def kick(self) -> None:
-        """Publish now (after a push, or a promotion) instead of at the next period."""
+    def kick(self, item_ids: Collection[str] | None = None) -> None:
+        """Publish now instead of at the next period: only ``item_ids`` (just pushed), or
+        the whole catalogue (None: a promotion)."""
+        with self._pending_lock:
+            if item_ids is None:
+                self._full = True
+            else:
+                self._pending.update(item_ids)
         self._kicked.set()
 
     def run(self, stop: threading.Event) -> None:
         failing = False
+        next_full = 0.0
         while not stop.is_set():
-            due = time.monotonic() + self.period
-            while not (stop.is_set() or self._kicked.is_set()) and time.monotonic() < due:
+            while not (stop.is_set() or self._kicked.is_set()) \
+                    and time.monotonic() < next_full:
                 self._kicked.wait(0.05)
             if stop.is_set():
                 return
             self._kicked.clear()
+            with self._pending_lock:
+                full = self._full or time.monotonic() >= next_full
+                pending, self._pending, self._full = self._pending, set(), False
             try:
-                self.publish()
+                if full:
+                    self.publish()
+                    next_full = time.monotonic() + max(self.period,
+                                                       self._read_seconds / MAX_DUTY)
+                elif pending:
+                    self.patch(pending)
                 failing = False
             except (redis.RedisError, TimeoutError) as exc:
                 if not failing:
                     log.warning("catalogue: cannot publish (%s); will retry", exc)
                 failing = True
-                self._kicked.set()
+                self.kick(None if full else pending)
                 stop.wait(0.5)
 
-    def publish(self) -> str:
-        """Read Feast and publish (under the lock); what was published."""
-        served = self.served.get()
-        if served is None:
-            return "no model served yet"
-        version, bundle = served
-        ids = [str(i) for i in bundle.items.ids.tolist()]
+    def _locked(self) -> None:
         deadline = time.monotonic() + 5.0
         while not self.lock.acquire():  # another worker is publishing: wait for it
             if time.monotonic() > deadline:
                 raise TimeoutError("catalogue lock held for more than 5 s")
             time.sleep(0.02)
+
+    def publish(self) -> str:
+        """Read every item from Feast and publish (under the lock); what was published."""
+        served = self.served.get()
+        if served is None:
+            return "no model served yet"
+        version, bundle = served
+        ids = [str(i) for i in bundle.items.ids.tolist()]
+        self._locked()
         try:
+            started = time.perf_counter()
             state = read_item_state(self.feast.reader(), ids, bundle.categories,
                                     bundle.item_category)
+            self._read_seconds = time.perf_counter() - started
             if state.degraded:
                 state = self._last_good(version.label) or state
-            body, meta = encode_catalogue(state, ids, version.label,
-                                          refresh_seconds=self.period)
-            self.store.publish(body, meta)
+            self._publish(state, ids, version.label)
         finally:
             self.lock.release()
         return f"{version.label}: {int(state.in_stock.sum())}/{len(ids)} in stock ({state.source})"
+
+    def patch(self, item_ids: Collection[str]) -> str:
+        """Re-read only ``item_ids`` from Feast and write them into the published flags
+        (the whole catalogue when there is none yet for the served version)."""
+        served = self.served.get()
+        if served is None:
+            return "no model served yet"
+        version, bundle = served
+        snapshot = self.store.read()
+        current = decode_catalogue(snapshot) if snapshot is not None else None
+        if current is None or current.model != version.label or current.state.degraded:
+            return self.publish()
+        found = [(i, bundle.items.lookup(i)) for i in sorted(item_ids)]
+        known = [(i, k) for i, k in found if k is not None]  # others: not in the model
+        if not known:
+            return "no served item changed"
+        self._locked()
+        try:
+            snapshot = self.store.read()  # again, under the lock: the newest flags
+            if snapshot is None:
+                return self.publish()
+            state = decode_catalogue(snapshot).state
+            rows = np.array([k for _, k in known])
+            sub = read_item_state(self.feast.reader(), [i for i, _ in known],
+                                  bundle.categories, bundle.item_category[rows])
+            if sub.degraded:
+                raise TimeoutError("feast read of the updated items failed")
+            categories = list(state.categories)
+            for name in sub.categories:
+                if name not in categories:
+                    categories.append(name)  # appended: existing codes keep their meaning
+            remap = np.array([categories.index(c) for c in sub.categories] + [-1], np.int16)
+            in_stock, category = state.in_stock.copy(), state.category.copy()
+            in_stock[rows] = sub.in_stock
+            category[rows] = remap[sub.category]
+            price = None
+            if state.price is not None and sub.price is not None:
+                price = state.price.copy()
+                price[rows] = sub.price
+            patched = ItemState(in_stock, category, categories, "feast", state.loaded_at,
+                                price)
+            self._publish(patched, [str(i) for i in bundle.items.ids.tolist()], version.label)
+        finally:
+            self.lock.release()
+        return f"{version.label}: {len(known)} items patched"
+
+    def _publish(self, state: ItemState, ids: list[str], model: str) -> None:
+        body, meta = encode_catalogue(state, ids, model, refresh_seconds=self.period)
+        # Same flags as published: republished once a minute only (its age), not handed
+        # to every request worker to decode every period.
+        self.store.publish_changed(body, meta, digest=catalogue_digest(state, model))
 
     def _last_good(self, model: str) -> Any:
         """The published flags of ``model`` marked stale: Feast failed, keep filtering."""
@@ -198,11 +290,22 @@ class PopularityPublisher:
         if served is None or not self.lease.acquire():
             return None
         version, bundle = served
-        body, meta = encode_popularity(self.counter.read(),
-                                       [str(i) for i in bundle.items.ids.tolist()],
+        counts = self.counter.read()
+        body, meta = encode_popularity(counts, [str(i) for i in bundle.items.ids.tolist()],
                                        version.label)
-        self.store.publish(body, meta)
+        # No new event: the ranking is unchanged (decay scales every item alike), so
+        # republish only once a minute.
+        self.store.publish_changed(body, meta, digest=f"{version.label}:{counts.events}")
         return None
+
+
+def catalogue_digest(state: Any, model: str) -> str:
+    """What identifies a catalogue's flags (not when they were read)."""
+    digest = hashlib.sha256(f"{model}|{state.source}|{state.categories}".encode())
+    for array in (state.in_stock, state.category, state.price):
+        if array is not None:
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:32]
 
 
 def build(settings: Settings, worker: Worker, config: WorkerConfig | None = None) -> None:
@@ -226,8 +329,14 @@ def build(settings: Settings, worker: Worker, config: WorkerConfig | None = None
                             claim_idle_ms=int(config.retry_seconds * 1000),
                             claim_every_seconds=min(1.0, config.retry_seconds)))
     worker.loop("catalogue", catalogue.run)
-    # Set Feast up now (seconds: imports, registry), not on the first PUT's batch.
-    worker.loop("feast-setup", lambda _stop: push_feast.reader() and None)
+    # Set Feast up and publish the first catalogue before the worker says it runs:
+    # importing Feast takes seconds of CPU, which must not land in the first requests.
+    push_feast.reader()
+    try:
+        log.info("catalogue: %s", catalogue.publish())
+    except (redis.RedisError, TimeoutError) as exc:
+        log.warning("catalogue: first publication failed (%s); retrying in the background",
+                    exc)
     worker.loop("served-model", lambda stop: (stop.wait(), served.live.stop(), None)[-1])
     worker.every("popularity", config.popularity_seconds, popularity.publish, first_after=0.0)
     worker.every("user-overrides", config.overrides_seconds, lambda: publish_overrides(client))

@@ -69,6 +69,9 @@ class Settings:
     stream_maxlen: int = 1_000_000
     # How often the worker runs retention (archive + trim) on each stream.
     archive_interval_seconds: float = 10.0
+    # Scheduling priority added to worker processes (os.nice): on a machine shared with
+    # request workers, background work takes the CPU they leave.
+    worker_nice: int = 10
     # Seconds between scheduled runs of the retraining pipeline in the worker; 0 = off.
     retrain_interval: float = 0.0
     # The lake (parquet archive of every stream); unset: <data_dir>/lake. A shared volume
@@ -183,6 +186,8 @@ def _parse(name: str, text: str) -> Any:
             return parsed
         case "stream_maxlen":
             return integer(0)
+        case "worker_nice":
+            return integer(0, 19)
         case "secret_key":
             if text and len(text) < 16:
                 raise ConfigError(f"{var} must be at least 16 characters (a random secret)")

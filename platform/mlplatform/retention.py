@@ -81,10 +81,14 @@ class ArchiveResult:
 
 
 class Archiver:
-    """Archives and trims one stream: ``run_once()`` from the worker's periodic loop."""
+    """Archives and trims one stream: ``run_once()`` from the worker's periodic loop.
+
+    Reads go ``chunk`` entries at a time: Redis answers each read in one go, and a reply
+    of thousands of decision records would hold it (and every request) for milliseconds.
+    """
 
     def __init__(self, client: redis.Redis, lake: Lake, stream: str, *,
-                 retention_seconds: float, maxlen: int = 0, chunk: int = 5000,
+                 retention_seconds: float, maxlen: int = 0, chunk: int = 500,
                  max_per_run: int = 200_000) -> None:
         self.client = client
         self.lake = lake
@@ -118,32 +122,30 @@ class Archiver:
         length = int(self.client.xlen(self.stream))  # type: ignore[arg-type]
         age_cut_ms = int((now - self.retention_seconds) * 1000)
         excess = max(0, length - self.maxlen) if self.maxlen else 0
-        position = 0
+        position = 0  # entries from the start of the stream looked at so far
         archived = 0
         start = "-"
-        done = False
-        while not done and archived < self.max_per_run:
-            batch: Any = self.client.xrange(self.stream, start, "+", count=self.chunk)
+        # Only entries that are due are read: past retention (an id range that ends at
+        # the cut, so a stream with nothing due costs one empty reply), then the oldest
+        # beyond the length cap.
+        while archived < self.max_per_run and age_cut_ms > 0:
+            batch: Any = self.client.xrange(self.stream, start, str(age_cut_ms - 1),
+                                            count=self.chunk)
             if not batch:
                 break
-            todo: list[tuple[str, Any]] = []
-            for raw_id, fields in batch:
-                sid = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
-                due = id_ms(sid) < age_cut_ms or position < excess
-                if not due:
-                    done = True
-                    break
-                position += 1
-                if not id_before(cursor, sid):
-                    continue  # archived by an earlier run, kept by a consumer group
-                todo.append((sid, fields))
-            if todo:
-                self.lake.write(self.stream, todo)
-                cursor = todo[-1][0]
-                self.client.set(self.cursor_key, cursor)
-                archived += len(todo)
-            last = batch[-1][0]
-            start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+            cursor, n = self._archive(batch, cursor)
+            archived += n
+            position += len(batch)
+            start = "(" + _text(batch[-1][0])
+        while archived < self.max_per_run and position < excess:
+            batch = self.client.xrange(self.stream, start, "+",
+                                       count=min(self.chunk, excess - position))
+            if not batch:
+                break
+            cursor, n = self._archive(batch, cursor)
+            archived += n
+            position += len(batch)
+            start = "(" + _text(batch[-1][0])
         trimmed, held_by = self._trim(cursor) if cursor != "0-0" else (0, None)
         length = int(self.client.xlen(self.stream))  # type: ignore[arg-type]
         self._archived.inc(archived)
@@ -159,6 +161,17 @@ class Archiver:
             log.info("retention %s: archived %d, trimmed %d, %d left%s", self.stream, archived,
                      trimmed, length, f" (group {held_by} holds the rest)" if held_by else "")
         return ArchiveResult(self.stream, archived, trimmed, length, cursor, held_by)
+
+    def _archive(self, batch: Any, cursor: str) -> tuple[str, int]:
+        """Append the entries of ``batch`` after ``cursor`` to the lake, then move the
+        cursor (the file is durable first); the new cursor and how many were written."""
+        todo = [(_text(i), fields) for i, fields in batch if id_before(cursor, _text(i))]
+        if not todo:  # archived by an earlier run, kept by a consumer group
+            return cursor, 0
+        self.lake.write(self.stream, todo)
+        cursor = todo[-1][0]
+        self.client.set(self.cursor_key, cursor)
+        return cursor, len(todo)
 
     def _trim(self, cursor: str) -> tuple[int, str | None]:
         """Trim up to the archive cursor, never past what a consumer group still needs."""

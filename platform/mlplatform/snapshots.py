@@ -99,6 +99,21 @@ class SnapshotStore:
         seq = int(tx.execute()[0])
         return seq
 
+    def publish_changed(self, body: bytes, meta: Mapping[str, Any] | None, *, digest: str,
+                        refresh_seconds: float = 60.0) -> int | None:
+        """``publish`` unless the current snapshot has the same ``digest`` and is younger
+        than ``refresh_seconds`` (then None): every replica decodes each new version, so
+        an unchanged state is not handed to them again every period. The digest is kept
+        with the snapshot, so several publishing workers agree on it."""
+        current: Any = self.client.hmget(self.key, ["digest", "at"])
+        previous, at = current
+        if previous is not None and previous.decode() == digest and at is not None \
+                and time.time() - float(at) < refresh_seconds:
+            return None
+        seq = self.publish(body, meta)
+        self.client.hset(self.key, "digest", digest)
+        return seq
+
     def seq(self) -> int:
         raw: Any = self.client.hget(self.key, "seq")
         return int(raw) if raw else 0

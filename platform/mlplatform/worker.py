@@ -214,6 +214,10 @@ def run_worker(service: str, settings: Settings, *, metrics_port: int | None = N
                           "services use (`mlsuite demo` and `mlsuite serve` start one)")
     if metrics_port is not None:
         _serve_metrics(metrics_port)
+    if settings.worker_nice:
+        # Background work yields the CPU to request workers on a shared machine: a
+        # catalogue read or a training run must not show up in request latency.
+        os.nice(settings.worker_nice)
     client = connect(settings.redis_url, socket_timeout=5.0)
     worker = build_worker(service, settings, client)
     try:
