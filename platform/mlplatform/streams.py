@@ -43,6 +43,7 @@ __all__ = [
     "Handler",
     "Consumer",
     "DEAD_LETTERS",
+    "backlog",
     "consumer_name",
     "ensure_group",
     "dead_letter_fields",
@@ -108,6 +109,23 @@ def ensure_group(client: redis.Redis, stream: str, group: str, start: str = "0")
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
+
+
+def backlog(client: redis.Redis) -> dict[str, int]:
+    """Per ``stream/group``: entries handed out but not acked, plus one if the group has
+    not been handed the stream's newest entry yet (0 everywhere: the workers are idle)."""
+    out: dict[str, int] = {}
+    for key in client.scan_iter(_type="STREAM", count=1000):
+        stream = _s(key)
+        groups: Any = client.xinfo_groups(stream)
+        if not groups:
+            continue
+        info: Any = client.xinfo_stream(stream)
+        last = _s(info["last-generated-id"])
+        for g in groups:
+            behind = _s(g["last-delivered-id"]) != last and info["length"] > 0
+            out[f"{stream}/{_s(g['name'])}"] = int(g["pending"]) + int(behind)
+    return out
 
 
 def dead_letter_fields(entry: Entry, group: str, reason: str) -> dict[str, str]:

@@ -151,3 +151,16 @@ def test_retry_keeps_entries_pending_with_this_consumer(redis_client: redis.Redi
     feast_up = True
     c.drain()  # its own pending entries, re-read without waiting for a reclaim
     assert applied(redis_client) == (3, 2) and c.pending() == 0
+
+
+def test_backlog_counts_what_groups_have_left(redis_client: redis.Redis) -> None:
+    from mlplatform.streams import backlog
+
+    ensure_group(redis_client, STREAM, GROUP)
+    assert backlog(redis_client) == {f"{STREAM}/{GROUP}": 0}
+    add(redis_client, 1, 2)
+    assert backlog(redis_client)[f"{STREAM}/{GROUP}"] == 1  # not handed out yet
+    redis_client.xreadgroup(GROUP, "c", {STREAM: ">"}, count=2)
+    assert backlog(redis_client)[f"{STREAM}/{GROUP}"] == 2  # handed out, not acked
+    consumer(redis_client, "c", claim_idle_ms=0).drain()
+    assert backlog(redis_client) == {f"{STREAM}/{GROUP}": 0}

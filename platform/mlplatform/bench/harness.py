@@ -119,6 +119,32 @@ def measure_endpoint(endpoint: Endpoint, host: str, port: int, opts: BenchOption
     return row
 
 
+def _wait_for_idle_workers(stack: Stack, say: Callable[[str], None],
+                           timeout: float = 120.0) -> None:
+    """Let the background workers finish what the previous endpoint queued (e.g. the
+    events it posted) before measuring the next: the bench measures request paths, and
+    on one machine a worker catching up takes the CPU they would get."""
+    from mlplatform.redisdb import connect
+    from mlplatform.streams import backlog
+
+    if not stack.settings.redis_url:
+        return
+    client = connect(stack.settings.redis_url)
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < timeout:
+            left = {k: v for k, v in backlog(client).items() if v}
+            if not left:
+                waited = time.monotonic() - started
+                if waited > 1:
+                    say(f"  (waited {waited:.0f}s for the workers to finish their backlog)")
+                return
+            time.sleep(0.5)
+        say(f"  warning: workers still behind after {timeout:.0f}s: {left}")
+    finally:
+        client.close()
+
+
 def run_bench(settings: Settings, opts: BenchOptions, say: Callable[[str], None] = print
               ) -> dict[str, Any]:
     """Everything ``mlsuite bench`` does; returns the report (also written as JSON)."""
@@ -134,6 +160,7 @@ def run_bench(settings: Settings, opts: BenchOptions, say: Callable[[str], None]
                          or any(o in e.name for o in opts.only)]
         say("")
         for endpoint in endpoints:
+            _wait_for_idle_workers(stack, say)
             row = measure_endpoint(endpoint, "127.0.0.1", stack.ports[endpoint.service], opts, say)
             rows.append(row)
             dead = [s for s in opts.services if s not in stack.alive()]
