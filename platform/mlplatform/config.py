@@ -65,7 +65,7 @@ class Settings:
     model_poll_seconds: float = 1.0
     # Streams: entries older than this (or beyond stream_maxlen) are archived to the
     # lake and trimmed from Redis by the worker; 0 length = no length cap.
-    stream_retention_seconds: float = 86_400.0
+    stream_retention_seconds: float = 3_600.0
     stream_maxlen: int = 1_000_000
     # How often the worker runs retention (archive + trim) on each stream.
     archive_interval_seconds: float = 10.0
