@@ -65,3 +65,20 @@ def shop_dir(sim_data_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def payments_dir(sim_data_dir: Path) -> Path:
     return sim_data_dir / "payments"
+
+
+@pytest.fixture
+def pipeline_data_dir(pipeline_template: Path, tmp_path: Path,
+                      monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private copy of the requesting module's ``pipeline_template`` data folder, which
+    the CLI reads as MLSUITE_DATA_DIR (settings are read once per process: re-read)."""
+    import shutil
+
+    from mlplatform.config import get_settings
+
+    folder = tmp_path / "data"
+    shutil.copytree(pipeline_template, folder)
+    monkeypatch.setenv("MLSUITE_DATA_DIR", str(folder))
+    get_settings.cache_clear()
+    yield folder
+    get_settings.cache_clear()

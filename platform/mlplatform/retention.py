@@ -128,24 +128,22 @@ class Archiver:
         # Only entries that are due are read: past retention (an id range that ends at
         # the cut, so a stream with nothing due costs one empty reply), then the oldest
         # beyond the length cap.
-        while archived < self.max_per_run and age_cut_ms > 0:
-            batch: Any = self.client.xrange(self.stream, start, str(age_cut_ms - 1),
-                                            count=self.chunk)
-            if not batch:
-                break
-            cursor, n = self._archive(batch, cursor)
-            archived += n
-            position += len(batch)
-            start = "(" + _text(batch[-1][0])
-        while archived < self.max_per_run and position < excess:
-            batch = self.client.xrange(self.stream, start, "+",
-                                       count=min(self.chunk, excess - position))
-            if not batch:
-                break
-            cursor, n = self._archive(batch, cursor)
-            archived += n
-            position += len(batch)
-            start = "(" + _text(batch[-1][0])
+        # (last id to read, how many from the start at most): past retention, then the
+        # oldest beyond the length cap.
+        phases: list[tuple[str, int | None]] = [("+", excess)]
+        if age_cut_ms > 0:
+            phases.insert(0, (str(age_cut_ms - 1), None))
+        for end, limit in phases:
+            while archived < self.max_per_run:
+                count = self.chunk if limit is None else min(self.chunk, limit - position)
+                batch: Any = self.client.xrange(self.stream, start, end, count=count) \
+                    if count > 0 else None
+                if not batch:
+                    break
+                cursor, n = self._archive(batch, cursor)
+                archived += n
+                position += len(batch)
+                start = "(" + _text(batch[-1][0])
         trimmed, held_by = self._trim(cursor) if cursor != "0-0" else (0, None)
         length = int(self.client.xlen(self.stream))  # type: ignore[arg-type]
         self._archived.inc(archived)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ from fraud.config import FraudConfig
 from fraud.models import Artifact
 from fraud.training import load_dataset, train
 from mlplatform.cli import cli
-from mlplatform.config import get_settings
 from mlplatform.lake import Lake
 from mlplatform.registry import ModelRegistry
 
@@ -63,15 +61,9 @@ def pipeline_template(tmp_path_factory: pytest.TempPathFactory, payments_dir: Pa
 
 
 @pytest.fixture
-def data_dir(pipeline_template: Path, tmp_path: Path,
-             monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A private copy of the template, which the CLI reads as MLSUITE_DATA_DIR."""
-    folder = tmp_path / "data"
-    shutil.copytree(pipeline_template, folder)
-    monkeypatch.setenv("MLSUITE_DATA_DIR", str(folder))
-    get_settings.cache_clear()  # settings are read once per process: read these
-    yield folder
-    get_settings.cache_clear()
+def data_dir(pipeline_data_dir: Path) -> Path:
+    """A private copy of this module's ``pipeline_template`` (tests/conftest.py)."""
+    return pipeline_data_dir
 
 
 def run() -> tuple[Result, dict[str, Any]]:

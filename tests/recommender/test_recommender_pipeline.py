@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from mlplatform.cli import cli
-from mlplatform.config import Settings, get_settings
+from mlplatform.config import Settings
 from mlplatform.lake import Lake
 from mlplatform.registry import ModelRegistry
 from recommender.pipeline import EVENTS_STREAM
@@ -53,15 +52,9 @@ def pipeline_template(tmp_path_factory: pytest.TempPathFactory, shop_dir: Path) 
 
 
 @pytest.fixture
-def data_dir(pipeline_template: Path, tmp_path: Path,
-             monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A private copy of the template, which the CLI reads as MLSUITE_DATA_DIR."""
-    folder = tmp_path / "data"
-    shutil.copytree(pipeline_template, folder)
-    monkeypatch.setenv("MLSUITE_DATA_DIR", str(folder))
-    get_settings.cache_clear()  # settings are read once per process: read these
-    yield folder
-    get_settings.cache_clear()
+def data_dir(pipeline_data_dir: Path) -> Path:
+    """A private copy of this module's ``pipeline_template`` (tests/conftest.py)."""
+    return pipeline_data_dir
 
 
 def run(*args: str) -> tuple[Result, dict[str, Any]]:
