@@ -56,7 +56,9 @@ def ensure_trained(settings: Settings, config: Any) -> None:
     if not path.is_file():
         raise MLSuiteError(f"no transactions at {path}: run `mlsuite simulate` first")
     data = load_dataset(path, extra_fields=config.extra_fields, progress=True)
-    train(data, registry, config, promote=True, progress=True)
+    # Only the served model: the batch baseline (`mlsuite fraud train`) serves nobody, and
+    # `make demo` should be up in seconds, not wait for it.
+    train(data, registry, config, promote=True, batch=False, progress=True)
 
 
 def seed_velocity(settings: Settings, config: Any, path: Path, *, force: bool) -> int:
