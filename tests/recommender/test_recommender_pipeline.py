@@ -145,3 +145,28 @@ def test_no_data_after_productions_cutoff_is_refused_not_a_fake_win(data_dir: Pa
     assert result.exit_code == 3
     assert "decision: refused: no data newer than production's data cutoff" in result.stdout
     assert ModelRegistry(data_dir / "models").aliases("recommender") == {"production": 1}
+
+
+def test_the_worker_runs_the_pipeline_on_its_schedule(
+        data_dir: Path, redis_client: Any, redis_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from mlplatform.worker import Worker, heartbeats
+
+    monkeypatch.setenv("MLSUITE_PIPELINE_TOLERANCE", "0.05")  # ndcg is noisy on a tiny shop
+    settings = Settings.from_env({}).with_(data_dir=data_dir, redis_url=redis_url,
+                                           retrain_interval=0.2)
+    worker = Worker("recommender", settings, redis_client)  # the platform's jobs only
+    worker.start()
+    try:
+        registry = ModelRegistry(data_dir / "models")
+        deadline = time.monotonic() + 60
+        while "candidate" not in registry.aliases("recommender"):
+            assert time.monotonic() < deadline, "no candidate registered by the schedule"
+            time.sleep(0.1)
+        assert registry.aliases("recommender")["production"] == 1  # never moved
+        [beat] = heartbeats(redis_client, "recommender")
+        assert "pipeline" in beat["jobs"]
+    finally:
+        worker.stop()
