@@ -64,8 +64,11 @@ def test_a_worker_killed_mid_batch_leaves_pending_labels_another_applies_exactly
 
     b = make_learner("worker-b", learner_lease_seconds=0.3)
     assert b.step() == 0 and not b.lease.held, "A's lease is still live: B stands by"
-    time.sleep(0.35)  # A stopped renewing: its lease expires
-    b.step()
+    # A stopped renewing: once its lease expires, B takes it over.
+    deadline = time.monotonic() + 5
+    while not b.lease.held:
+        assert time.monotonic() < deadline, "B never took the expired lease over"
+        b.step()
     _drain(b)
     assert b.last_rebuild == {"source": "checkpoint", "checkpoint_labels": 4, "replayed": 6}
     assert b.state is not None and b.state.labels == 10 and b.state.offset == offsets[-1]
