@@ -68,6 +68,14 @@ class FraudConfig:
     positive_weight: float = 5.0
     # Every Redis key of the service starts with this (lets a bench or test run beside prod).
     key_prefix: str = "fraud:"
+    # Rules before and after the model (TOML); empty: the rules.toml shipped in the package.
+    rules_file: str = ""
+    # How often a request worker looks at the rules file's mtime (never a read per request).
+    rules_check_seconds: float = 1.0
+    # Most values one list (blocked_cards, trusted_merchants, ...) may hold.
+    list_max_values: int = 100_000
+    # Open review cases older than this are counted as overdue (metric, GET /v1/reviews).
+    review_max_age_seconds: int = 4 * 3600
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> FraudConfig:
@@ -135,6 +143,7 @@ _FLOATS = {
     "learner_lease_seconds": (0.0, 3600.0),
     "follow_seconds": (0.0, 60.0),
     "positive_weight": (0.0, 1e6),
+    "rules_check_seconds": (0.0, 3600.0),
 }
 _INTS = {
     "top_reasons": (0, 50),
@@ -142,6 +151,8 @@ _INTS = {
     "decision_ttl_seconds": (60, 10 * 365 * 86400),
     "profile_cache_size": (0, 10**9),
     "learner_block_ms": (1, 60_000),
+    "list_max_values": (1, 10_000_000),
+    "review_max_age_seconds": (1, 365 * 86400),
 }
 
 
@@ -179,6 +190,10 @@ def _parse(name: str, value: Any) -> Any:
     if name in ("model_name", "model_alias", "key_prefix"):
         if not isinstance(text, str) or not text:
             raise ConfigError(f"{var} must be a non-empty string, got {value!r}")
+        return text
+    if name == "rules_file":  # empty: the shipped default (checked when the rules load)
+        if not isinstance(text, str):
+            raise ConfigError(f"{var} must be a path to a TOML rules file, got {value!r}")
         return text
     raise ConfigError(f"{var} is not a fraud setting")
 

@@ -17,6 +17,12 @@ __all__ = [
     "DRIFT_ACTIVE",
     "DRIFT_DETECTIONS",
     "SNAPSHOTS",
+    "RULE_HITS",
+    "RULE_RELOADS",
+    "LIST_CHANGES",
+    "REVIEWS_OPEN",
+    "REVIEWS_OVERDUE",
+    "REVIEWS_CLOSED",
 ]
 
 SCORES = Histogram(
@@ -45,3 +51,26 @@ DRIFT_DETECTIONS = Gauge(
     ["stream"], multiprocess_mode="max",
 )
 SNAPSHOTS = Counter("mlsuite_fraud_model_snapshots_total", "Model snapshots written to Redis")
+
+# Rules, lists and the review queue (fraud.rules, fraud.lists, fraud.reviews).
+RULE_HITS = Counter(
+    "mlsuite_fraud_rule_hits_total", "Rules that fired, by rule and action", ["rule", "action"]
+)
+RULE_RELOADS = Counter(
+    "mlsuite_fraud_rule_reloads_total", "Rules file (re)loads by result (ok, error)", ["result"]
+)
+LIST_CHANGES = Counter(
+    "mlsuite_fraud_list_changes_total", "Values put on or deleted from a list", ["list", "op"]
+)
+# Read from Redis when /metrics is scraped: every process sees the same queue.
+REVIEWS_OPEN = Gauge(
+    "mlsuite_fraud_reviews_open", "Open review cases", multiprocess_mode="mostrecent"
+)
+REVIEWS_OVERDUE = Gauge(
+    "mlsuite_fraud_reviews_overdue",
+    "Open review cases older than MLSUITE_FRAUD_REVIEW_MAX_AGE_SECONDS",
+    multiprocess_mode="mostrecent",
+)
+REVIEWS_CLOSED = Counter(
+    "mlsuite_fraud_reviews_closed_total", "Review cases closed, by outcome", ["outcome"]
+)
