@@ -29,6 +29,7 @@ _LAZY = {
     "loadtest": EntryPoint("loadtest", "mlplatform.loadtest:loadtest", "mlsuite.lazy"),
     "soak": EntryPoint("soak", "mlplatform.bench.soak:soak", "mlsuite.lazy"),
     "pipeline": EntryPoint("pipeline", "mlplatform.pipeline.cli:pipeline", "mlsuite.lazy"),
+    "experiments": EntryPoint("experiments", "mlplatform.experiments.cli:experiments", "mlsuite.lazy"),
     "rollout": EntryPoint("rollout", "mlplatform.rollouts.cli:rollout", "mlsuite.lazy"),
 }
 
