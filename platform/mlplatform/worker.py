@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_PREFIX = "mlsuite:worker:"
 HEARTBEAT_SECONDS = 2.0
+ROLLOUT_TICK_SECONDS = 0.5
 
 
 def worker_names() -> list[str]:
@@ -165,6 +166,14 @@ class Worker:
             return
         self._platform_added = True
         self.every("heartbeat", HEARTBEAT_SECONDS, self.heartbeat)
+        # Rollouts of this service's models: the controller checks each one's guards at
+        # its interval (one worker per rollout, by lease; see mlplatform.rollouts).
+        from mlplatform.registry import ModelRegistry
+        from mlplatform.rollouts.controller import RolloutController
+
+        registry = ModelRegistry(self.settings.data_dir / "models")
+        self.rollouts = RolloutController(self.client, registry, self.service)
+        self.every("rollouts", ROLLOUT_TICK_SECONDS, self.rollouts.tick, first_after=0.2)
         if self.streams:
             from mlplatform.lake import Lake
             from mlplatform.retention import Archiver
