@@ -10,6 +10,9 @@ Endpoints:
   (``?sync=true`` first waits until every label posted so far is learned by the worker).
 - ``PUT /v1/cards/<card_id>``, ``PUT /v1/merchants/<merchant_id>``: a whole profile ->
   202 ``{"queued": <stream id>, ...}`` once queued for the worker's push to Feast.
+- Lists, rules and the review queue (``fraud.ops_views``): ``GET /v1/lists``,
+  ``PUT|DELETE /v1/lists/<list>/<value>``, ``GET /v1/rules``, ``GET /v1/reviews``,
+  ``POST /v1/reviews/<transaction_id>``.
 
 The app loads what requests need (model, profiles) in ``create_app``, before serving.
 
@@ -24,6 +27,7 @@ from flask import Blueprint, Flask, current_app, jsonify
 
 from fraud.config import FraudConfig
 from fraud.labels import parse_labels
+from fraud.ops_views import init_app as init_ops
 from fraud.profiles import CachedProfiles, FeastProfiles, ProfileSource
 from fraud.schema import parse_transaction, parse_transactions
 from fraud.service import FraudService
@@ -64,6 +68,7 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
     if feast is not None:
         add_readiness_check(app, "feast", feast.ping)
     app.register_blueprint(bp)
+    init_ops(app, service)  # lists, rules policy, review queue: app.extensions["fraud.*"]
     return app
 
 
