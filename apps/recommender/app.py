@@ -24,6 +24,10 @@ RECOMMENDER_MAX_BATCH_USERS         users per batch request (1000)
 RECOMMENDER_MAX_EVENTS_PER_REQUEST  events per POST /v1/events (1000)
 RECOMMENDER_EXPERIMENT              an ``Experiment`` to use instead of the file's
 =================================== ==============================================
+
+With Redis and an experiment, every served list is recorded for the A/B analysis
+(``recommender.attribution.ExposureLog``, one pipelined write per request) and
+``GET /v1/experiments/<name>`` serves the reports of the configured experiments.
 """
 
 from __future__ import annotations
@@ -35,15 +39,18 @@ from flask import Flask
 
 from mlplatform.assignment import Experiment, load_experiments
 from mlplatform.config import Settings, get_settings
+from mlplatform.errors import ConfigError
+from mlplatform.experiments import ExperimentDefinition, load_definitions
 from mlplatform.http import add_readiness_check, create_service_app
 from mlplatform.registry import ModelRegistry
+from recommender.attribution import ExposureLog
 from recommender.catalogue import FeatureReader, SegmentCache
 from recommender.engine import SERVICE, Engine
 from recommender.history import HistoryStore
 from recommender.live import LiveState
 from recommender.models import limit_blas_threads
 from recommender.updates import UpdateQueue
-from recommender.views import bp
+from recommender.views import EXPERIMENTS, EXPOSURES, bp
 
 __all__ = ["EXPERIMENT", "MODEL_NAME", "create_app"]
 
@@ -101,12 +108,40 @@ def create_app(settings: Settings | None = None,
                     experiment=experiment if isinstance(experiment, Experiment) else None,
                     poll_seconds=settings.model_poll_seconds)
     app.extensions["recommender.engine"] = engine
+    definitions = _experiment_definitions(settings, engine.experiment)
+    app.extensions[EXPERIMENTS] = definitions
+    if redis_client is not None and engine.experiment is not None:
+        app.extensions[EXPOSURES] = ExposureLog(redis_client,
+                                                definitions[engine.experiment.name])
     app.register_blueprint(bp)
     engine.start()  # before the server takes traffic: no request ever loads the model
 
     add_readiness_check(app, "model", lambda: engine.current().version.label)
     add_readiness_check(app, "item_features", lambda: _items_detail(engine))
     return app
+
+
+def _experiment_definitions(settings: Settings, served: Experiment | None
+                            ) -> dict[str, ExperimentDefinition]:
+    """The experiments to report on: the file's, with the served one as it is served
+    (an override keeps the file's control, window and limits where they still apply)."""
+    try:
+        definitions = load_definitions(settings.experiments_file)
+    except ConfigError as exc:
+        log.warning("experiment definitions unavailable: %s", exc)
+        definitions = {}
+    if served is not None:
+        known = definitions.get(served.name)
+        if known is None or known.experiment != served:
+            table: dict[str, Any] = {}
+            if known is not None:
+                table = {"attribution_window": known.window_seconds,
+                         "max_error_rate": known.max_error_rate,
+                         "max_p99_ms": known.max_p99_ms}
+                if known.control in served.variants:
+                    table["control"] = known.control
+            definitions[served.name] = ExperimentDefinition.of(served, table)
+    return definitions
 
 
 def _items_detail(engine: Engine) -> str:

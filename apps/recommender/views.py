@@ -18,18 +18,30 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from mlplatform.errors import BadRequest
-from mlplatform.http import check_id, json_body, query_bool, query_int, query_str, request_id
+from mlplatform.errors import APIError, BadRequest, NotFound
+from mlplatform.experiments import ExperimentDefinition, ExperimentStore, report_for
+from mlplatform.http import (
+    check_id,
+    get_redis,
+    json_body,
+    query_bool,
+    query_int,
+    query_str,
+    request_id,
+)
+from recommender.attribution import ExposureLog
 from recommender.data import EVENT_TYPES
-from recommender.engine import Engine, UserRecommendations
+from recommender.engine import Engine, ServingModel, UserRecommendations
 from recommender.history import Event
 from recommender.updates import parse_update
 
-__all__ = ["MAX_N", "bp", "get_engine"]
+__all__ = ["EXPERIMENTS", "EXPOSURES", "MAX_N", "bp", "get_engine"]
 
 bp = Blueprint("recommender", __name__, url_prefix="/v1")
 
 MAX_N = 100
+EXPOSURES = "recommender.exposures"  # app.extensions key: the ExposureLog (or absent)
+EXPERIMENTS = "recommender.experiments"  # name -> ExperimentDefinition, for the reports
 FUTURE_TOLERANCE_SECONDS = 300  # clock skew we accept on client timestamps
 
 
@@ -58,7 +70,7 @@ def user_recommendations(user_id: str) -> Response:
     n = query_int("n", 10, 1, MAX_N)
     exclude_seen = query_bool("exclude_seen", True)
     category = query_str("category")
-    serving, results, degraded = get_engine().recommend(
+    serving, results, degraded = _recommend(
         [user_id], n=n, exclude_seen=exclude_seen, category=category)
     r = results[0]
     return _json({"model": serving.version.label, "user_id": r.user_id, "variant": r.variant,
@@ -84,10 +96,53 @@ def batch_recommendations() -> Response:
     if category is not None and not isinstance(category, str):
         raise BadRequest(f"category must be a string or null, got {type(category).__name__}",
                          field="category")
-    serving, results, degraded = get_engine().recommend(
+    serving, results, degraded = _recommend(
         ids, n=n, exclude_seen=exclude_seen, category=category or None)
     return _json({"model": serving.version.label, "degraded": degraded,
                   "results": [_user_result(r) for r in results]})
+
+
+def _recommend(user_ids: list[str], **options: Any
+               ) -> tuple[ServingModel, list[UserRecommendations], list[str]]:
+    """``Engine.recommend``, with the exposures (or the failure) recorded for the A/B
+    analysis: one pipelined Redis write, no read."""
+    engine = get_engine()
+    exposures: ExposureLog | None = current_app.extensions.get(EXPOSURES)
+    if exposures is None or engine.experiment is None:
+        return engine.recommend(user_ids, **options)
+    experiment = engine.experiment
+    started = time.perf_counter()
+    try:
+        serving, results, degraded = engine.recommend(user_ids, **options)
+    except APIError as exc:
+        if exc.status >= 500:
+            exposures.record_error([experiment.variant_of(u) for u in user_ids])
+        raise
+    except Exception:
+        exposures.record_error([experiment.variant_of(u) for u in user_ids])
+        raise
+    # The assigned variant (the unit of the experiment), not the model that served it:
+    # a bundle without a variant's model serves its first one to those users.
+    exposures.record(serving.version.label,
+                     [(r.user_id, experiment.variant_of(r.user_id),
+                       [i["item_id"] for i in r.items]) for r in results],
+                     (time.perf_counter() - started) * 1000)
+    return serving, results, degraded
+
+
+@bp.get("/experiments/<name>")
+def experiment_report(name: str) -> Response:
+    """The A/B report of experiment ``name`` (``mlplatform.experiments.report``): per
+    variant users, exposures, conversions, lift vs the control with a 95% CI and p-value,
+    sample-ratio mismatch and guardrails. 404 for an experiment not configured here."""
+    name = check_id(name, "name")
+    definitions: dict[str, ExperimentDefinition] = current_app.extensions.get(EXPERIMENTS, {})
+    definition = definitions.get(name)
+    if definition is None:
+        raise NotFound(f"no experiment {name!r}; expected one of "
+                       f"{', '.join(sorted(definitions)) or '(none configured)'}",
+                       field="name")
+    return jsonify(report_for(ExperimentStore(get_redis()), definition).to_json())
 
 
 @bp.get("/items/<item_id>/similar")

@@ -12,7 +12,12 @@ Request workers only answer requests; everything that keeps their state fresh ru
 - "catalogue": the served version's item flags from Feast (one batched read), published
   as the catalogue snapshot every 2 s, right after pushes, and when a version is promoted;
 - "user-overrides", every minute: expired segment overrides dropped;
-- retention (archive to the lake, then trim) of the events, updates and dead letters.
+- consumer groups "experiment-exposures" on ``mlsuite:rec:exposures`` and "attribution"
+  on ``mlsuite:rec:events``: the A/B counts (``recommender.attribution``): exposed
+  users, exposures, errors and latency per variant; carts and purchases of shown items
+  attributed to the variant and model version that showed them, with revenue;
+- retention (archive to the lake, then trim) of the events, exposures, updates and
+  dead letters.
 
 Several workers may run: the groups share the entries, a lease keeps one popularity
 publisher, and a lock serialises catalogue publications, so a read taken before another
@@ -33,12 +38,14 @@ import numpy as np
 import redis
 
 from mlplatform.config import Settings
-from mlplatform.errors import Unavailable
+from mlplatform.errors import ConfigError, Unavailable
+from mlplatform.experiments import ExperimentStore, load_definitions
 from mlplatform.lease import Lease
 from mlplatform.registry import ModelRegistry, ModelVersion
 from mlplatform.snapshots import SnapshotStore
 from mlplatform.streams import Consumer, consumer_name
 from mlplatform.worker import Worker
+from recommender.attribution import EXPOSURES_STREAM, Attributor, ExposureCounter, PriceBook
 from recommender.bundle import ModelBundle
 from recommender.catalogue import (
     CATALOGUE_KEY,
@@ -53,7 +60,7 @@ from recommender.pusher import FeastPusher
 from recommender.trending import POPULARITY_KEY, PopularityCounter, encode_popularity
 from recommender.updates import UPDATES_STREAM, publish_overrides
 
-__all__ = ["DEAD_LETTERS", "WorkerConfig", "build", "publish_snapshots"]
+__all__ = ["DEAD_LETTERS", "WorkerConfig", "attribution_windows", "build", "publish_snapshots"]
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +335,14 @@ def build(settings: Settings, worker: Worker, config: WorkerConfig | None = None
                             name=consumer_name("feast-push"),
                             claim_idle_ms=int(config.retry_seconds * 1000),
                             claim_every_seconds=min(1.0, config.retry_seconds)))
+    experiments = ExperimentStore(client)
+    worker.consume(Consumer(client, EXPOSURES_STREAM, "experiment-exposures",
+                            ExposureCounter(experiments).handle, DEAD_LETTERS,
+                            name=consumer_name("experiment-exposures")))
+    worker.consume(Consumer(client, STREAM_KEY, "attribution",
+                            Attributor(experiments, PriceBook(client).price,
+                                       attribution_windows(settings)).handle,
+                            DEAD_LETTERS, name=consumer_name("attribution")))
     worker.loop("catalogue", catalogue.run)
     # Set Feast up and publish the first catalogue before the worker says it runs:
     # importing Feast takes seconds of CPU, which must not land in the first requests.
@@ -340,7 +355,18 @@ def build(settings: Settings, worker: Worker, config: WorkerConfig | None = None
     worker.loop("served-model", lambda stop: (stop.wait(), served.live.stop(), None)[-1])
     worker.every("popularity", config.popularity_seconds, popularity.publish, first_after=0.0)
     worker.every("user-overrides", config.overrides_seconds, lambda: publish_overrides(client))
-    worker.retain(STREAM_KEY, UPDATES_STREAM, DEAD_LETTERS)
+    worker.retain(STREAM_KEY, UPDATES_STREAM, EXPOSURES_STREAM, DEAD_LETTERS)
+
+
+def attribution_windows(settings: Settings) -> dict[str, float]:
+    """Experiment name -> attribution window in seconds, from the experiments file."""
+    try:
+        return {name: d.window_seconds
+                for name, d in load_definitions(settings.experiments_file).items()}
+    except ConfigError as exc:
+        log.warning("attribution: experiment definitions unavailable (%s); every "
+                    "experiment gets the default window", exc)
+        return {}
 
 
 def publish_snapshots(settings: Settings, client: redis.Redis,

@@ -139,11 +139,12 @@ class ExperimentStore:
     @staticmethod
     def count_exposures(tx: Any, name: str, counters: Mapping[str, float],
                         users: Mapping[str, Iterable[str]]) -> None:
-        """Queue on ``tx`` counter increments (field -> amount) and exposed units per variant."""
+        """Queue on ``tx`` counter increments (field -> amount: an int is a count, a float
+        a sum) and exposed units per variant."""
         p = _prefix(name)
         tx.sadd(NAMES_KEY, name)
         for fld, amount in counters.items():
-            if isinstance(amount, float) and not amount.is_integer():
+            if isinstance(amount, float):
                 tx.hincrbyfloat(p + "agg", fld, amount)
             else:
                 tx.hincrby(p + "agg", fld, int(amount))
