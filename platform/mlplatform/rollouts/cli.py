@@ -3,9 +3,9 @@
 Loaded lazily by ``mlplatform.cli``. The commands only write the rollout document and
 move registry aliases; the controller in the service's worker (``mlsuite worker
 SERVICE``) checks the guards at every interval and advances, promotes or rolls back.
-Bad input (an unknown model or version, a second rollout of one model, a malformed
-guard) ends with a message naming it and exit status 2; a finished rollout that cannot
-be promoted or aborted, exit status 1.
+Refused input (an unknown model or version, a second rollout of one model, a malformed
+guard, promoting or aborting a finished rollout) ends with a message naming it and
+exit status 2.
 """
 
 from __future__ import annotations

@@ -84,9 +84,9 @@ class MetricsRecorder:
         self._stop = threading.Event()
 
     def request(self, name: str, version: int, latency_s: float, *, error: bool = False,
-                role: str = "live", n: int = 1) -> None:
+                role: str = "live", n: int = 1, at: float | None = None) -> None:
         """``n`` requests (a batch's units) answered by ``version`` in ``latency_s``."""
-        key = metrics_key(name, version, role, int(time.time()))
+        key = metrics_key(name, version, role, int(time.time() if at is None else at))
         with self._lock:
             fields = self._pending[key]
             fields["requests"] += n
@@ -96,9 +96,9 @@ class MetricsRecorder:
         self._ensure_thread()
 
     def observe(self, name: str, version: int, metric: str, value: float, n: float = 1,
-                *, role: str = "live") -> None:
+                *, role: str = "live", at: float | None = None) -> None:
         """A business guard: ``value`` summed over ``n`` units (rate = sum / n)."""
-        key = metrics_key(name, version, role, int(time.time()))
+        key = metrics_key(name, version, role, int(time.time() if at is None else at))
         with self._lock:
             fields = self._pending[key]
             fields[f"sum:{metric}"] += value
