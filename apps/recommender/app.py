@@ -106,7 +106,8 @@ def create_app(settings: Settings | None = None,
                     updates=None if redis_client is None else UpdateQueue(redis_client),
                     state=state, segments=segments,
                     experiment=experiment if isinstance(experiment, Experiment) else None,
-                    poll_seconds=settings.model_poll_seconds)
+                    poll_seconds=settings.model_poll_seconds, rollouts=redis_client,
+                    rollout_poll_seconds=float(cfg["RECOMMENDER_SNAPSHOT_POLL_SECONDS"]))
     app.extensions["recommender.engine"] = engine
     definitions = _experiment_definitions(settings, engine.experiment)
     app.extensions[EXPERIMENTS] = definitions

@@ -41,6 +41,7 @@ from mlplatform.assignment import EXPOSURES, Experiment
 from mlplatform.errors import BadRequest, Unavailable
 from mlplatform.metrics import set_model_info
 from mlplatform.registry import ModelRegistry, ModelVersion
+from mlplatform.rollouts.routing import RolloutRouter
 from recommender.bundle import ModelBundle
 from recommender.catalogue import ItemState, SegmentCache
 from recommender.history import Event, HistoryStore
@@ -99,9 +100,11 @@ class ServingModel:
                              for k, w in self.bundle.event_weights.items()}
 
 
-def load_serving_model(version: ModelVersion, state: LiveState) -> ServingModel:
-    """Load a version with the latest snapshots aligned to it (start-up, or a promotion
-    in the background); never on a request."""
+def load_serving_model(version: ModelVersion, state: LiveState, *,
+                       announce: bool = True) -> ServingModel:
+    """Load a version with the latest snapshots aligned to it (start-up, a promotion or
+    a rollout's candidate, in the background); never on a request. ``announce``: set
+    the served-model metric (not for a candidate)."""
     bundle = ModelBundle.load(version.path)
     serving = ServingModel(version, bundle, state.items_for(bundle, version.label),
                            state.popularity_for(bundle, version.label))
@@ -110,8 +113,56 @@ def load_serving_model(version: ModelVersion, state: LiveState) -> ServingModel:
     for model in bundle.models.values():
         model.scores(bundle.histories([row]))
         model.score_one(*bundle.history_of(row))
-    set_model_info(SERVICE, version.name, str(version.version))
+    if announce:
+        set_model_info(SERVICE, version.name, str(version.version))
     return serving
+
+
+def smoke_check(serving: ServingModel) -> str:
+    """Blue-green's smoke check of a loaded candidate: every variant scores a sample user
+    (the first known one) with finite scores over the whole catalogue; what it saw."""
+    b = serving.bundle
+    row = 0 if len(b.users) else -1
+    items, weights = b.history_of(row)
+    for name, model in b.models.items():
+        scores = np.asarray(model.score_one(items, weights, -1))
+        if scores.shape != (len(b.items),) or not np.isfinite(scores).any():
+            raise ValueError(f"variant {name} scored the sample user with "
+                             f"{scores.shape} scores, not {len(b.items)} finite ones")
+    return f"scored a sample user with {', '.join(b.models)} over {len(b.items)} items"
+
+
+def compare_lists(production: Sequence[str], candidate: Sequence[str]
+                  ) -> tuple[float, float | None]:
+    """Shadow comparison of two top-n lists: overlap@n, and the rank correlation over
+    their union (an item missing from a list ranks just after its end); None for one item.
+
+    >>> compare_lists(["a", "b", "c"], ["a", "b", "c"])
+    (1.0, 1.0)
+    >>> compare_lists(["a", "b"], ["c", "d"])
+    (0.0, -0.818182)
+    """
+    n = max(len(production), len(candidate), 1)
+    agreement = len(set(production) & set(candidate)) / n
+    union = list(dict.fromkeys([*production, *candidate]))
+    if len(union) < 2:
+        return agreement, None
+    rank_p = {item: i for i, item in enumerate(production)}
+    rank_c = {item: i for i, item in enumerate(candidate)}
+    x = np.array([rank_p.get(i, len(production)) for i in union], float)
+    y = np.array([rank_c.get(i, len(candidate)) for i in union], float)
+    if x.std() == 0 or y.std() == 0:
+        return agreement, None
+    return agreement, round(float(np.corrcoef(x, y)[0, 1]), 6)
+
+
+def _chain(first: Any, then: Any) -> Any:
+    def both(*args: Any) -> None:
+        if first is not None:
+            first(*args)
+        then(*args)
+
+    return both
 
 
 @dataclass(frozen=True)
@@ -121,6 +172,7 @@ class UserRecommendations:
     variant: str
     strategy: str  # "als" | "bpr" | "popularity" | "segment_popularity" | "global_popularity"
     fallback: bool
+    model: str = ""  # the version that served this user (a rollout splits a batch)
 
 
 @dataclass(frozen=True)
@@ -171,7 +223,8 @@ class Engine:
     def __init__(self, registry: ModelRegistry, name: str, alias: str, *,
                  history: HistoryStore | None, updates: UpdateQueue | None, state: LiveState,
                  segments: SegmentCache, experiment: Experiment | None,
-                 poll_seconds: float = 1.0) -> None:
+                 poll_seconds: float = 1.0, rollouts: redis.Redis | None = None,
+                 rollout_poll_seconds: float = 0.25) -> None:
         self.history = history
         self.updates = updates
         self.state = state
@@ -186,6 +239,14 @@ class Engine:
         # so it is computed once per user; the exposure is still counted on every request.
         self._assigned: dict[str, str] = {}
         self._exposures: dict[str, Any] = {}
+        # Rollouts of the production alias: the candidate is loaded in the background
+        # (with the latest snapshots, kept current by ``_follow_snapshots``).
+        self.rollout: RolloutRouter[ServingModel] | None = None
+        if rollouts is not None and alias == "production":
+            self.rollout = RolloutRouter(
+                rollouts, registry, name, lambda v: load_serving_model(v, state, announce=False),
+                smoke=smoke_check, poll_seconds=rollout_poll_seconds)
+            self._follow_snapshots()
 
     # -- model ---------------------------------------------------------------------------
 
@@ -200,10 +261,33 @@ class Engine:
             self.live.get()  # loads, then polls the alias in the background
         except Unavailable as exc:
             log.warning("%s; serving 503s until one is promoted", exc.message)
+        if self.rollout is not None:
+            self.rollout.start()
 
     def stop(self) -> None:
         self.live.stop()
         self.state.stop()
+        if self.rollout is not None:
+            self.rollout.stop()
+
+    def _follow_snapshots(self) -> None:
+        """Swap new catalogue and popularity snapshots into the rollout's candidate too
+        (``LiveState`` swaps them into the production model)."""
+        state = self.state
+
+        def items(*_: Any) -> None:
+            cand = self.rollout.candidate if self.rollout is not None else None
+            if cand is not None:
+                cand[1].items = state.items_for(cand[1].bundle, cand[0].label)
+
+        def popularity(*_: Any) -> None:
+            cand = self.rollout.candidate if self.rollout is not None else None
+            if cand is not None:
+                cand[1].popularity = state.popularity_for(cand[1].bundle, cand[0].label)
+
+        for follower, also in ((state.catalogue, items), (state.popularity, popularity)):
+            if follower is not None:
+                follower.on_swap = _chain(follower.on_swap, also)
 
     def current(self) -> ServingModel:
         """The model being served (never loads one: see ``start``)."""
@@ -238,11 +322,137 @@ class Engine:
     def recommend(self, user_ids: Sequence[str], *, n: int, exclude_seen: bool = True,
                   category: str | None = None) -> tuple[ServingModel, list[UserRecommendations],
                                                        list[str]]:
-        """Top ``n`` items for each user; also the model served and the degraded deps."""
+        """Top ``n`` items for each user; also the model served and the degraded deps.
+
+        During a rollout each user is served by the version the rollout routes them to
+        (``UserRecommendations.model``; the model returned is the one that served the
+        first user); otherwise by the production model.
+        """
+        production = self.current()
+        router = self.rollout
+        if router is None or router.rollout is None or router.candidate is None:
+            return self._serve(production, user_ids, n, exclude_seen, category)
+        return self._rollout(router, production, user_ids, n, exclude_seen, category)
+
+    def _rollout(self, router: RolloutRouter[ServingModel], production: ServingModel,
+                 user_ids: Sequence[str], n: int, exclude_seen: bool, category: str | None
+                 ) -> tuple[ServingModel, list[UserRecommendations], list[str]]:
+        """``recommend`` while a rollout runs: split the users by version, serve each
+        group, measure each version; mirror the request to a shadow candidate."""
+        candidate = router.candidate
+        assert candidate is not None
+        doc = router.rollout
+        assert doc is not None
+        cand = candidate[1]
+        attributes = self._attributes(production, user_ids) if doc.spec.segment else None
+        routes = router.route(user_ids, production_version=production.version.version,
+                              attributes=attributes)
+        groups = {id(production): (production, [i for i, r in enumerate(routes) if not r]),
+                  id(cand): (cand, [i for i, r in enumerate(routes) if r])}
+        results: list[UserRecommendations | None] = [None] * len(user_ids)
+        degraded: list[str] = []
+        served_first: ServingModel | None = None
+        for serving, idx in groups.values():
+            if not idx:
+                continue
+            ids = [user_ids[i] for i in idx]
+            started = time.perf_counter()
+            try:
+                _, part, deg = self._serve(serving, ids, n, exclude_seen, category)
+            except BadRequest:
+                raise
+            except Exception:
+                if serving is production:
+                    self._record(router, serving, len(ids), started, error=True)
+                    raise
+                # The candidate failed: counted against it; production answers instead.
+                log.exception("candidate %s failed; production serves %d users",
+                              serving.version.label, len(ids))
+                self._record(router, serving, len(ids), started, error=True)
+                serving = production
+                started = time.perf_counter()
+                _, part, deg = self._serve(production, ids, n, exclude_seen, category)
+            self._record(router, serving, len(ids), started)
+            for i, r in zip(idx, part, strict=True):
+                results[i] = r
+            degraded.extend(d for d in deg if d not in degraded)
+            if 0 in idx:
+                served_first = serving
+        if doc.spec.strategy == "shadow" and not any(routes):
+            mirrored = [u for u in user_ids if router.mirrored(u)]
+            if mirrored:
+                shown = {r.user_id: r for r in results if r is not None}
+                router.shadow(lambda: self._shadow(router, cand, mirrored, shown, n,
+                                                   exclude_seen, category))
+        return served_first or production, results, degraded  # type: ignore[return-value]
+
+    def _record(self, router: RolloutRouter[ServingModel], serving: ServingModel, units: int,
+                started: float, *, error: bool = False, role: str = "live") -> None:
+        v = serving.version
+        router.recorder.request(v.name, v.version, time.perf_counter() - started,
+                                error=error, role=role, n=units)
+
+    def _shadow(self, router: RolloutRouter[ServingModel], cand: ServingModel,
+                user_ids: list[str], shown: dict[str, UserRecommendations], n: int,
+                exclude_seen: bool, category: str | None) -> None:
+        """Off the response path: the shadow candidate scores the same users; its lists
+        are compared with what production returned (overlap@n and rank correlation),
+        logged and recorded as the ``agreement`` and ``rank_corr`` guards."""
+        started = time.perf_counter()
+        v = cand.version
+        try:
+            _, lists, _ = self._serve(cand, user_ids, n, exclude_seen, category, count=False)
+        except Exception as exc:  # noqa: BLE001 - counted against the shadow, never raised
+            self._record(router, cand, len(user_ids), started, error=True, role="shadow")
+            log.warning("shadow %s failed on %d users: %s", v.label, len(user_ids), exc)
+            return
+        self._record(router, cand, len(user_ids), started, role="shadow")
+        agreement, corr = [], []
+        for r in lists:
+            prod = shown.get(r.user_id)
+            if prod is None:
+                continue
+            a, c = compare_lists([i["item_id"] for i in prod.items],
+                                 [i["item_id"] for i in r.items])
+            agreement.append(a)
+            if c is not None:
+                corr.append(c)
+        if agreement:
+            router.recorder.observe(v.name, v.version, "agreement", sum(agreement),
+                                    len(agreement), role="shadow")
+        if corr:
+            router.recorder.observe(v.name, v.version, "rank_corr", sum(corr), len(corr),
+                                    role="shadow")
+        log.debug("shadow %s on %d users: agreement %.3f", v.label, len(lists),
+                  sum(agreement) / max(len(agreement), 1))
+
+    def _attributes(self, serving: ServingModel, user_ids: Sequence[str]
+                    ) -> list[dict[str, str]]:
+        """What a rollout segment can match a user on: ``segment`` (the model's, for the
+        users it knows) and ``user_id``."""
+        b = serving.bundle
+        out = []
+        for u in user_ids:
+            row = b.users.lookup(u)
+            code = int(b.user_segment[row]) if row is not None and b.segments else -1
+            attrs = {"user_id": u}
+            if code >= 0:
+                attrs["segment"] = b.segments[code]
+            out.append(attrs)
+        return out
+
+    def _serve(self, serving: ServingModel, user_ids: Sequence[str], n: int,
+               exclude_seen: bool, category: str | None, count: bool = True
+               ) -> tuple[ServingModel, list[UserRecommendations], list[str]]:
         if len(user_ids) == 1:
-            return self._recommend_one(user_ids[0], n=n, exclude_seen=exclude_seen,
-                                       category=category)
-        serving = self.current()
+            return self._recommend_one(serving, user_ids[0], n=n, exclude_seen=exclude_seen,
+                                       category=category, count=count)
+        return self._serve_many(serving, user_ids, n=n, exclude_seen=exclude_seen,
+                                category=category, count=count)
+
+    def _serve_many(self, serving: ServingModel, user_ids: Sequence[str], *, n: int,
+                    exclude_seen: bool, category: str | None, count: bool = True
+                    ) -> tuple[ServingModel, list[UserRecommendations], list[str]]:
         b, state = serving.bundle, serving.items
         blocked = self._blocked(state, category)
         degraded = ["feast"] if state.degraded else []
@@ -256,7 +466,8 @@ class Engine:
         if self.experiment is None:
             variants = [b.variants[0]] * len(user_ids)
         else:
-            assign, variant_for = self._assign, b.variant_for
+            assign = self._assign if count else self.experiment.variant_of
+            variant_for = b.variant_for
             variants = [variant_for(assign(u)) for u in user_ids]
         segment = self._segments(b, user_ids, rows, warm, variants, degraded)
 
@@ -279,15 +490,17 @@ class Engine:
                     "segment_popularity" if segment[i] >= 0 else "global_popularity")
                 items = self._items(b, ids[j], best[j])
                 results[i] = UserRecommendations(user_ids[i], items, variants[i], strategy,
-                                                 fallback=cold)
-                self._count(variants[i], strategy, items)
-        self._count_degraded(degraded)
+                                                 fallback=cold, model=serving.version.label)
+                if count:
+                    self._count(variants[i], strategy, items)
+        if count:
+            self._count_degraded(degraded)
         return serving, results, degraded  # type: ignore[return-value]
 
-    def _recommend_one(self, user_id: str, *, n: int, exclude_seen: bool, category: str | None
+    def _recommend_one(self, serving: ServingModel, user_id: str, *, n: int,
+                       exclude_seen: bool, category: str | None, count: bool = True
                        ) -> tuple[ServingModel, list[UserRecommendations], list[str]]:
         """``recommend`` for one user (the per-request path): same answers, no sparse matrices."""
-        serving = self.current()
         b, state = serving.bundle, serving.items
         blocked = self._blocked(state, category)
         degraded = ["feast"] if state.degraded else []
@@ -296,8 +509,11 @@ class Engine:
         row = -1 if row is None else row
         items, weights = b.history_of(row, live[0] if live else None)
         warm = len(items) > 0
-        variant = (b.variant_for(self._assign(user_id)) if self.experiment
-                   else b.variants[0])
+        if self.experiment is None:
+            variant = b.variants[0]
+        else:
+            variant = b.variant_for(self._assign(user_id) if count
+                                    else self.experiment.variant_of(user_id))
         if row >= 0 or (warm and variant != "popularity") or not b.segments:
             segment = int(b.user_segment[row]) if row >= 0 and b.segments else -1
         else:  # a user the model does not know, on the fallback or popularity path
@@ -313,9 +529,10 @@ class Engine:
         strategy = variant if warm else (
             "segment_popularity" if segment >= 0 else "global_popularity")
         result = UserRecommendations(user_id, self._items(b, ids[0], best[0]), variant,
-                                     strategy, fallback=not warm)
-        self._count(variant, strategy, result.items)
-        self._count_degraded(degraded)
+                                     strategy, fallback=not warm, model=serving.version.label)
+        if count:
+            self._count(variant, strategy, result.items)
+            self._count_degraded(degraded)
         return serving, [result], degraded
 
     def _segments(self, b: ModelBundle, user_ids: Sequence[str], rows: np.ndarray,
@@ -463,4 +680,14 @@ class Engine:
             "known_users": len(b.users),
             "data_cutoff": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(b.cutoff)),
             **self.state.describe(serving),
+            "rollout": self._describe_rollout(),
         }
+
+    def _describe_rollout(self) -> dict[str, Any] | None:
+        doc = self.rollout.rollout if self.rollout is not None else None
+        if doc is None:
+            return None
+        cand = self.rollout.candidate if self.rollout is not None else None
+        return {"state": doc.state, "strategy": doc.spec.strategy, "version": doc.version,
+                "step": doc.step, "share": doc.share, "mirror": doc.mirror,
+                "candidate_loaded": cand is not None}
