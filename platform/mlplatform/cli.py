@@ -111,7 +111,7 @@ def worker(service: str, metrics_port: int | None) -> None:
     sys.exit(run_worker(service, _settings(), metrics_port=metrics_port))
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--seed", type=int, default=None, help="Random seed (default: MLSUITE_SEED).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Data folder to write into (default: MLSUITE_DATA_DIR).")
@@ -122,8 +122,16 @@ def worker(service: str, metrics_port: int | None) -> None:
 @click.option("--merchants", type=click.IntRange(1), default=None, help="Merchants.")
 @click.option("--transactions", type=click.IntRange(1), default=None, help="Payment transactions.")
 @click.option("--only", type=click.Choice(["shop", "payments"]), default=None, help="Simulate one domain.")
-def simulate(seed: int | None, out_dir: Path | None, only: str | None, **sizes: int | None) -> None:
-    """Write a deterministic simulated shop and payment stream as parquet files."""
+@click.pass_context
+def simulate(ctx: click.Context, seed: int | None, out_dir: Path | None, only: str | None,
+             **sizes: int | None) -> None:
+    """Write a deterministic simulated shop and payment stream as parquet files.
+
+    `mlsuite simulate traffic` instead sends simulated shoppers and payments to the
+    running services (see its --help).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     from mlplatform import simulate as sim
 
     settings = _settings()
@@ -143,6 +151,49 @@ def simulate(seed: int | None, out_dir: Path | None, only: str | None, **sizes: 
                                                     n_merchants=n["n_merchants"],
                                                     n_transactions=n["n_transactions"])
     click.echo(json.dumps(summary, indent=2, default=str))
+
+
+@simulate.command("traffic")
+@click.option("--minutes", type=click.FloatRange(0, min_open=True), required=True,
+              help="How long to run (it stops by itself).")
+@click.option("--rate", type=click.FloatRange(0), default=10.0, show_default=True,
+              help="Shopper sessions per second.")
+@click.option("--payments-rate", type=click.FloatRange(0), default=None,
+              help="Payments per second to the fraud service (default: half of --rate; "
+                   "0: none).")
+@click.option("--recommender-url", default=None,
+              help="Recommender base URL (default: the demo's, http://HOST:MLSUITE_RECOMMENDER_PORT).")
+@click.option("--fraud-url", default=None,
+              help="Fraud service base URL (default: the demo's, http://HOST:MLSUITE_FRAUD_PORT; "
+                   "'' for no payments).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The data folder the services were built from (default: MLSUITE_DATA_DIR).")
+@click.option("--threads", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="Concurrent shoppers / payments in flight.")
+@click.option("--seed", type=int, default=None, help="Random seed (default: MLSUITE_SEED).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def simulate_traffic(minutes: float, rate: float, payments_rate: float | None,
+                     recommender_url: str | None, fraud_url: str | None, data_dir: Path | None,
+                     threads: int, seed: int | None, as_json: bool) -> None:
+    """Simulated shoppers browse, cart and buy through the running recommender (their
+    true tastes decide), and payments are scored by the fraud service with labels
+    posted later; prints the true conversion per variant and the measured A/B report."""
+    from mlplatform.simulate.traffic import TrafficConfig, format_result, run_traffic
+
+    settings = _settings()
+    config = TrafficConfig(
+        recommender_url=recommender_url or f"http://{settings.host}:{settings.recommender_port}",
+        fraud_url=(f"http://{settings.host}:{settings.fraud_port}" if fraud_url is None
+                   else fraud_url or None),
+        data_dir=data_dir or settings.data_dir, minutes=minutes, rate=rate,
+        payments_rate=rate / 2 if payments_rate is None else payments_rate,
+        threads=threads, seed=settings.seed if seed is None else seed)
+    try:
+        result = run_traffic(config, say=lambda m: click.echo(m, err=True))
+    except MLSuiteError as exc:
+        raise click.ClickException(str(exc)) from None
+    body = result.to_json()
+    click.echo(json.dumps(body, indent=2) if as_json else format_result(body))
 
 
 @cli.group()
