@@ -125,7 +125,7 @@ class RolloutStore:
             raise Conflict(f"{name}: another rollout was started at the same time", field="name")
         apply_effects(self.registry, None, rollout)
         log.info("%s: %s", name, rollout.history[-1]["reason"])
-        return rollout
+        return self.require(name)
 
     def save(self, old: Rollout | None, new: Rollout) -> bool:
         """Store ``new`` if the stored document is still ``old`` (by ``rev``); whether it was."""
