@@ -163,13 +163,15 @@ class ReviewQueue:
                              field="status")
         now = time.time() if now is None else now
         n_open, overdue = self.counts(now)
+        reply: Any
         if status == "open":
-            rows = self.client.zrange(self.open_set, 0, limit - 1, withscores=True)
+            reply = self.client.zrange(self.open_set, 0, limit - 1, withscores=True)
             total = n_open
         else:
-            rows = self.client.zrevrange(self.closed_set, 0, limit - 1, withscores=True)
-            total = int(self.client.zcard(self.closed_set))
-        ids = [m.decode() if isinstance(m, bytes) else str(m) for m, _ in rows]
+            reply = self.client.zrevrange(self.closed_set, 0, limit - 1, withscores=True)
+            total = int(self.client.zcard(self.closed_set))  # type: ignore[arg-type]
+        rows: list[tuple[str, float]] = [(_text(m), float(at)) for m, at in reply]
+        ids = [tid for tid, _ in rows]
         records = self.decisions.lookup(ids, self.decision_ttl_seconds, now=now)
         closed: Sequence[dict[bytes, bytes]] = []
         if status == "closed" and ids:
@@ -178,7 +180,7 @@ class ReviewQueue:
                 pipe.hgetall(self.case_key(i))
             closed = pipe.execute()
         cases = []
-        for n, (tid, (_, at)) in enumerate(zip(ids, rows)):
+        for n, (tid, at) in enumerate(rows):
             case = _case(tid, records[n])
             if status == "open":
                 case.update(status="open", opened_at=round(at, 3),
