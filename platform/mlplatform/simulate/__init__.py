@@ -3,8 +3,10 @@
 ``simulate_shop`` writes ``<data_dir>/shop/{users,items,interactions}.parquet`` and the
 hidden truth ``world.npz`` (read back with ``ShopWorld.load`` to score what a recommender
 shows); ``simulate_payments`` writes ``<data_dir>/payments/{cards,merchants,
-transactions}.parquet`` with labelled fraud and a pattern that only starts part way
-through (the drift). The same seed gives byte-identical files; generation and writing
+transactions}.parquet``: legit spending with its fraud-like bursts (travel, subscriptions,
+holiday sprees, new phones), fraud that overlaps it, noisy labels (``is_fraud`` observed,
+``true_fraud`` the truth), incomplete profiles, and a fraud pattern that only starts
+part way through (the drift). The same seed gives byte-identical files; generation and writing
 are chunked by day, so sizes in the millions fit in memory. The Arrow schemas of the
 six tables are exported as ``*_SCHEMA``.
 
@@ -18,7 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from mlplatform.simulate.patterns import DRIFT_PATTERN, DRIFT_START_FRACTION
-from mlplatform.simulate.payments import FRAUD_PATTERNS, LEGIT_LABEL_DELAY, simulate_payments
+from mlplatform.simulate.payments import (
+    FRAUD_PATTERNS,
+    FRIENDLY_FRAUD,
+    LEGIT_LABEL_DELAY,
+    simulate_payments,
+)
 from mlplatform.simulate.schema import (
     CARDS_SCHEMA,
     INTERACTIONS_SCHEMA,
@@ -36,6 +43,7 @@ __all__ = [
     "DRIFT_START_FRACTION",
     "EVENT_TYPES",
     "FRAUD_PATTERNS",
+    "FRIENDLY_FRAUD",
     "INTERACTIONS_SCHEMA",
     "ITEMS_SCHEMA",
     "LEGIT_LABEL_DELAY",

@@ -128,6 +128,45 @@ def time_of_day(rng: np.random.Generator, n: int) -> np.ndarray:
     return (hour * US_PER_HOUR + rng.integers(0, US_PER_HOUR, n)).astype(np.int64)
 
 
+def episode_starts(
+    rng: np.random.Generator, n: int, t0: int, t1: int, uniform_share: float = 0.0
+) -> np.ndarray:
+    """``n`` start times in [t0, t1): a day at random, the time of day by the daily
+    activity curve, except ``uniform_share`` of them at any hour (night owls, fraud rings
+    in other time zones)."""
+    t1 = max(t0 + 1, t1)
+    start = rng.integers(t0, t1, n)
+    day = t0 + (start - t0) // US_PER_DAY * US_PER_DAY
+    curve = rng.random(n) >= uniform_share
+    return np.clip(np.where(curve, day + time_of_day(rng, n), start), t0, t1 - 1)
+
+
+def burst_times(
+    rng: np.random.Generator, size: np.ndarray, t0: int, t1: int,
+    mean_gap: float | np.ndarray, gap_range: tuple[float, float], uniform_share: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Episode number and timestamp of every row of ``len(size)`` bursts starting in
+    [t0, t1): row k of a burst comes an exponential gap (mean ``mean_gap``, per burst or
+    one for all, clipped to ``gap_range``) after row k - 1. Rows may run past ``t1``.
+
+    >>> ep, ts = burst_times(np.random.default_rng(0), np.array([2, 3]), 0, US_PER_DAY,
+    ...                      60.0 * US_PER_SECOND, (US_PER_SECOND, 600 * US_PER_SECOND))
+    >>> ep.tolist(), bool(np.all(np.diff(ts)[[0, 2, 3]] >= US_PER_SECOND))
+    ([0, 0, 1, 1, 1], True)
+    """
+    size = np.asarray(size, np.int64)
+    n = len(size)
+    ep = np.repeat(np.arange(n), size)
+    mean = np.broadcast_to(np.asarray(mean_gap, np.float64), (n,))
+    gaps = np.clip(rng.exponential(1.0, len(ep)) * mean[ep], *gap_range).astype(np.int64)
+    first = np.cumsum(size) - size
+    gaps[first[size > 0]] = 0
+    elapsed = np.cumsum(gaps) - np.repeat(np.cumsum(gaps)[np.minimum(first, len(ep) - 1)]
+                                          if len(ep) else np.zeros(n, np.int64), size)
+    start = episode_starts(rng, n, t0, t1, uniform_share)
+    return ep, start[ep] + elapsed
+
+
 def segmented_pick(
     flat_cdf: np.ndarray, segment: np.ndarray, width: int, u: np.ndarray
 ) -> np.ndarray:

@@ -1,7 +1,7 @@
 """The payments world: countries, currencies, merchant categories, cards, merchants.
 
-Cards carry hidden habits (activity rate, online share, two devices) that only the
-transaction stream reveals; merchants carry a category, a country, a risk score and a
+Cards carry hidden habits (activity rate, online share, three devices: the main one, an
+occasional one and the phone it may be replaced by) that only the transaction stream reveals; merchants carry a category, a country, a risk score and a
 popularity. ``MerchantPicker`` draws merchants the way a card holder would: by
 popularity, restricted to what is possible (a card-present payment happens in the
 country where the card is).
@@ -9,13 +9,15 @@ country where the card is).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from mlplatform.simulate._common import entity_ids, segmented_sample
 
-__all__ = ["COUNTRY_CURRENCY", "HIGH_VALUE", "MERCHANT_CATEGORIES", "Bank", "MerchantPicker"]
+__all__ = ["COUNTRY_CURRENCY", "HIGH_VALUE", "MERCHANT_CATEGORIES", "SHOPPING", "SUBSCRIPTIONS",
+           "Bank", "MerchantPicker"]
 
 COUNTRY_CURRENCY: dict[str, str] = {
     "DE": "EUR", "FR": "EUR", "NL": "EUR", "ES": "EUR", "IT": "EUR", "GB": "GBP",
@@ -39,6 +41,9 @@ MERCHANT_CATEGORIES: dict[str, tuple[float, float, float, float]] = {
     "utilities": (0.04, 1.2, 0.90, 0.05),
 }
 HIGH_VALUE = ("electronics", "jewelry", "gift_cards", "travel")
+# Where shopping sprees go, and who bills cards every week or month.
+SHOPPING = ("fashion", "electronics", "entertainment", "gift_cards", "jewelry")
+SUBSCRIPTIONS = ("digital_goods", "entertainment", "utilities")
 
 
 def new_devices(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -89,7 +94,7 @@ class Bank:
     card_avg_amount: np.ndarray
     card_rate: np.ndarray  # relative activity
     card_online_share: np.ndarray
-    card_devices: np.ndarray  # (cards, 2): main and occasional device
+    card_devices: np.ndarray  # (cards, 3): main, occasional, and the next phone
     merchant_ids: np.ndarray
     merchant_category: np.ndarray  # category row
     merchant_country: np.ndarray  # country row
@@ -122,7 +127,7 @@ class Bank:
             card_avg_amount=np.maximum(np.round(rng.lognormal(np.log(45), 0.7, n_cards), 2), 2.0),
             card_rate=rng.gamma(2.0, 0.5, n_cards),
             card_online_share=rng.beta(2.0, 3.0, n_cards),
-            card_devices=new_devices(rng, 2 * n_cards).reshape(n_cards, 2),
+            card_devices=new_devices(rng, 3 * n_cards).reshape(n_cards, 3),
             merchant_ids=entity_ids("m", n_merchants, 5),
             merchant_category=m_cat,
             merchant_country=m_country,
@@ -138,12 +143,17 @@ class Bank:
         """A per-merchant column of the category table (1 amount, 2 online share, 3 risk)."""
         return np.array([v[index] for v in MERCHANT_CATEGORIES.values()])[self.merchant_category]
 
-    def picker(self, *, online: bool, high_value: bool = False, by_country: bool) -> MerchantPicker:
-        """Merchants for online or card-present payments, optionally high-value categories only."""
+    def in_categories(self, categories: Sequence[str]) -> np.ndarray:
+        """Per merchant: is its category one of ``categories``."""
+        return np.isin(self.category_names[self.merchant_category], list(categories))
+
+    def picker(self, *, online: bool, categories: Sequence[str] = (), by_country: bool
+               ) -> MerchantPicker:
+        """Merchants for online or card-present payments, optionally of ``categories`` only."""
         share = self.category_column(2)
         weight = self.merchant_popularity * (share if online else 1.0 - share)
-        if high_value:
-            weight = weight * np.isin(self.category_names[self.merchant_category], HIGH_VALUE)
+        if categories:
+            weight = weight * self.in_categories(categories)
         if weight.sum() == 0:  # tiny worlds: fall back to popularity
             weight = self.merchant_popularity.copy()
         return MerchantPicker(weight, self.merchant_country, len(self.countries), by_country)

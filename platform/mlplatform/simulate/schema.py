@@ -1,7 +1,9 @@
 """The parquet schemas of the simulated data: the brief's contract, in one place.
 
 Ids are strings, timestamps ``timestamp[us, tz=UTC]``; entity tables carry an
-``event_timestamp`` for Feast's point-in-time joins.
+``event_timestamp`` for Feast's point-in-time joins. Profile fields may be null (missing
+data). In transactions, ``is_fraud`` is the observed label (what a bank would train on)
+and ``true_fraud`` the ground truth; ``fraud_pattern`` says which story made the row.
 """
 
 from __future__ import annotations
@@ -45,4 +47,5 @@ TRANSACTIONS_SCHEMA = pa.schema([
     ("merchant_id", pa.string()), ("amount", pa.float64()), ("currency", pa.string()),
     ("country", pa.string()), ("channel", pa.string()), ("device_id", pa.string()),
     ("is_fraud", pa.bool_()), ("fraud_pattern", pa.string()), ("labelled_at", UTC_US),
+    ("true_fraud", pa.bool_()),
 ])
