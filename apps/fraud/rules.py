@@ -48,7 +48,7 @@ from typing import Any, Protocol
 from fraud import metrics
 from fraud.config import FraudConfig
 from fraud.features import BASE_FEATURES, CATEGORY_PREFIX
-from fraud.lists import EMPTY, LISTS, ListSet
+from fraud.lists import EMPTY, LISTS, Entry, ListSet
 from fraud.reasons import rule_reason
 from fraud.schema import Transaction
 from mlplatform.errors import ConfigError
@@ -102,6 +102,9 @@ class Rule:
     conditions: tuple[Condition, ...]
     text: str
     overrides: frozenset[str]
+    # Compiled for the request path: the list's key of a transaction, the tests to pass.
+    key: Callable[[Transaction], Any] | None = None
+    tests: tuple[Callable[[Transaction, Mapping[str, float], float], bool], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "stage": self.stage, "action": self.action}
@@ -202,7 +205,9 @@ def _parse_rule(item: Any, stage: str, where: str) -> Rule:
         raise ConfigError(f"{where}: overrides must list model decisions among review, "
                           f"decline, got {overrides!r}")
     return Rule(name, stage, action, list_name, list_field, conditions, text,
-                frozenset(overrides) if stage == "after" else frozenset())
+                frozenset(overrides) if stage == "after" else frozenset(),
+                operator.attrgetter(list_field) if list_field else None,
+                tuple(c.test for c in conditions))
 
 
 def _condition(text: str, stage: str, where: str) -> Condition:
@@ -243,12 +248,18 @@ def _condition(text: str, stage: str, where: str) -> Condition:
 
         def test(t: Transaction, x: Mapping[str, float], s: float) -> bool:
             return (get(t, x, s) in members) != negate
-    else:
+    elif get is _amount or field in _TEXT_FIELDS or field == "score":
         compare = _NUMERIC_OPS.get(op) or _EQUALITY_OPS[op]
         value = typed[0]
 
         def test(t: Transaction, x: Mapping[str, float], s: float) -> bool:
             return compare(get(t, x, s), value)
+    else:  # a feature: the hot case, one call less
+        compare = _NUMERIC_OPS.get(op) or _EQUALITY_OPS[op]
+        value = typed[0]
+
+        def test(t: Transaction, x: Mapping[str, float], s: float) -> bool:
+            return compare(x.get(field, 0.0), value)
     return Condition(text.strip(), field, test)
 
 
@@ -344,33 +355,56 @@ class Policy:
               ) -> list[tuple[str, list[dict[str, Any]]]]:
         """Per transaction, the final decision and the reasons of the rules that fired."""
         rules = self.rules
-        before, after = rules.before, rules.after
+        lists = self._lists.current() if self._lists is not None else EMPTY
+        held = lists.lists
+        # A rule on an empty list cannot fire: leave it out for the whole request.
+        before = [(r, held[r.list] if r.list else None) for r in rules.before
+                  if r.list is None or held[r.list]]
+        after = [(r, held[r.list] if r.list else None) for r in rules.after
+                 if r.list is None or held[r.list]]
         if not before and not after:
             return [(d, []) for d in decisions]
-        lists = self._lists.current() if self._lists is not None else EMPTY
         now = time.time()
         out: list[tuple[str, list[dict[str, Any]]]] = []
+        # Inlined (no call per rule): this runs for every rule of every transaction.
         for t, x, s, decision in zip(txs, xs, scores, decisions):
             hits: list[dict[str, Any]] = []
             floor = 0
-            for rule in before:
-                reason = _fire(rule, t, x, s, lists, now)
-                if reason is not None:
-                    hits.append(reason)
+            for rule, table in before:
+                entry = None
+                if table is not None:
+                    entry = table.get(rule.key(t))  # type: ignore[misc]
+                    if entry is None or (entry.expires_at is not None
+                                         and entry.expires_at <= now):
+                        continue
+                for test in rule.tests:
+                    if not test(t, x, s):
+                        break
+                else:
+                    hits.append(_reason(rule, entry, t, x, s))
                     self._count(rule)
                     floor = max(floor, SEVERITY[rule.action])
             if floor == 2:  # a block always wins
                 out.append(("decline", hits))
                 continue
             final = decision
-            for rule in after:
-                if decision in rule.overrides:
-                    reason = _fire(rule, t, x, s, lists, now)
-                    if reason is not None:
-                        hits.append(reason)
-                        self._count(rule)
-                        final = rule.action
+            for rule, table in after:
+                if decision not in rule.overrides:
+                    continue
+                entry = None
+                if table is not None:
+                    entry = table.get(rule.key(t))  # type: ignore[misc]
+                    if entry is None or (entry.expires_at is not None
+                                         and entry.expires_at <= now):
+                        continue
+                for test in rule.tests:
+                    if not test(t, x, s):
                         break
+                else:
+                    hits.append(_reason(rule, entry, t, x, s))
+                    self._count(rule)
+                    final = rule.action
+                    break
             if SEVERITY.get(final, 0) < floor:
                 final = "review"
             out.append((final, hits))
@@ -395,17 +429,9 @@ class Policy:
                 "lists_version": lists.seq}
 
 
-def _fire(rule: Rule, t: Transaction, x: Mapping[str, float], s: float, lists: ListSet,
-          now: float) -> dict[str, Any] | None:
-    """The reason of ``rule`` if it fires on ``t``, else None."""
-    entry = None
-    if rule.list is not None:
-        entry = lists.match(rule.list, getattr(t, rule.list_field or ""), now)
-        if entry is None:
-            return None
-    for c in rule.conditions:
-        if not c.test(t, x, s):
-            return None
+def _reason(rule: Rule, entry: Entry | None, t: Transaction, x: Mapping[str, float],
+            s: float) -> dict[str, Any]:
+    """The reason of ``rule``, which fired on ``t`` (``entry``: the list entry it matched)."""
     details: dict[str, Any] = {"action": rule.action}
     if entry is not None:
         text = rule.text or f"{rule.list_field} {entry.value} is on the {rule.list} list"
