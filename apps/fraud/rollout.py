@@ -41,7 +41,7 @@ from fraud.predictors import Predictor
 from fraud.thresholds import Thresholds
 from mlplatform.config import Settings
 from mlplatform.registry import ModelRegistry, ModelVersion
-from mlplatform.rollouts.measure import KEY_TTL_SECONDS, metrics_key
+from mlplatform.rollouts.measure import count_guard
 from mlplatform.rollouts.routing import RolloutRouter
 from mlplatform.streams import Consumer, Entry
 
@@ -224,7 +224,6 @@ def quality_handler(name: str) -> Any:
 
     def handle(entries: Sequence[Entry], tx: redis.client.Pipeline) -> dict[str, str]:
         rejected: dict[str, str] = {}
-        now = int(time.time())
         for entry in entries:
             try:
                 record = json.loads(entry.fields[b"decision"])
@@ -236,14 +235,10 @@ def quality_handler(name: str) -> Any:
                 continue
             if version is None:
                 continue  # decided by no registry version: nothing to measure
-            key = metrics_key(name, version, "live", now)
             if flagged:  # precision: frauds among flagged
-                tx.hincrbyfloat(key, "sum:precision", float(is_fraud))
-                tx.hincrbyfloat(key, "n:precision", 1.0)
+                count_guard(tx, name, version, "precision", float(is_fraud))
             if is_fraud:  # recall: flagged among frauds
-                tx.hincrbyfloat(key, "sum:recall", float(flagged))
-                tx.hincrbyfloat(key, "n:recall", 1.0)
-            tx.expire(key, KEY_TTL_SECONDS)
+                count_guard(tx, name, version, "recall", float(flagged))
         return rejected
 
     return handle

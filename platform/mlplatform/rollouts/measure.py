@@ -34,7 +34,8 @@ import redis
 
 from mlplatform.rollouts.machine import Measurements
 
-__all__ = ["LATENCY_MS", "MetricsRecorder", "read_measurements", "p99_ms", "metrics_key"]
+__all__ = ["LATENCY_MS", "MetricsRecorder", "read_measurements", "p99_ms", "metrics_key",
+           "count_guard"]
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,22 @@ class MetricsRecorder:
     def _run(self) -> None:
         while not self._stop.wait(self.flush_seconds):
             self.flush()
+
+
+def count_guard(pipe: Any, name: str, version: int, metric: str, value: float, n: float = 1.0,
+                *, role: str = "live", at: float | None = None) -> None:
+    """Add a business guard's ``value`` over ``n`` units into ``pipe`` (a pipeline or a
+    consumer's transaction: the count then commits with the entry's ack, exactly once).
+
+    For the guards computed by stream consumers: precision and recall as labels arrive,
+    conversion as attribution credits a version (``value`` conversions of ``n`` exposures).
+    """
+    key = metrics_key(name, version, role, int(time.time() if at is None else at))
+    if value:
+        pipe.hincrbyfloat(key, f"sum:{metric}", float(value))
+    if n:
+        pipe.hincrbyfloat(key, f"n:{metric}", float(n))
+    pipe.expire(key, KEY_TTL_SECONDS)
 
 
 def read_measurements(client: redis.Redis, name: str, version: int, since: float,
