@@ -115,5 +115,7 @@ def relative_lift(control: SampleStats, treatment: SampleStats,
     se = math.sqrt(variance)
     dof = _welch_dof(a, b)
     half = float(student_t.ppf(1 - alpha / 2, dof)) * se
-    p = 2 * (1 - float(student_t.cdf(abs(point / se), dof)))
+    # GrowthBook writes 2 * (1 - cdf); the survival function is the same number without
+    # rounding tiny p-values to 0.
+    p = 2 * float(student_t.sf(abs(point / se), dof))
     return LiftResult(point, (point - half, point + half), p, se, dof)
