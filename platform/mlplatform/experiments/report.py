@@ -71,7 +71,7 @@ class ExperimentReport:
             "attribution_window_seconds": d.window_seconds,
             "metric": "conversion: units with an attributed add_to_cart or purchase",
             "variants": {name: _variant_json(v) for name, v in self.variants.items()},
-            "srm": {"p_value": _num(self.srm.p_value), "mismatch": self.srm.mismatch,
+            "srm": {"p_value": _sig(self.srm.p_value), "mismatch": self.srm.mismatch,
                     "chi2": _num(self.srm.chi2), "dof": self.srm.dof,
                     "threshold": self.srm.threshold,
                     "expected_users": {k: round(v, 2) for k, v in self.srm.expected.items()}},
@@ -84,12 +84,21 @@ def _num(x: float | None, digits: int = 6) -> float | None:
     return None if x is None else round(float(x), digits)
 
 
+def _sig(x: float | None) -> float | None:
+    """Four significant digits: a p-value of 3e-12 stays 3e-12, not 0."""
+    return None if x is None else float(f"{x:.4g}")
+
+
+def _p_text(p: float | None) -> str:
+    return "-" if p is None else f"{p:.4f}" if p >= 1e-4 else f"{p:.0e}"
+
+
 def _lift_json(prefix: str, r: LiftResult | None) -> dict[str, Any]:
     if r is None:
         return {f"{prefix}lift": None, f"{prefix}lift_ci95": None, f"{prefix}p_value": None}
     ci = None if r.ci95 is None else [_num(r.ci95[0]), _num(r.ci95[1])]
     out: dict[str, Any] = {f"{prefix}lift": _num(r.lift), f"{prefix}lift_ci95": ci,
-                           f"{prefix}p_value": _num(r.p_value, 8)}
+                           f"{prefix}p_value": _sig(r.p_value)}
     if r.error:
         out[f"{prefix}lift_error"] = r.error
     return out
@@ -166,7 +175,7 @@ def format_report(report: dict[str, Any]) -> str:
     for name, v in report["variants"].items():
         ci = v["lift_ci95"]
         ci_text = "-" if not ci else f"[{_pct(ci[0])}, {_pct(ci[1])}]"
-        p = "-" if v["p_value"] is None else f"{v['p_value']:.4f}"
+        p = _p_text(v["p_value"])
         g = v["guardrails"]
         guard = "ok" if g["ok"] else "FAIL: " + "; ".join(g["reasons"])
         lines.append(f"{name:<14}{v['users']:>8}{v['exposures']:>9}{v['conversions']:>7}"
@@ -175,9 +184,9 @@ def format_report(report: dict[str, Any]) -> str:
         if v.get("revenue_lift") is not None:
             rci = v["revenue_lift_ci95"]
             lines.append(f"{'':<14}revenue per user {_pct(v['revenue_lift'])} "
-                         f"[{_pct(rci[0])}, {_pct(rci[1])}] p={v['revenue_p_value']:.4f}")
+                         f"[{_pct(rci[0])}, {_pct(rci[1])}] p={_p_text(v['revenue_p_value'])}")
     srm = report["srm"]
-    lines.append(f"sample ratio: chi2={srm['chi2']:.3f}, p={srm['p_value']:.4f} -> "
+    lines.append(f"sample ratio: chi2={srm['chi2']:.3f}, p={_p_text(srm['p_value'])} -> "
                  + ("MISMATCH (p < 0.001): check assignment and logging before reading lifts"
                     if srm["mismatch"] else "ok"))
     return "\n".join(lines)
