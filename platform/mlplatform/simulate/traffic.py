@@ -11,9 +11,9 @@ them) for a few minutes and stops by itself:
   posts those events (``POST /v1/events``). The truth per variant (the variant the
   response names) is what the shoppers did, plus what they were expected to do given
   their true tastes: the conversion the experiment report should measure.
-- **Payments** (optional, ``payments_rate`` per second): transactions modelled on the
-  payment simulator's stream (``payments/transactions.parquet``: its cards, merchants
-  and labelled fraud), happening now with fresh ids, scored with
+- **Payments** (optional, ``payments_rate`` per second): the payment simulator's stream
+  (``payments/transactions.parquet``: its cards, merchants and labelled fraud) replayed
+  in order from a random point, happening now with fresh ids, scored with
   ``POST /v1/transactions/score``; their labels (every fraud, ``LABEL_SHARE`` of the
   others) are posted to ``POST /v1/labels`` a few seconds later, as chargebacks and
   analysts do, for the fraud service's learning and rollouts.
@@ -221,6 +221,7 @@ class Payments:
     def __init__(self, rows: list[dict[str, Any]], http: _Http, result: TrafficResult,
                  lock: threading.Lock) -> None:
         self.rows, self.http, self.result, self.lock = rows, http, result, lock
+        self.cursor = 0
         self.run_id = uuid.uuid4().hex[:8]
         self.pending: list[tuple[float, str, bool]] = []  # (due, transaction id, is_fraud)
         self.stats: dict[str, Any] = {"scored": 0, "labels": 0, "decisions": {},
@@ -228,7 +229,9 @@ class Payments:
 
     def pay(self, seed: int) -> None:
         rng = np.random.default_rng(seed)
-        row = dict(self.rows[int(rng.integers(len(self.rows)))])
+        with self.lock:  # in stream order: a fraud burst arrives as a burst
+            row = dict(self.rows[self.cursor % len(self.rows)])
+            self.cursor += 1
         is_fraud = bool(row.pop("is_fraud"))
         tx_id = f"sim-{self.run_id}-{uuid.UUID(int=int(rng.integers(1 << 62))).hex[:16]}"
         body = {"transaction_id": tx_id, "timestamp": _now_iso(),
@@ -272,7 +275,9 @@ def _now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _transactions(data_dir: Path, n: int = 20_000, seed: int = 7) -> list[dict[str, Any]]:
+def _transactions(data_dir: Path, seed: int, n: int = 20_000) -> list[dict[str, Any]]:
+    """``n`` consecutive transactions of the simulated stream from a random point: replayed
+    in order (time compressed), card-testing bursts and takeovers keep their shape."""
     import pyarrow.parquet as pq
 
     path = data_dir / "payments" / "transactions.parquet"
@@ -280,9 +285,8 @@ def _transactions(data_dir: Path, n: int = 20_000, seed: int = 7) -> list[dict[s
         raise MLSuiteError(f"{path} not found: payments traffic is modelled on the simulated "
                            "stream (`mlsuite simulate` writes it)")
     table = pq.read_table(path, columns=list(TX_FIELDS))
-    rows = np.random.default_rng(seed).choice(table.num_rows, min(n, table.num_rows),
-                                              replace=False)
-    return table.take(rows).to_pylist()  # type: ignore[no-any-return]
+    start = int(np.random.default_rng(seed).integers(max(1, table.num_rows - n)))
+    return table.slice(start, n).to_pylist()  # type: ignore[no-any-return]
 
 
 def _prices(data_dir: Path) -> dict[str, float]:
@@ -320,7 +324,7 @@ def run_traffic(config: TrafficConfig, say: Callable[[str], None] = print) -> Tr
     if config.fraud_url and config.payments_rate > 0:
         fraud = _Http(config.fraud_url)
         _check(fraud, "the fraud service")
-        payments = Payments(_transactions(config.data_dir), fraud, result, lock)
+        payments = Payments(_transactions(config.data_dir, config.seed), fraud, result, lock)
     _, model = rec.request("GET", "/v1/model")
     experiment = ((model or {}).get("experiment") or {}).get("name")
     result.experiment = experiment
