@@ -137,3 +137,20 @@ def test_report_json_shape_and_unknown_experiment(client: FlaskClient) -> None:
     assert missing.status_code == 404
     error = missing.json["error"]
     assert error["field"] == "name" and NAME in error["message"], error
+
+
+def test_failed_requests_count_against_the_variants_guardrail(
+        make_app: Callable[..., Flask], redis_client: redis.Redis) -> None:
+    # No model at this alias: every recommendation is a 503, counted for the user's variant.
+    client = make_app(**{ONLY: SPLIT, "RECOMMENDER_MODEL_ALIAS": "nothing-here"}).test_client()
+    users = [f"u{k:06d}" for k in range(1, 21)]
+    for user in users:
+        assert client.get(f"/v1/users/{user}/recommendations").status_code == 503
+    drain(redis_client)
+    body = report(client)
+    for variant in ("als", "popularity"):
+        g = body["variants"][variant]["guardrails"]
+        expected = sum(SPLIT.variant_of(u) == variant for u in users)
+        assert (g["requests"], g["errors"]) == (expected, expected)
+        assert g["ok"] is False and "error rate" in g["reasons"][0]
+    assert body["guardrails"]["ok"] is False
