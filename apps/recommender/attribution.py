@@ -62,13 +62,14 @@ class ExposureLog:
         self.window_ms = int(definition.window_seconds * 1000)
         self._failing = False
 
-    def record(self, version: str, shown: Sequence[tuple[str, str, Sequence[str]]],
+    def record(self, shown: Sequence[tuple[str, str, Sequence[str], str]],
                latency_ms: float) -> None:
-        """``shown``: (user, variant, item ids) per served list; never raises."""
+        """``shown``: (user, variant, item ids, model version) per served list (a rollout
+        serves users of one batch by different versions); never raises."""
         now_ms = int(time.time() * 1000)
         name = self.definition.name
         pipe = self.client.pipeline(transaction=False)
-        for user, variant, items in shown:
+        for user, variant, items, version in shown:
             # The entry's id is its time: no timestamp field.
             pipe.xadd(EXPOSURES_STREAM, {"experiment": name, "variant": variant,
                                          "model": version, "user": user,

@@ -60,8 +60,8 @@ def _json(obj: dict[str, Any]) -> Response:
 
 
 def _user_result(r: UserRecommendations) -> dict[str, Any]:
-    return {"user_id": r.user_id, "variant": r.variant, "strategy": r.strategy,
-            "fallback": r.fallback, "items": r.items}
+    return {"user_id": r.user_id, "model": r.model, "variant": r.variant,
+            "strategy": r.strategy, "fallback": r.fallback, "items": r.items}
 
 
 @bp.get("/users/<user_id>/recommendations")
@@ -123,9 +123,9 @@ def _recommend(user_ids: list[str], **options: Any
         raise
     # The assigned variant (the unit of the experiment), not the model that served it:
     # a bundle without a variant's model serves its first one to those users.
-    exposures.record(serving.version.label,
-                     [(r.user_id, experiment.variant_of(r.user_id),
-                       [i["item_id"] for i in r.items]) for r in results],
+    label = serving.version.label
+    exposures.record([(r.user_id, experiment.variant_of(r.user_id),
+                       [i["item_id"] for i in r.items], r.model or label) for r in results],
                      (time.perf_counter() - started) * 1000)
     return serving, results, degraded
 

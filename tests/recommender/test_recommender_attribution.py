@@ -120,6 +120,9 @@ def test_batch_requests_record_each_user_under_its_assigned_variant(
     expected = {v: sum(SPLIT.variant_of(u) == v for u in users) for v in ("als", "popularity")}
     assert {v: body["variants"][v]["users"] for v in expected} == expected
     assert sum(body["variants"][v]["exposures"] for v in expected) == 61
+    # Each user's exposure names the version that served that user (a rollout splits a batch).
+    served = {r["model"] for r in response.json["results"]}
+    assert set().union(*(body["variants"][v]["versions"] for v in expected)) == served
     g = body["variants"]["als"]["guardrails"]
     assert g["requests"] == body["variants"]["als"]["exposures"] and g["errors"] == 0
     assert g["latency_p99_ms"] is not None and g["ok"], g
