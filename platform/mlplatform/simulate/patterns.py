@@ -129,7 +129,8 @@ def merchant_attack(rng: np.random.Generator, bank: Bank, n: int, t0: int, t1: i
     start = episode_starts(rng, n, t0, t1, _ANY_HOUR)
     ts = start[ep] + (rng.random(len(ep)) * window[ep]).astype(np.int64)
     amount = bank.card_avg_amount[card] * rng.lognormal(np.log(2.2), 0.5, len(ep))
-    online = np.repeat(rng.random(n) < 0.7, size)  # else cloned cards at the till
+    # Else cloned cards at the till (web-only merchants have none).
+    online = np.repeat((rng.random(n) < 0.7) | (bank.category_column(2)[merchant] >= 1.0), size)
     return _rows(ep, ts, card, merchant[ep], amount, bank.merchant_country[merchant][ep],
                  online, masked(online, new_devices(rng, len(ep))))
 
