@@ -145,6 +145,8 @@ def test_canary_share_is_stable_per_user_and_honoured_by_batches(
         assert served == expected
     _, batch, _ = engine.recommend(users, n=5)
     assert {res.user_id: res.model for res in batch} == expected
+    body = client.post("/v1/recommendations/batch", json={"user_ids": users, "n": 5}).get_json()
+    assert {res["user_id"]: res["model"] for res in body["results"]} == expected
     # Growing the share keeps every canary user on the candidate.
     assert store.save(r, dataclasses.replace(r, step=2, share=0.5))
     wait_for("the share to reach replicas",
