@@ -142,10 +142,16 @@ def seed_command(path: Path | None) -> None:
                    "(default: the file's labelled_at column).")
 @click.option("--train-fraction", type=click.FloatRange(0.05, 0.9), default=0.3,
               show_default=True, help="Share of the time range both models learn first.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per model.")
+@click.option("--refit-every", type=click.FloatRange(0), default=7 * 86400.0,
+              show_default=True,
+              help="Seconds between refits of the served model's trees (the pipeline's "
+                   "schedule; 0: never).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: served, online and batch models, and the replay.")
 def replay_command(path: Path | None, label_delay: float | None, train_fraction: float,
-                   as_json: bool) -> None:
-    """Prequential evaluation in time order: the online model vs a static batch model."""
+                   refit_every: float, as_json: bool) -> None:
+    """Prequential evaluation in time order: the served model (trees refitted on schedule
+    plus an online layer), the online-only model and a static batch model."""
     from fraud.config import FraudConfig
     from fraud.replay import replay
 
@@ -154,7 +160,8 @@ def replay_command(path: Path | None, label_delay: float | None, train_fraction:
     data = _load(path or _default_transactions(settings), config, progress=not as_json)
     try:
         result = replay(data, label_delay=label_delay, train_fraction=train_fraction,
-                        positive_weight=config.positive_weight, progress=not as_json)
+                        positive_weight=config.positive_weight,
+                        refit_every=refit_every or None, progress=not as_json)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
@@ -193,7 +200,8 @@ def _print_replay(models: dict[str, dict[str, Any]], info: dict[str, Any]) -> No
     for name, seg, m in rows:
         cells = [name, seg, *[_fmt(m.get(k)) for k in metric_names + extra], str(m.get("frauds"))]
         click.echo("  ".join(c.ljust(w) for c, w in zip(cells, widths)))
-    click.echo(f"online model: {info['online_labels_learned']} labels learned, "
+    click.echo(f"served model: {info['served_refits']} refits; online model: "
+               f"{info['online_labels_learned']} labels learned; "
                f"{info['drift_detections']} drift detections "
                f"(first {info['first_detection_after_drift_hours']} h after the drift start)")
 

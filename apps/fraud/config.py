@@ -40,6 +40,9 @@ class FraudConfig:
     # Registry name of the model served and learned online, and the alias served.
     model_name: str = "fraud-online"
     model_alias: str = "production"
+    # The variant `fraud train` registers under model_name (fraud.models.VARIANTS):
+    # trees refitted on schedule plus an online layer, or "online-lr" alone.
+    model_kind: str = "hybrid-gbm"
     # Target false-positive rates used to choose thresholds on validation data.
     review_fpr: float = 0.02
     decline_fpr: float = 0.005

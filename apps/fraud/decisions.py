@@ -2,7 +2,8 @@
 
 Each scored transaction appends one record (``Decision.to_record``: JSON with the
 score, decision, reasons, model state and the feature vector) to the decision stream
-``<prefix>decisions`` (the audit trail), and points ``<prefix>tx:<transaction_id>`` at
+``<prefix>decisions`` (the audit trail), opens a review case for a ``review`` decision
+(``<prefix>reviews:open``, in the same script), and points ``<prefix>tx:<transaction_id>`` at
 that entry, so a label arriving days later joins the exact features the model saw (no
 leakage, no skew). The record is stored once, in the stream; a request's decisions are
 written by one script call (atomic: all or none).
@@ -87,18 +88,22 @@ class Decision:
         )
 
 
-# KEYS: stream, then one transaction key per decision.
-# ARGV: ttl seconds, then per decision: transaction id, record.
-# One call appends a whole request's decisions: atomic, one command to send and parse.
+# KEYS: stream, open review cases, then one transaction key per decision.
+# ARGV: ttl seconds, then per decision: transaction id, record, review case score ('' =
+# not a review). One call appends a whole request's decisions and opens its review cases:
+# atomic, one command to send and parse.
 # No MAXLEN: approximate trimming would drop entries nobody archived (the worker trims).
 _APPEND = """
 local ttl = ARGV[1]
 local ids = {}
-for i = 2, #KEYS do
-  local a = 2 * i - 2
+for i = 3, #KEYS do
+  local a = 3 * i - 7
   local id = redis.call('XADD', KEYS[1], '*', 'transaction_id', ARGV[a], 'record', ARGV[a + 1])
   redis.call('SET', KEYS[i], id, 'EX', ttl)
-  ids[i - 1] = id
+  if ARGV[a + 2] ~= '' then
+    redis.call('ZADD', KEYS[2], ARGV[a + 2], ARGV[a])
+  end
+  ids[i - 2] = id
 end
 return ids
 """
@@ -114,6 +119,8 @@ class DecisionLog:
         self.prefix = prefix
         self.stream = f"{prefix}decisions"
         self._key_prefix = f"{prefix}tx:"
+        # A review decision opens a case here (fraud.reviews.ReviewQueue.open_key).
+        self.reviews_open = f"{prefix}reviews:open"
         self.key_ttl_seconds = int(key_ttl_seconds)
         self._ttl = str(self.key_ttl_seconds)
         self._lake = lake
@@ -128,11 +135,12 @@ class DecisionLog:
         if not decisions:
             return []
         kp = self._key_prefix
-        keys = [self.stream]
+        keys = [self.stream, self.reviews_open]
         args = [self._ttl]
         for d in decisions:
             keys.append(kp + d.transaction_id)
-            args += (d.transaction_id, d.to_record())
+            args += (d.transaction_id, d.to_record(),
+                     repr(d.scored_at) if d.decision == "review" else "")
         try:
             ids = self._redis.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:

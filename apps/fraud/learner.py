@@ -40,7 +40,7 @@ from fraud.drift import DriftMonitor
 from fraud.keys import LEARNER_GROUP, Keys
 from fraud.labels import LabelEntry, decode_label
 from fraud.models import Artifact, clone
-from fraud.thresholds import Thresholds
+from fraud.thresholds import Recalibrator, Thresholds
 from mlplatform.config import Settings
 from mlplatform.errors import Unavailable
 from mlplatform.lease import Lease
@@ -80,6 +80,7 @@ class LearnerState:
     monitor: DriftMonitor
     offset: str  # last label-stream entry handled (applied or dead-lettered)
     labels: int  # labels applied since the base version
+    calibration: Recalibrator  # recent legitimate scores: keeps the realised FPR on target
 
 
 def thresholds_of(trained: Thresholds, config: FraudConfig) -> Thresholds:
@@ -212,6 +213,8 @@ class Learner:
 
     def _apply(self, state: LearnerState, entry: LabelEntry) -> None:
         if state.model is not None:
+            if not entry.label.is_fraud:  # scored before learning it: a prequential sample
+                state.calibration.update(state.model.predict_proba_one(entry.features))
             state.model.learn_one(entry.features, entry.label.is_fraud)
         state.monitor.update(entry.label.is_fraud, entry.score, entry.review_threshold,
                              at=entry.label.labelled_at)
@@ -221,15 +224,18 @@ class Learner:
     # -- checkpoints -----------------------------------------------------------------------
 
     def _checkpoint(self, state: LearnerState, tx: Any) -> None:
-        """Model + monitor + offset as one signed pickle, in one HSET (never one without
+        """What labels changed (the online model's state, not the trees the registry
+        holds) + monitor + offset as one signed pickle, in one HSET (never one without
         the other). Batch base models are not copied: the registry holds them."""
-        blob = dumps_signed((state.model, state.monitor, state.offset, state.labels),
-                            self._key)
+        online = None if state.model is None else state.model.online_state()
+        blob = dumps_signed((online, state.monitor, state.offset, state.labels,
+                             state.calibration), self._key)
         tx.hset(self.keys.checkpoint(state.version.version), mapping={
             "blob": blob, "offset": state.offset, "labels": state.labels,
             "at": f"{time.time():.3f}"})
 
-    def load_checkpoint(self, version: int) -> tuple[Any, DriftMonitor, str, int] | None:
+    def load_checkpoint(self, version: int
+                        ) -> tuple[Any, DriftMonitor, str, int, Recalibrator] | None:
         """The checkpoint of base ``version``, or None; ``SignatureError`` if tampered."""
         blob: Any = self.client.hget(self.keys.checkpoint(version), "blob")
         return None if blob is None else loads_signed(blob, self._key)  # type: ignore[no-any-return]
@@ -248,11 +254,14 @@ class Learner:
             saved, source = None, "registry (checkpoint refused)"
         if saved is None:
             source = "registry" if source == "checkpoint" else source
-            online = bool(getattr(artifact.model, "online", False))
-            saved = (clone(artifact.model) if online else None, DriftMonitor(), "0-0", 0)
-        model, monitor, offset, labels = saved
+            saved = (None, DriftMonitor(), "0-0", 0, Recalibrator())
+        online_state, monitor, offset, labels, calibration = saved
+        model = None
+        if getattr(artifact.model, "online", False):
+            model = clone(artifact.model) if online_state is None \
+                else artifact.model.with_online_state(online_state)
         monitor.on_drift = lambda stream, detail: _on_drift(monitor, stream, detail)
-        state = LearnerState(version, artifact, model, monitor, offset, labels)
+        state = LearnerState(version, artifact, model, monitor, offset, labels, calibration)
         replayed = self._replay(state)
         tx = self.client.pipeline(transaction=True)
         try:
@@ -304,7 +313,8 @@ class Learner:
         if mark == self._published and not force:
             return None
         quality = state.monitor.snapshot()
-        thresholds = thresholds_of(state.artifact.thresholds, self.config)
+        thresholds = thresholds_of(state.calibration.thresholds(state.artifact.thresholds),
+                                   self.config)
         meta: dict[str, Any] = {
             "model": state.version.name, "base_version": state.version.version,
             "base": state.version.label, "offset": state.offset, "labels": state.labels,
@@ -313,11 +323,7 @@ class Learner:
         }
         arrays: dict[str, np.ndarray] = {}
         if state.model is not None:
-            p = state.model.predictor()
-            arrays = {"feature_names": np.array(p.feature_names, dtype=str),
-                      "log_mask": p.log_mask, "mean": p.mean, "inv_std": p.inv_std,
-                      "weights": p.weights}
-            meta["intercept"] = p.intercept
+            arrays = state.model.layer_arrays()
         seq = self.store.publish(pack_arrays(arrays, meta), meta)
         self._published = mark
         metrics.SNAPSHOTS.inc()

@@ -11,6 +11,16 @@ with its top feature contributions. Variants (``VARIANTS``):
   same dicts (``DictVectorizer`` names the columns), balanced class weights. Baseline and
   challenger; reasons by occlusion of its most important features (cheap, vectorised).
 - ``batch-lr`` (``BatchLinear``): scikit-learn logistic regression, same prep as online.
+- ``hybrid-gbm`` (``Hybrid``, served by default): a gradient-boosting model fitted by
+  training and by the pipeline on schedule, whose log-odds feed a river logistic layer
+  that learns every label between refits (starting as the trees alone). Amount features
+  are monotone (trees constrained, layer weights kept >= 0): a larger amount never
+  lowers the score, even past the range seen in training.
+
+``fit_model`` trains any variant on time-ordered history (``fit`` for models that have
+it, else ``learn_one`` in order). ``online_state`` / ``with_online_state`` carry what
+labels change (the learner checkpoints and publishes only that; the trees stay in the
+registry version).
 
 Serving never touches a mutable model: ``model.predictor()`` returns an immutable,
 thread-safe ``Predictor`` (``fraud.predictors``) that scores and explains whole requests
@@ -31,7 +41,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import pickle
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +49,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from fraud.features import BASE_FEATURES, LOG_FEATURES
-from fraud.predictors import GBMPredictor, LinearPredictor, Predictor, _single_thread, matrix, prep
+from fraud.predictors import (
+    GBMPredictor,
+    HybridPredictor,
+    LinearPredictor,
+    Predictor,
+    _single_thread,
+    matrix,
+    prep,
+)
 from fraud.thresholds import Thresholds
 
 __all__ = [
@@ -48,7 +65,10 @@ __all__ = [
     "OnlineLinear",
     "BatchGBM",
     "BatchLinear",
+    "Hybrid",
     "VARIANTS",
+    "fit_model",
+    "MONOTONE_FEATURES",
     "make_model",
     "feature_names_of",
     "Artifact",
@@ -56,6 +76,8 @@ __all__ = [
 ]
 
 MODEL_FILE = "model.pkl"
+# A larger amount (absolute, or against the card's usual) never lowers a hybrid's score.
+MONOTONE_FEATURES = frozenset({"amount", "amount_vs_card_avg", "card_amount_vs_usual"})
 THRESHOLDS_FILE = "thresholds.json"
 
 
@@ -134,11 +156,31 @@ class OnlineLinear:
         """river's own prediction (the predictor computes the same with numpy)."""
         return float(self.pipeline.predict_proba_one(dict(x)).get(True, 0.0))
 
-    def predictor(self) -> LinearPredictor:
+    def predictor(self, arrays: Mapping[str, np.ndarray] | None = None) -> LinearPredictor:
+        """The serving function; with ``arrays`` (a snapshot's ``layer_arrays``), that state."""
+        if arrays is not None:
+            return LinearPredictor(
+                feature_names=self.feature_names, log_mask=arrays["log_mask"].astype(bool),
+                mean=arrays["mean"], inv_std=arrays["inv_std"], weights=arrays["weights"],
+                intercept=float(arrays["intercept"][0]))
         scaler = self.pipeline["scale"]
         lr = self.pipeline["lr"]
         return LinearPredictor.of(self.feature_names, scaler.means, scaler.vars, lr.weights,
                                   lr.intercept)
+
+    def layer_arrays(self) -> dict[str, np.ndarray]:
+        """What labels change, as plain arrays (the learner's snapshot)."""
+        p = self.predictor()
+        return {"log_mask": p.log_mask, "mean": p.mean, "inv_std": p.inv_std,
+                "weights": p.weights, "intercept": np.array([p.intercept])}
+
+    def online_state(self) -> tuple[Any, int]:
+        return self.pipeline, self.n_learned
+
+    def with_online_state(self, state: tuple[Any, int]) -> OnlineLinear:
+        model = copy.copy(self)
+        model.pipeline, model.n_learned = copy.deepcopy(state[0]), int(state[1])
+        return model
 
 
 # ----------------------------------------------------------------------------- batch
@@ -237,8 +279,122 @@ class BatchGBM(_Batch):
         return self._predictor
 
 
+class Hybrid:
+    """Trees fitted in batch, corrected online: ``sigmoid(a * trees + w . z + b)``."""
+
+    kind = "hybrid-gbm"
+    online = True
+
+    def __init__(self, feature_names: Sequence[str], *, max_iter: int = 150,
+                 max_depth: int = 6, max_leaf_nodes: int = 31, learning_rate: float = 0.1,
+                 online_learning_rate: float = 0.002, seed: int = 0) -> None:
+        self.feature_names = tuple(feature_names)
+        self.params = {"max_iter": max_iter, "max_depth": max_depth,
+                       "max_leaf_nodes": max_leaf_nodes, "learning_rate": learning_rate,
+                       "online_learning_rate": online_learning_rate, "seed": seed}
+        self.trees: Any = None
+        self.layer: Any = None
+        self.n_learned = 0
+        self._stats: dict[str, np.ndarray] = {}
+        self._monotone: tuple[str, ...] = ()
+
+    def fit(self, xs: Sequence[Mapping[str, float]], ys: Sequence[bool] | np.ndarray) -> Hybrid:
+        """Fit the trees on ``xs`` and start the online layer as "the trees alone"."""
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        from fraud.trees import TreeEnsemble
+
+        names = self.feature_names
+        X = matrix(xs, names)
+        constraints = [1 if n in MONOTONE_FEATURES else 0 for n in names]
+        clf = HistGradientBoostingClassifier(
+            max_iter=self.params["max_iter"], max_depth=self.params["max_depth"],
+            max_leaf_nodes=self.params["max_leaf_nodes"],
+            learning_rate=self.params["learning_rate"], monotonic_cst=constraints,
+            l2_regularization=1.0, early_stopping=False, random_state=self.params["seed"])
+        with _single_thread():
+            clf.fit(X, np.asarray(ys, dtype=bool))
+        self.trees = TreeEnsemble.of(clf)
+        log_mask = np.array([n in LOG_FEATURES for n in names], dtype=bool)
+        P = prep(X, log_mask)
+        std = P.std(axis=0)
+        self._stats = {"log_mask": log_mask, "mean": P.mean(axis=0),
+                       "inv_std": np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0),
+                       "typical": X.mean(axis=0)}
+        self._monotone = tuple(n for n in names if n in MONOTONE_FEATURES)
+        self.layer = self._new_layer()
+        self.n_learned = 0
+        return self
+
+    def _new_layer(self) -> Any:
+        from river import linear_model, optim
+
+        rate = self.params["online_learning_rate"]
+        layer = linear_model.LogisticRegression(optimizer=optim.SGD(rate), intercept_lr=rate)
+        # ``weights`` is a copy; river keeps the live ones in ``_weights`` (a VectorDict).
+        layer._weights["_trees"] = 1.0
+        return layer
+
+    def _inputs(self, x: Mapping[str, float]) -> dict[str, float]:
+        X = matrix([x], self.feature_names)
+        z = (prep(X, self._stats["log_mask"]) - self._stats["mean"]) * self._stats["inv_std"]
+        out = dict(zip(self.feature_names, z[0].tolist()))
+        out["_trees"] = float(self.trees.raw(X)[0])
+        return out
+
+    def learn_one(self, x: Mapping[str, float], y: bool) -> None:
+        if self.layer is None:
+            raise RuntimeError("Hybrid: fit() before learn_one()")
+        self.layer.learn_one(self._inputs(x), bool(y))
+        weights = self.layer._weights
+        for name in self._monotone:  # keep a larger amount from ever lowering the score
+            if weights[name] < 0.0:
+                weights[name] = 0.0
+        self.n_learned += 1
+
+    def predict_proba_one(self, x: Mapping[str, float]) -> float:
+        return float(self.layer.predict_proba_one(self._inputs(x)).get(True, 0.0))
+
+    def online_state(self) -> tuple[Any, int]:
+        return self.layer, self.n_learned
+
+    def with_online_state(self, state: tuple[Any, int]) -> Hybrid:
+        model = copy.copy(self)
+        model.layer, model.n_learned = copy.deepcopy(state[0]), int(state[1])
+        return model
+
+    def layer_arrays(self) -> dict[str, np.ndarray]:
+        """What labels change, as plain arrays (the learner's snapshot)."""
+        w = self.layer._weights.to_dict()
+        return {"weights": np.array([float(w.get(n, 0.0)) for n in self.feature_names]),
+                "layer": np.array([float(w.get("_trees", 0.0)), float(self.layer.intercept)])}
+
+    def predictor(self, arrays: Mapping[str, np.ndarray] | None = None) -> HybridPredictor:
+        """The serving function; with ``arrays`` (a snapshot's ``layer_arrays``), the
+        layer learned since this version."""
+        if self.trees is None:
+            raise RuntimeError("Hybrid: fit() before predictor()")
+        a = self.layer_arrays() if arrays is None else arrays
+        return HybridPredictor(
+            feature_names=self.feature_names, trees=self.trees,
+            log_mask=self._stats["log_mask"], mean=self._stats["mean"],
+            inv_std=self._stats["inv_std"], tree_weight=float(a["layer"][0]),
+            weights=np.asarray(a["weights"], dtype=float), intercept=float(a["layer"][1]),
+            typical=self._stats["typical"])
+
+
 VARIANTS: dict[str, type] = {"online-lr": OnlineLinear, "batch-hgb": BatchGBM,
-                             "batch-lr": BatchLinear}
+                             "batch-lr": BatchLinear, "hybrid-gbm": Hybrid}
+
+
+def fit_model(model: Any, xs: Sequence[Mapping[str, float]], ys: Sequence[bool] | np.ndarray
+              ) -> Any:
+    """Train ``model`` on time-ordered history: ``fit`` when it has one, else label by label."""
+    if hasattr(model, "fit"):
+        return model.fit(xs, ys)
+    for x, y in zip(xs, ys):
+        model.learn_one(x, bool(y))
+    return model
 
 
 def make_model(kind: str, feature_names: Sequence[str], **params: Any) -> Any:
@@ -256,22 +412,44 @@ def clone(model: Any) -> Any:
     return copy.deepcopy(model)
 
 
+def _signing_key(folder: Path) -> bytes:
+    """The deployment's key for a registry folder: ``MLSUITE_SECRET_KEY``, else the data
+    folder's ``secret.key`` (the folder holding the registry's ``models/``)."""
+    import os
+
+    from mlplatform.config import Settings
+    from mlplatform.snapshots import secret_key
+
+    if os.environ.get("MLSUITE_SECRET_KEY"):
+        return os.environ["MLSUITE_SECRET_KEY"].encode()
+    folder = Path(folder).resolve()
+    data_dir = next((p.parent for p in folder.parents if p.name == "models"), folder)
+    return secret_key(Settings(data_dir=data_dir, secret_key=None))
+
+
 @dataclass(frozen=True)
 class Artifact:
-    """What a registry version holds: the model and the thresholds chosen for it."""
+    """What a registry version holds: the model and the thresholds chosen for it.
+
+    The model file is a pickle signed with the deployment's key (HMAC): a file someone
+    else wrote, or changed, is refused instead of run."""
 
     model: Any
     thresholds: Thresholds
 
     def save(self, folder: Path) -> None:
-        with open(Path(folder) / MODEL_FILE, "wb") as f:
-            pickle.dump(self.model, f, protocol=pickle.HIGHEST_PROTOCOL)
+        from mlplatform.snapshots import dumps_signed
+
+        blob = dumps_signed(self.model, _signing_key(folder))
+        (Path(folder) / MODEL_FILE).write_bytes(blob)
         (Path(folder) / THRESHOLDS_FILE).write_text(json.dumps(self.thresholds.to_dict(), indent=2))
 
     @classmethod
     def load(cls, folder: Path) -> Artifact:
-        """Load a saved artifact (trusted registry folders only: the model is a pickle)."""
-        with open(Path(folder) / MODEL_FILE, "rb") as f:
-            model = pickle.load(f)
+        """Load a saved artifact; ``SignatureError`` if the model file is not signed with
+        this deployment's key."""
+        from mlplatform.snapshots import loads_signed
+
+        model = loads_signed((Path(folder) / MODEL_FILE).read_bytes(), _signing_key(folder))
         thresholds = Thresholds.from_dict(json.loads((Path(folder) / THRESHOLDS_FILE).read_text()))
         return cls(model, thresholds)

@@ -7,7 +7,7 @@ features are exactly what the model saw (no leakage, no training/serving skew). 
 original transaction file is featurised offline by the same feature code
 (``fraud.training.load_dataset``).
 
-The candidate is the same kind of model as production (``online-lr`` by default),
+The candidate is the same kind of model as production (``hybrid-gbm`` by default),
 trained the way ``mlsuite fraud train`` trains: thresholds chosen on the newest fifth of
 its training rows. It is compared with the production artifact of the registry on the
 labels newer than production's data cutoff, which neither model trained on.
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from fraud.config import FraudConfig
-from fraud.models import Artifact, OnlineLinear, feature_names_of, make_model
+from fraud.models import Artifact, OnlineLinear, feature_names_of, fit_model, make_model
 from fraud.thresholds import choose_thresholds
 from fraud.training import evaluate as score_metrics
 from fraud.training import load_dataset
@@ -235,11 +235,7 @@ class FraudPipeline:
         kind = self._production_kind(ctx)
         model: Any = OnlineLinear(names, positive_weight=self.config.positive_weight) \
             if kind == "online-lr" else make_model(kind, names)
-        if model.online:
-            for x, y in zip(xs[:cut], ys[:cut]):
-                model.learn_one(x, bool(y))
-        else:
-            model.fit(xs[:cut], ys[:cut])
+        fit_model(model, xs[:cut], ys[:cut])
         predictor = model.predictor()
         thresholds = choose_thresholds(predictor.predict(predictor.matrix(xs[cut:])), ys[cut:],
                                        self.config.review_fpr, self.config.decline_fpr)

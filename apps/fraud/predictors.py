@@ -10,6 +10,9 @@ serving a predictor, so a request never touches a model that a learner is changi
   (numpy's per-call overhead dominates at that size), many rows in numpy.
 - ``GBMPredictor``: a fitted gradient-boosting model; contributions by occluding its most
   important features with their training medians (vectorised over the request).
+- ``HybridPredictor``: gradient-boosted trees (``fraud.trees``, plain arrays) whose
+  log-odds an online logistic layer re-weighs and corrects with the standardised
+  features; contributions are the trees' path credits plus the layer's ``w_j * z_j``.
 
 >>> p = LinearPredictor.of(["amount", "card_new_device"],
 ...     mean={"amount": 3.0, "card_new_device": 0.1}, var={"amount": 1.0, "card_new_device": 0.25},
@@ -33,7 +36,8 @@ import numpy as np
 
 from fraud.features import CATEGORY_PREFIX, LOG_FEATURES
 
-__all__ = ["Reason", "Predictor", "LinearPredictor", "GBMPredictor", "matrix", "prep"]
+__all__ = ["Reason", "Predictor", "LinearPredictor", "GBMPredictor", "HybridPredictor", "matrix",
+           "prep"]
 
 _SMALL = 4  # rows scored in plain Python; more go through numpy
 
@@ -227,6 +231,46 @@ class GBMPredictor:
         C = np.zeros_like(X)
         C[:, cols] = (base[None, :] - occluded).T
         return _top(self.feature_names, X, C, k)
+
+
+@dataclass(frozen=True)
+class HybridPredictor:
+    """``sigmoid(a * trees(x) + w . z + b)``: trees refitted on schedule, ``a, w, b``
+    learned online from labels between refits (``a = 1, w = 0, b = 0``: the trees alone)."""
+
+    feature_names: tuple[str, ...]
+    trees: Any  # fraud.trees.TreeEnsemble
+    log_mask: np.ndarray
+    mean: np.ndarray
+    inv_std: np.ndarray
+    tree_weight: float
+    weights: np.ndarray
+    intercept: float
+    typical: np.ndarray  # per feature, the training mean: what "usually" means in a reason
+
+    def matrix(self, xs: Sequence[Mapping[str, float]]) -> np.ndarray:
+        return matrix(xs, self.feature_names)
+
+    def _z(self, X: np.ndarray) -> np.ndarray:
+        return (prep(X, self.log_mask) - self.mean) * self.inv_std
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return _sigmoid(self.tree_weight * self.trees.raw(X) + self._z(X) @ self.weights
+                        + self.intercept)
+
+    def explain(self, X: np.ndarray, k: int) -> list[list[Reason]]:
+        return self.score_matrix(X, k)[1]
+
+    def score_matrix(self, X: np.ndarray, k: int) -> tuple[np.ndarray, list[list[Reason]]]:
+        raw, C = self.trees.raw_and_contributions(X)
+        linear = self._z(X) * self.weights
+        scores = _sigmoid(self.tree_weight * raw + linear.sum(axis=1) + self.intercept)
+        return scores, _top(self.feature_names, X, self.tree_weight * C + linear, k)
+
+    def score(self, xs: Sequence[Mapping[str, float]], k: int
+              ) -> tuple[list[float], list[list[Reason]]]:
+        scores, reasons = self.score_matrix(self.matrix(xs), k)
+        return np.clip(scores, 0.0, 1.0).tolist(), reasons
 
 
 _controller: Any = None

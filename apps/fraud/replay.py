@@ -1,12 +1,17 @@
-"""Prequential replay: how the online model and a static batch model fare over time.
+"""Prequential replay: how the served model, an online-only and a static model fare.
 
 The file is featurised in time order (the service's feature code, in-memory velocity).
-Both models learn the first ``train_fraction`` of the time range (the batch model is
-fitted once and never changes; the online model is warm-started on it). Over the rest,
-each transaction is first scored by both, then every label whose time has come is
-revealed to the online model (``learn_one``) and to its drift monitor. A label becomes
-known at ``timestamp + label_delay`` when a delay is given, else at the file's
-``labelled_at`` column (else immediately).
+Every model learns the first ``train_fraction`` of the time range. Over the rest, each
+transaction is first scored by every model, then every label whose time has come is
+revealed to the learning models (``learn_one``) and to the drift monitor. A label
+becomes known at ``timestamp + label_delay`` when a delay is given, else at the file's
+``labelled_at`` column (else immediately). The models:
+
+- ``served``: what the service serves by default (``hybrid-gbm``): trees fitted on the
+  training part and refitted every ``refit_every`` seconds on every label known by then
+  (the pipeline's schedule), with the online layer learning each label in between;
+- ``online``: the river logistic model alone (``online-lr``), warm-started, then learning;
+- ``batch``: a static ``batch-hgb`` fitted once on the training part.
 
 Reported per model: ROC AUC, PR AUC and recall at 2 % FPR over the evaluation part, and
 the same before and after the drift start (given, or the first time the pattern that
@@ -24,11 +29,14 @@ from typing import Any
 import numpy as np
 
 from fraud.drift import DriftMonitor
-from fraud.models import BatchGBM, OnlineLinear, feature_names_of
+from fraud.models import BatchGBM, Hybrid, OnlineLinear, feature_names_of
 from fraud.thresholds import choose_thresholds, threshold_for_fpr
 from fraud.training import Dataset, evaluate
 
-__all__ = ["ReplayResult", "replay", "drift_start_of"]
+__all__ = ["ReplayResult", "replay", "drift_start_of", "REFIT_EVERY"]
+
+# The pipeline's default schedule in replay: the trees are refitted once a week.
+REFIT_EVERY = 7 * 86400.0
 
 
 @dataclass
@@ -58,7 +66,7 @@ def drift_start_of(data: Dataset) -> float | None:
 def replay(
     data: Dataset, *, label_delay: float | None = None, train_fraction: float = 0.3,
     drift_start: float | None = None, fpr: float = 0.02, positive_weight: float = 5.0,
-    progress: bool = False,
+    refit_every: float | None = REFIT_EVERY, progress: bool = False,
 ) -> ReplayResult:
     from tqdm import tqdm
 
@@ -69,6 +77,9 @@ def replay(
     if split < 10 or n - split < 10:
         raise ValueError(f"{n} transactions leave too few on one side of the "
                          f"{train_fraction:.0%} training split")
+    if not y[:split].any():
+        raise ValueError(f"no fraud in the first {train_fraction:.0%} of the time range; "
+                         "nothing to learn from (raise --train-fraction)")
     if label_delay is not None:
         reveal = ts + label_delay
     elif "labelled_ts" in data.frame.columns:
@@ -81,23 +92,38 @@ def replay(
     batch_scores = batch.predict(batch.matrix(xs[split:]))
 
     online = OnlineLinear(names, positive_weight=positive_weight)
+    served = Hybrid(names).fit(xs[:split], y[:split])
+    known = list(range(split))  # rows whose label is known, in reveal order
+    refits: list[float] = []
+    next_refit = ts[split] + refit_every if refit_every else np.inf
     with tqdm(total=n, desc="replay", unit="tx", disable=not progress) as bar:
         for x, label in zip(xs[:split], y[:split]):
             online.learn_one(x, bool(label))
         bar.update(split)
-        warm = online.predictor()
+        warm = served.predictor()
         review = choose_thresholds(warm.predict(warm.matrix(xs[:split])), y[:split], fpr).review
         monitor = DriftMonitor()
         detections: list[float] = []
         pending: list[tuple[float, int]] = []
         online_scores = np.empty(n - split)
+        served_scores = np.empty(n - split)
         for i in range(split, n):
+            if ts[i] >= next_refit:  # the scheduled pipeline run: refit on what is known
+                rows = sorted(known)
+                labels = y[rows]
+                if labels.any() and not labels.all():
+                    served = Hybrid(names).fit([xs[j] for j in rows], labels)
+                    refits.append(float(ts[i]))
+                next_refit += refit_every  # type: ignore[operator]
             while pending and pending[0][0] <= ts[i]:
                 at, j = heapq.heappop(pending)
                 online.learn_one(xs[j], bool(y[j]))
-                if monitor.update(bool(y[j]), online_scores[j - split], review, at=at):
+                served.learn_one(xs[j], bool(y[j]))
+                known.append(j)
+                if monitor.update(bool(y[j]), served_scores[j - split], review, at=at):
                     detections.append(at)
             online_scores[i - split] = online.predict_proba_one(xs[i])
+            served_scores[i - split] = served.predict_proba_one(xs[i])
             heapq.heappush(pending, (reveal[i], i))
             if (i - split) % 5000 == 0:
                 bar.update(min(5000, n - bar.n))
@@ -115,7 +141,8 @@ def replay(
         drift_pattern = str(first.iloc[0]) if len(first) else None
 
     models: dict[str, dict[str, Any]] = {}
-    for name, scores in (("online", online_scores), ("batch", batch_scores)):
+    for name, scores in (("served", served_scores), ("online", online_scores),
+                         ("batch", batch_scores)):
         result: dict[str, Any] = dict(evaluate(scores, eval_y, fpr))
         result["segments"] = {}
         for seg, mask in segments.items():
@@ -125,6 +152,8 @@ def replay(
                     scores[mask], eval_y[mask], patterns[mask], drift_pattern, fpr)
             result["segments"][seg] = metrics
         models[name] = result
+    models["served"]["model"] = (f"{Hybrid.kind}: trees refitted every "
+                                 f"{_days(refit_every)}, online layer learning labels")
     models["online"]["model"] = f"{online.kind} (river), warm-started then learning labels"
     models["batch"]["model"] = f"{BatchGBM.kind} (scikit-learn), fitted once on the first part"
     info = {
@@ -134,10 +163,15 @@ def replay(
             "labelled_at" if "labelled_ts" in data.frame.columns else "immediate"),
         "drift_start": _iso(drift), "drift_pattern": drift_pattern,
         "online_labels_learned": online.n_learned,
+        "served_refits": len(refits), "refit_every_seconds": refit_every,
         "drift_detections": len(detections),
         "first_detection_after_drift_hours": _first_after(detections, drift),
     }
     return ReplayResult(models, info)
+
+
+def _days(seconds: float | None) -> str:
+    return "never" if not seconds else f"{seconds / 86400:g} days"
 
 
 def _segments(ts: np.ndarray, drift: float | None) -> dict[str, np.ndarray]:

@@ -27,6 +27,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import redis
 
 from fraud import metrics
@@ -35,9 +36,13 @@ from fraud.decisions import Decision, DecisionLog
 from fraud.features import assemble, event_of
 from fraud.keys import Keys
 from fraud.labels import Label, LabelStream
+from fraud.lists import Lists
 from fraud.profile_push import decode_overrides
 from fraud.profile_updates import ProfileUpdates, parse_profile
 from fraud.profiles import ProfileSource, known_entities
+from fraud.reasons import describe
+from fraud.rollout import FraudRollout
+from fraud.rules import Policy
 from fraud.schema import Transaction
 from fraud.serving_state import ModelView, ServingState
 from fraud.thresholds import DECISIONS
@@ -75,6 +80,12 @@ class FraudService:
         self.labels = LabelStream(client, self.decisions, config.decision_ttl_seconds)
         self.profile_updates = ProfileUpdates(client, self.keys.profile_updates)
         self.model = ModelView(settings, config, client, self.labels)
+        # Lists (block / allow) and rules around the model; a canary's candidate.
+        self.lists = Lists(client, config.key_prefix, poll_seconds=config.follow_seconds,
+                           max_values=config.list_max_values)
+        self.policy = Policy.load(config, self.lists)
+        self.rollout = FraudRollout(settings, config, client)
+        self._typical: tuple[Any, dict[str, float]] | None = None
         self.overrides: Follower[dict[str, dict[str, Any]]] = Follower(
             SnapshotStore(client, self.keys.profile_overrides), decode_overrides,
             poll_seconds=config.follow_seconds, name="fraud-profile-overrides",
@@ -93,6 +104,8 @@ class FraudService:
             log.warning("fraud: no model to serve yet (%s)", exc.message)
         self._prefetch_profiles()
         self.overrides.start()
+        self.lists.start()
+        self.rollout.start()
 
     def _prefetch_profiles(self) -> None:
         """Open the profile store and load the known entities into the cache (one
@@ -144,30 +157,98 @@ class FraudService:
 
     def _decide(self, state: ServingState, txs: list[Transaction],
                 velocity: list[dict[str, float]]) -> list[Decision]:
+        """Score ``txs`` (production, or a canary's candidate for the cards it serves),
+        then apply the rules and lists; reasons as codes and sentences."""
         cards = self.profiles.get_many("card", [t.card_id for t in txs])
         merchants = self.profiles.get_many("merchant", [t.merchant_id for t in txs])
         xs = [assemble(t, cards[t.card_id], merchants[t.merchant_id], v)
               for t, v in zip(txs, velocity)]
-        scores, reasons = state.predictor.score(xs, self.config.top_reasons)
-        thresholds = state.thresholds
-        review, decline = thresholds.review, thresholds.decline
-        labels = ["decline" if s >= decline else "review" if s >= review else "approve"
-                  for s in scores]
+        n, k = len(txs), self.config.top_reasons
+        scores: list[float] = [0.0] * n
+        raw: list[list[Any]] = [[] for _ in range(n)]
+        labels: list[str] = ["approve"] * n
+        model_of: list[tuple[str, int, float, Any]] = [
+            (state.label, state.labels, state.thresholds.review, state.predictor)] * n
+        production = list(range(n))
+        rollout = self.rollout
+        candidate = rollout.candidate()
+        if candidate is not None:
+            routes = rollout.route(
+                [t.card_id for t in txs], production_version=state.version.version,
+                attributes=[{"country": t.country, "channel": t.channel,
+                             "currency": t.currency} for t in txs])
+            chosen = [i for i, r in enumerate(routes) if r is not None]
+            if chosen:
+                production = [i for i, r in enumerate(routes) if r is None]
+                self._score_candidate(candidate, chosen, xs, k, scores, raw, labels, model_of,
+                                      production)
+        if production:
+            started = time.perf_counter()
+            part = xs if len(production) == n else [xs[i] for i in production]
+            got, why = state.predictor.score(part, k)
+            review, decline = state.thresholds.review, state.thresholds.decline
+            decided = ["decline" if s >= decline else "review" if s >= review else "approve"
+                       for s in got]
+            for i, s, r, d in zip(production, got, why, decided):
+                scores[i], raw[i], labels[i] = s, r, d
+            if candidate is not None or rollout.active():
+                rollout.record(state.version.version, time.perf_counter() - started, decided)
+                mirrored = [j for j, i in enumerate(production)
+                            if rollout.mirrored(txs[i].card_id)]
+                if mirrored:
+                    rollout.mirror([part[j] for j in mirrored], [got[j] for j in mirrored],
+                                   state.thresholds)
+        final = self.policy.apply(txs, xs, scores, labels)
         now = time.time()
-        version, n_labels = state.label, state.labels
-        out = [
-            Decision(t.transaction_id, t.timestamp, float(s), d, [r.to_dict() for r in rs],
-                     version, n_labels, review, x, now)
-            for t, s, d, rs, x in zip(txs, scores, labels, reasons, xs)
-        ]
+        out = []
+        for i, (t, x, (decision, rules)) in enumerate(zip(txs, xs, final)):
+            label, n_labels, review_cut, predictor = model_of[i]
+            typical = self._typical_of(predictor)
+            reasons = [{**describe(r.feature, r.value, typical.get(r.feature)),
+                        "contribution": round(r.contribution, 4)} for r in raw[i]]
+            out.append(Decision(t.transaction_id, t.timestamp, float(scores[i]), decision,
+                                reasons + rules, label, n_labels, review_cut, x, now))
         observe = metrics.SCORES.observe
         for s in scores:
             observe(s)
+        decisions = [d.decision for d in out]
         for name, counter in self._decision_counters.items():
-            n = labels.count(name)
-            if n:
-                counter.inc(n)
+            count = decisions.count(name)
+            if count:
+                counter.inc(count)
         return out
+
+    def _score_candidate(self, candidate: Any, chosen: list[int], xs: list[dict[str, float]],
+                         k: int, scores: list[float], raw: list[list[Any]], labels: list[str],
+                         model_of: list[tuple[str, int, float, Any]], production: list[int]
+                         ) -> None:
+        """The canary's share: scored by the candidate; on its error, by production."""
+        started = time.perf_counter()
+        try:
+            got, why = candidate.predictor.score([xs[i] for i in chosen], k)
+            decided = candidate.decide(np.asarray(got))
+        except Exception as exc:  # noqa: BLE001 - a failing candidate must not fail payments
+            self.rollout.record(candidate.version.version, time.perf_counter() - started,
+                                ["error"] * len(chosen), error=True)
+            log.warning("fraud: candidate %s failed (%s); production scored its share",
+                        candidate.label, exc)
+            production[:] = sorted(set(production) | set(chosen))
+            return
+        self.rollout.record(candidate.version.version, time.perf_counter() - started, decided)
+        for i, s, r, d in zip(chosen, got, why, decided):
+            scores[i], raw[i], labels[i] = s, r, d
+            model_of[i] = (candidate.label, 0, candidate.thresholds.review, candidate.predictor)
+
+    def _typical_of(self, predictor: Any) -> dict[str, float]:
+        """Per feature, what "usually" means for this predictor (its training mean)."""
+        cached = self._typical
+        if cached is not None and cached[0] is predictor:
+            return cached[1]
+        values = getattr(predictor, "typical", None)
+        typical = {} if values is None else dict(zip(predictor.feature_names,
+                                                     np.asarray(values, dtype=float).tolist()))
+        self._typical = (predictor, typical)
+        return typical
 
     def _fill_duplicates(self, txs: Sequence[Transaction], results: list[Decision | None]) -> None:
         missing = [i for i, r in enumerate(results) if r is None]
@@ -222,3 +303,5 @@ class FraudService:
     def close(self) -> None:
         self.model.stop()
         self.overrides.stop()
+        self.lists.close()
+        self.rollout.stop()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import redis
 
@@ -30,7 +30,7 @@ from fraud.keys import Keys
 from fraud.labels import LabelStream
 from fraud.learner import thresholds_of
 from fraud.models import Artifact
-from fraud.predictors import LinearPredictor, Predictor
+from fraud.predictors import Predictor
 from fraud.thresholds import Thresholds
 from mlplatform.config import Settings
 from mlplatform.errors import Unavailable
@@ -64,24 +64,17 @@ class ServingState:
 
 @dataclass(frozen=True)
 class OnlineSnapshot:
-    """One decoded worker snapshot: its base version, predictor (online models), meta."""
+    """One decoded worker snapshot: its base version, the online layer's arrays, meta."""
 
     base_version: int
-    predictor: LinearPredictor | None
+    arrays: dict[str, Any]
     meta: dict[str, Any]
 
 
 def decode_snapshot(snapshot: Snapshot) -> OnlineSnapshot:
     """The plain-data body the learner publishes (never unpickled)."""
     arrays, meta = unpack_arrays(snapshot.body)
-    predictor = None
-    if "weights" in arrays:
-        predictor = LinearPredictor(
-            feature_names=tuple(str(n) for n in arrays["feature_names"].tolist()),
-            log_mask=arrays["log_mask"].astype(bool), mean=arrays["mean"],
-            inv_std=arrays["inv_std"], weights=arrays["weights"],
-            intercept=float(meta["intercept"]))
-    return OnlineSnapshot(int(meta["base_version"]), predictor, meta)
+    return OnlineSnapshot(int(meta["base_version"]), dict(arrays), meta)
 
 
 class ModelView:
@@ -128,9 +121,10 @@ class ModelView:
             return ServingState(version, artifact.model.predictor(), thresholds, is_online,
                                 "0-0", 0, _NO_LABELS)
         meta = online.meta
-        # A frozen dataclass's read-only fields satisfy the protocol at run time.
-        predictor = cast(Predictor, online.predictor) if online.predictor is not None \
-            else artifact.model.predictor()
+        predictor: Predictor = artifact.model.predictor(online.arrays) \
+            if is_online and online.arrays else artifact.model.predictor()
+        if "thresholds" in meta:  # recalibrated by the learner on recent legitimate scores
+            thresholds = thresholds_of(Thresholds.from_dict(meta["thresholds"]), self.config)
         return ServingState(version, predictor, thresholds, is_online, str(meta["offset"]),
                             int(meta["labels"]), meta["quality"])
 

@@ -29,6 +29,7 @@ __all__ = [
     "false_positive_rate",
     "recall_at_fpr",
     "DECISIONS",
+    "Recalibrator",
 ]
 
 DECISIONS = ("approve", "review", "decline")
@@ -110,3 +111,40 @@ def recall_at_fpr(scores: np.ndarray, labels: np.ndarray, target_fpr: float = 0.
         return float("nan")
     cut = threshold_for_fpr(scores[~labels], target_fpr)
     return float(np.mean(scores[labels] >= cut))
+
+
+class Recalibrator:
+    """Keeps the realised false-positive rate at its targets as the model learns.
+
+    The learner feeds it the current model's score of each transaction labelled
+    legitimate (before learning that label); once ``min_count`` are in the window, the
+    served cut-offs are the ones that flag ``review_fpr`` / ``decline_fpr`` of the latest
+    ``window`` legitimate transactions, instead of the cut-offs chosen at training time
+    (which drift as the online layer moves the scores).
+
+    >>> r = Recalibrator(window=1000, min_count=100)
+    >>> for i in range(1000):
+    ...     r.update(i / 1000)
+    >>> t = r.thresholds(Thresholds(0.5, 0.9))
+    >>> round(t.review, 3), round(t.decline, 3)
+    (0.979, 0.994)
+    """
+
+    def __init__(self, window: int = 5000, min_count: int = 500) -> None:
+        from collections import deque
+
+        self.scores: Any = deque(maxlen=window)
+        self.min_count = min_count
+
+    def update(self, legit_score: float) -> None:
+        self.scores.append(float(legit_score))
+
+    def thresholds(self, trained: Thresholds) -> Thresholds:
+        """``trained``'s cut-offs recalibrated on the window (unchanged until it fills)."""
+        if len(self.scores) < self.min_count:
+            return trained
+        negatives = np.fromiter(self.scores, dtype=float, count=len(self.scores))
+        review = threshold_for_fpr(negatives, trained.review_fpr)
+        decline = max(threshold_for_fpr(negatives, trained.decline_fpr), review)
+        return Thresholds(review=review, decline=decline, review_fpr=trained.review_fpr,
+                          decline_fpr=trained.decline_fpr)

@@ -6,9 +6,10 @@ Feast serves, next to the transactions). The first ``1 - validation_fraction`` o
 time range trains; the rest is validation, where the thresholds are chosen and the
 reported metrics measured. Then:
 
-- ``fraud-online``: the river model warm-started on the training part, thresholds from
-  its validation scores, then also learning the validation part (it has seen all
-  history when it starts serving; the label stream continues from there);
+- ``fraud-online`` (the served model, ``model_kind``, by default ``hybrid-gbm``): fitted
+  on the training part, thresholds from its validation scores, then its online layer
+  also learns the validation part (it has seen all history when it starts serving; the
+  label stream continues from there);
 - ``fraud-batch``: the scikit-learn model fitted on the training part (static).
 
 Both are registered (params, metrics, data fingerprint) and, with ``promote``, become
@@ -30,7 +31,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from fraud.config import FraudConfig
 from fraud.features import offline_vectors
-from fraud.models import Artifact, BatchGBM, OnlineLinear, feature_names_of
+from fraud.models import Artifact, BatchGBM, feature_names_of, fit_model, make_model
 from fraud.profiles import FrameProfiles, NoProfiles, ProfileSource
 from fraud.schema import read_transactions, transactions_from_frame
 from fraud.thresholds import Thresholds, choose_thresholds, false_positive_rate, recall_at_fpr
@@ -112,18 +113,19 @@ def train(
     out: dict[str, ModelVersion] = {}
 
     started = time.perf_counter()
-    online = OnlineLinear(names, positive_weight=config.positive_weight)
-    with tqdm(total=n, desc="fraud online model", unit="tx", disable=not progress) as bar:
-        for i, (x, y) in enumerate(zip(train_x, train_y)):
-            online.learn_one(x, bool(y))
-            if i % 5000 == 4999:
-                bar.update(5000)
+    kind = config.model_kind
+    online: Any = make_model(kind, names, **({"positive_weight": config.positive_weight}
+                                             if kind == "online-lr" else {}))
+    with tqdm(total=n, desc=f"fraud {kind} model", unit="tx", disable=not progress) as bar:
+        fit_model(online, train_x, train_y)
+        bar.update(split)
         predictor = online.predictor()
         val_scores = predictor.predict(predictor.matrix(val_x))
         thresholds = _thresholds(val_scores, val_y, config)
         metrics = _metrics(val_scores, val_y, thresholds)
-        for x, y in zip(val_x, val_y):  # serve with all history learned
-            online.learn_one(x, bool(y))
+        if online.online:  # serve with all history learned
+            for x, y in zip(val_x, val_y):
+                online.learn_one(x, bool(y))
         bar.update(n - bar.n)
     out["online"] = registry.register(
         config.model_name, writer=Artifact(online, thresholds).save,

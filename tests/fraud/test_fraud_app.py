@@ -30,7 +30,8 @@ def test_score_answers_with_score_decision_reasons_and_version(client: Any, tx: 
     assert body["decision"] in ("approve", "review", "decline")
     assert body["model_version"] == "fraud-online:v1"
     for reason in body["reasons"]:
-        assert set(reason) == {"feature", "value", "contribution"} and reason["contribution"] > 0
+        assert set(reason) == {"code", "text", "feature", "value", "contribution"}
+        assert reason["contribution"] > 0 and reason["text"] and reason["code"]
 
 
 def test_a_fraud_like_transaction_scores_higher_than_an_ordinary_one(client: Any, tx: Tx

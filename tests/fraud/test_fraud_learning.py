@@ -127,9 +127,9 @@ def test_drift_on_labels_shows_in_the_model_endpoint(
     txs = as_bodies(later[~later["is_fraud"]].iloc[:1500])
     decisions = [d["decision"] for start in range(0, len(txs), 500) for d in client.post(
         "/v1/transactions/score/batch", json=txs[start:start + 500]).get_json()["results"]]
-    # All legitimate at first; then one in ten approved ones turns out to be a fraud.
+    # All legitimate at first; then one in four approved ones turns out to be a fraud.
     labels = [{"transaction_id": t["transaction_id"],
-               "is_fraud": i >= 1000 and i % 10 == 0 and d == "approve"}
+               "is_fraud": i >= 1000 and i % 4 == 0 and d == "approve"}
               for i, (t, d) in enumerate(zip(txs, decisions))]
     assert sum(lb["is_fraud"] for lb in labels) > 30
     client.post("/v1/labels", json=labels)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fraud.models import VARIANTS, Artifact, feature_names_of, make_model
+from fraud.models import VARIANTS, Artifact, Hybrid, feature_names_of, fit_model, make_model
 from fraud.thresholds import Thresholds
 
 
@@ -33,13 +33,7 @@ def _data(n: int = 3000, seed: int = 0) -> tuple[list[dict[str, float]], np.ndar
 
 
 def _fit(kind: str, xs: list[dict[str, float]], ys: np.ndarray) -> Any:
-    model = make_model(kind, feature_names_of(xs))
-    if model.online:
-        for x, y in zip(xs, ys):
-            model.learn_one(x, bool(y))
-    else:
-        model.fit(xs, ys)
-    return model
+    return fit_model(make_model(kind, feature_names_of(xs)), xs, ys)
 
 
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
@@ -134,3 +128,33 @@ def test_learning_is_deterministic() -> None:
     xs, ys = _data(800)
     a, b = _fit("online-lr", xs, ys).predictor(), _fit("online-lr", xs, ys).predictor()
     assert np.array_equal(a.predict(a.matrix(xs)), b.predict(b.matrix(xs)))
+
+
+def test_the_hybrid_never_lowers_a_score_as_the_amount_grows() -> None:
+    """Monotone in the amount, even after labels that would pull the other way and past
+    the largest amount seen in training (trees are flat there; the layer weight >= 0)."""
+    xs, ys = _data(3000)
+    model = _fit("hybrid-gbm", xs, ys)
+    assert isinstance(model, Hybrid)
+    for x in xs[:300]:  # large amounts labelled legitimate: a naive layer would learn "big = safe"
+        model.learn_one({**x, "amount": 5000.0, "amount_vs_card_avg": 100.0}, False)
+    p = model.predictor()
+    base = {"card_count_1h": 0.0, "card_new_device": 1.0, "hour_sin": 0.0}
+    amounts = [1.0, 10.0, 50.0, 500.0, 1e4, 1e6, 1e9]
+    scores = p.score([{**base, "amount": a, "amount_vs_card_avg": (a + 1) / 41.0}
+                      for a in amounts], 0)[0]
+    assert all(b >= a - 1e-12 for a, b in zip(scores, scores[1:])), list(zip(amounts, scores))
+
+
+def test_the_hybrid_snapshot_arrays_give_the_same_predictor() -> None:
+    xs, ys = _data(2000)
+    model = _fit("hybrid-gbm", xs, ys)
+    for x, y in zip(xs[:200], ys[:200]):
+        model.learn_one(x, bool(y))
+    fresh = make_model("hybrid-gbm", model.feature_names)
+    fresh.__dict__.update(model.__dict__)
+    X = model.predictor().matrix(xs[:50])
+    a = model.predictor().predict(X)
+    b = fresh.predictor(model.layer_arrays()).predict(X)
+    assert np.allclose(a, b)
+    assert np.allclose(a, [model.predict_proba_one(x) for x in xs[:50]])

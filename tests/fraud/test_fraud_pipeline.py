@@ -84,7 +84,7 @@ def test_registers_a_candidate_on_new_plausible_labels(data_dir: Path) -> None:
     assert registry.aliases(MODEL) == {"production": 1, "candidate": 2}
     version = registry.get(MODEL, 2)
     artifact = Artifact.load(version.path)  # servable like any registry version
-    assert artifact.model.kind == "online-lr" and artifact.thresholds.review < 1
+    assert artifact.model.kind == "hybrid-gbm" and artifact.thresholds.review < 1
     lineage = version.metadata["lineage"]
     parts = [e for e in lineage["inputs"] if e["kind"] == "lake"]
     assert parts and sum(e["rows"] for e in parts) == report["steps"][0]["sources"][

@@ -42,6 +42,8 @@ def data_dir(tmp_path: Path, fraud_data_dir: Path) -> Path:
     same artifact again (healthy) and v(n+2) the same model with its score inverted."""
     data = tmp_path / "rollout-data"
     shutil.copytree(fraud_data_dir / "models", data / "models")
+    # Registry artifacts are signed with the deployment's key: it moves with them.
+    shutil.copy(fraud_data_dir / "secret.key", data / "secret.key")
     registry = ModelRegistry(data / "models")
     production = registry.resolve(NAME, "production")
     artifact = Artifact.load(production.path)

@@ -44,11 +44,10 @@ def test_trained_thresholds_meet_targets_on_the_simulated_validation_data(
     assert metrics["review_recall"] >= 0.15, metrics
     # Recompute from the artifact: the stored model learned validation too, so rebuild the
     # validation-time model by replaying the training part only.
-    from fraud.models import OnlineLinear
+    from fraud.models import fit_model, make_model
 
-    model = OnlineLinear(artifact.model.feature_names)
-    for x, y in zip(payments_data.vectors[:n_train], payments_data.labels[:n_train]):
-        model.learn_one(x, bool(y))
+    model = fit_model(make_model(artifact.model.kind, artifact.model.feature_names),
+                      payments_data.vectors[:n_train], payments_data.labels[:n_train])
     p = model.predictor()
     scores = p.predict(p.matrix(payments_data.vectors[n_train:]))
     negatives = scores[~payments_data.labels[n_train:]]
