@@ -13,7 +13,7 @@ import click
 from mlplatform.config import Settings, get_settings
 from mlplatform.errors import MLSuiteError
 
-__all__ = ["cli", "ensure_model", "ensure_trained", "seed_velocity"]
+__all__ = ["cli", "ensure_model", "ensure_trained", "seed_velocity", "ignored_columns"]
 
 log = logging.getLogger(__name__)
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -158,16 +158,35 @@ def replay_command(path: Path | None, label_delay: float | None, train_fraction:
     settings = _settings()
     config = FraudConfig.from_env()
     data = _load(path or _default_transactions(settings), config, progress=not as_json)
+    ignored = ignored_columns(data.frame.columns, config.extra_fields)
+    if ignored:
+        click.echo(f"note: ignoring the column(s) {', '.join(ignored)}: not in the documented "
+                   "schema; declare numeric ones as features with MLSUITE_FRAUD_EXTRA_FIELDS",
+                   err=True)
     try:
         result = replay(data, label_delay=label_delay, train_fraction=train_fraction,
                         positive_weight=config.positive_weight,
                         refit_every=refit_every or None, progress=not as_json)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    result.info["ignored_columns"] = ignored
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return
     _print_replay(result.models, result.info)
+
+
+# Columns a transaction file may carry besides the schema's: labels and what the simulator
+# records for analysis (never features: true_fraud is the answer itself).
+_KNOWN_EXTRA = ("is_fraud", "labelled_at", "true_fraud", "fraud_pattern", "ts", "labelled_ts")
+
+
+def ignored_columns(columns: Any, declared: tuple[str, ...]) -> list[str]:
+    """The file's columns that are neither the schema's, labels, nor declared features."""
+    from fraud.schema import OPTIONAL, REQUIRED
+
+    known = {*REQUIRED, *OPTIONAL, *_KNOWN_EXTRA, *declared}
+    return [str(c) for c in columns if str(c) not in known]
 
 
 def _load(path: Path, config: Any, progress: bool) -> Any:

@@ -28,8 +28,8 @@ def test_replay_json_gives_both_models_before_and_after_the_drift(
                "--label-delay", "86400", "--json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert {"online", "batch"} <= set(report)
-    for model in ("online", "batch"):
+    assert {"served", "online", "batch"} <= set(report)
+    for model in ("served", "online", "batch"):
         assert {"roc_auc", "pr_auc", "recall@2%fpr"} <= set(report[model])
         assert 0.5 < report[model]["roc_auc"] <= 1.0
         assert {"before_drift", "after_drift"} <= set(report[model]["segments"])
@@ -44,6 +44,22 @@ def test_replay_is_deterministic(tmp_path: Path, payments_dir: Path) -> None:
     second = _run(tmp_path, "replay", "--transactions", str(small), "--json")
     assert first.returncode == 0, first.stderr
     assert first.stdout == second.stdout
+
+
+def test_replay_ignores_undeclared_extra_columns_with_a_note(tmp_path: Path, payments_dir: Path
+                                                            ) -> None:
+    """Another team's file (CSV, extra columns of its own): replayed on the schema's
+    columns, the rest named in a note and in the JSON, never used as features."""
+    frame = pd.read_parquet(payments_dir / "transactions.parquet").iloc[:6000]
+    other = frame.assign(customer_segment="gold", risk_flag=frame["is_fraud"].astype(int))
+    other.to_csv(tmp_path / "other-team.csv", index=False)
+    out = _run(tmp_path, "replay", "--transactions", str(tmp_path / "other-team.csv"), "--json")
+    assert out.returncode == 0, out.stderr
+    assert "ignoring the column(s) customer_segment, risk_flag" in out.stderr
+    report = json.loads(out.stdout)
+    assert report["replay"]["ignored_columns"] == ["customer_segment", "risk_flag"]
+    # risk_flag is the label itself: had it leaked in as a feature, the models would be perfect.
+    assert report["served"]["roc_auc"] < 0.999
 
 
 def test_a_bad_transaction_file_is_a_clear_error(tmp_path: Path, payments_dir: Path) -> None:
@@ -63,7 +79,7 @@ def test_train_registers_both_models_with_metrics(tmp_path: Path, payments_dir: 
     assert "fraud-online:v1 (production)" in out.stdout and "fraud-batch:v1" in out.stdout
     meta = json.loads((tmp_path / "models" / "fraud-online" / "versions" / "1" /
                        "metadata.json").read_text())
-    assert meta["params"]["kind"] == "online-lr" and meta["metrics"]["review_fpr"] <= 0.02
+    assert meta["params"]["kind"] == "hybrid-gbm" and meta["metrics"]["review_fpr"] <= 0.02
     assert meta["data_fingerprint"]
 
 
