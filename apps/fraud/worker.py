@@ -21,6 +21,7 @@ from fraud.config import FraudConfig
 from fraud.keys import Keys
 from fraud.learner import Learner
 from fraud.profile_push import ProfilePusher
+from fraud.rollout import label_consumer
 from mlplatform.config import Settings
 from mlplatform.worker import Worker
 
@@ -48,5 +49,7 @@ def build(settings: Settings, worker: Worker, config: FraudConfig | None = None
     pusher.open()
     worker.loop("fraud-learner", learner.run)
     worker.loop("feast-push", pusher.run)
+    # Labels -> precision and recall per model version: a rollout's business guards.
+    worker.consume(label_consumer(worker.client, config))
     worker.retain(*Keys(config.key_prefix, config.model_name).streams)
     return FraudJobs(worker, learner, pusher)

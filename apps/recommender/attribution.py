@@ -34,6 +34,7 @@ from prometheus_client import Counter
 
 from mlplatform.experiments.definition import DEFAULT_WINDOW_SECONDS, ExperimentDefinition
 from mlplatform.experiments.store import ExperimentStore, Touch, latency_field
+from mlplatform.rollouts.measure import count_guard
 from mlplatform.snapshots import SnapshotStore
 from mlplatform.streams import Entry
 from recommender.catalogue import CATALOGUE_KEY, decode_catalogue
@@ -109,6 +110,7 @@ class ExposureCounter:
         # per entry.
         counters: dict[str, dict[str, float]] = {}
         users: dict[str, dict[str, set[str]]] = {}
+        exposed: dict[int, int] = {}  # model version -> exposures (a rollout's guard)
         for entry in entries:
             name, variant = entry.get("experiment"), entry.get("variant")
             if not name or not variant:
@@ -130,12 +132,17 @@ class ExposureCounter:
             per_variant.add(user)
             for fld in (f"{variant}|exposures", f"{variant}|{model}|exposures"):
                 c[fld] = c.get(fld, 0) + 1
+            version = _version_of(model)
+            if version is not None:
+                exposed[version] = exposed.get(version, 0) + 1
             if math.isfinite(ms):
                 c[f"{variant}|latency_ms_sum"] = c.get(f"{variant}|latency_ms_sum", 0.0) + ms
                 bucket = latency_field(variant, ms)
                 c[bucket] = c.get(bucket, 0) + 1
         for name, c in counters.items():
             self.store.count_exposures(tx, name, c, users.get(name, {}))
+        for version, n in exposed.items():  # conversion per exposure, in the same MULTI
+            count_guard(tx, ROLLOUT_NAME, version, "conversion", 0, n)
         return rejected
 
 
@@ -198,5 +205,22 @@ class Attributor:
             purchase = kind == "purchase"
             revenue = (self.prices(item) or 0.0) if purchase else 0.0
             self.store.add_conversion(tx, touch, user, purchase=purchase, revenue=revenue)
+            version = _version_of(touch.version)
+            if version is not None:
+                count_guard(tx, ROLLOUT_NAME, version, "conversion", 1, 0)
             ATTRIBUTED.labels(touch.experiment, touch.variant, kind).inc()
         return {}
+
+
+# The recommender's rollouts are named after its model (``mlsuite rollout start recommender``).
+ROLLOUT_NAME = "recommender"
+
+
+def _version_of(label: str | None) -> int | None:
+    """``recommender:v3`` -> 3 (None for anything else)."""
+    if not label or ":v" not in label:
+        return None
+    try:
+        return int(label.rsplit(":v", 1)[1])
+    except ValueError:
+        return None

@@ -84,6 +84,13 @@ def test_purchase_of_a_shown_item_is_attributed_to_the_variant_that_showed_it(
     assert mine["revenue"] > 0
     assert mine["versions"][shown["model"]]["purchases"] == 1, mine["versions"]
     assert (other["users"], other["conversions"], other["revenue"]) == (0, 0, 0)
+    # The same credit feeds a rollout's conversion guard for the version that served.
+    from mlplatform.rollouts.measure import read_measurements
+
+    version = int(shown["model"].rsplit(":v", 1)[1])
+    now = time.time()
+    guard = read_measurements(worker.client, "recommender", version, now - 60, now + 1)
+    assert guard.values.get("conversion") == 2.0, guard  # a cart and a purchase, 1 exposure
 
 
 def test_only_shown_items_within_the_window_count(
