@@ -5,7 +5,8 @@ Endpoints:
 - ``POST /v1/transactions/score``: one transaction -> score, decision, reasons, model.
 - ``POST /v1/transactions/score/batch``: ``{"transactions": [...]}`` -> ``{"results": [...]}``;
   every item is validated before anything is scored (one bad item applies nothing).
-- ``POST /v1/labels``: one label, a list, or ``{"labels": [...]}`` -> 202 with offsets.
+- ``POST /v1/labels``: one label, a list, or ``{"labels": [...]}`` -> 202
+  ``{"accepted", "ignored", "corrections", "offsets"}`` (a repeated label is ignored).
 - ``GET /v1/model``: version, thresholds, online metrics, drift state
   (``?sync=true`` first waits until every label posted so far is learned by the worker).
 - ``PUT /v1/cards/<card_id>``, ``PUT /v1/merchants/<merchant_id>``: a whole profile ->
@@ -99,7 +100,9 @@ def score() -> Any:
 
         raise BadRequest("transactions belongs on /v1/transactions/score/batch; this endpoint "
                          "takes one transaction object", field="transactions")
-    tx = parse_transaction(body, extra_fields=service.config.extra_fields)
+    config = service.config
+    tx = parse_transaction(body, extra_fields=config.extra_fields, max_amount=config.max_amount,
+                           max_amounts=config.max_amounts)
     [decision] = service.score([tx])
     return jsonify(decision.to_response())
 
@@ -109,8 +112,9 @@ def score_batch() -> Any:
     service = get_service()
     body = json_body()
     items = body.get("transactions") if isinstance(body, dict) else body
-    txs = parse_transactions(items, extra_fields=service.config.extra_fields,
-                             max_items=service.config.max_batch)
+    config = service.config
+    txs = parse_transactions(items, extra_fields=config.extra_fields, max_items=config.max_batch,
+                             max_amount=config.max_amount, max_amounts=config.max_amounts)
     decisions = service.score(txs)
     state = service.model.state()
     return jsonify({"results": [d.to_response() for d in decisions],
@@ -122,8 +126,10 @@ def labels() -> Any:
     service = get_service()
     body = json_body()
     parsed = parse_labels(body, max_items=service.config.max_batch)
-    offsets = service.add_labels(parsed)
-    return jsonify({"accepted": len(offsets), "offsets": offsets}), 202
+    # Repeats of a transaction's last label are ignored; a changed label is a correction.
+    done = service.record_labels(parsed)
+    return jsonify({"accepted": len(done.offsets), "ignored": done.ignored,
+                    "corrections": done.corrections, "offsets": done.offsets}), 202
 
 
 @bp.get("/v1/model")

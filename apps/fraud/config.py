@@ -21,7 +21,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,11 @@ class FraudConfig:
     list_max_values: int = 100_000
     # Open review cases older than this are counted as overdue (metric, GET /v1/reviews).
     review_max_age_seconds: int = 4 * 3600
+    # Largest transaction amount accepted (400 beyond it), in any currency unless
+    # max_amounts names it: TOML ``[fraud.max_amounts] JPY = 150000000`` or
+    # ``MLSUITE_FRAUD_MAX_AMOUNTS="JPY=150000000,KRW=1300000000"``.
+    max_amount: float = 1_000_000.0
+    max_amounts: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> FraudConfig:
@@ -147,6 +152,8 @@ _FLOATS = {
     "follow_seconds": (0.0, 60.0),
     "positive_weight": (0.0, 1e6),
     "rules_check_seconds": (0.0, 3600.0),
+    # Above 1e12 a card's milli-unit total could reach its cap after a few thousand.
+    "max_amount": (0.0, 1e12 + 1),
 }
 _INTS = {
     "top_reasons": (0, 50),
@@ -194,11 +201,42 @@ def _parse(name: str, value: Any) -> Any:
         if not isinstance(text, str) or not text:
             raise ConfigError(f"{var} must be a non-empty string, got {value!r}")
         return text
+    if name == "max_amounts":
+        return _amounts(var, text)
     if name == "rules_file":  # empty: the shipped default (checked when the rules load)
         if not isinstance(text, str):
             raise ConfigError(f"{var} must be a path to a TOML rules file, got {value!r}")
         return text
     raise ConfigError(f"{var} is not a fraud setting")
+
+
+def _amounts(var: str, value: Any) -> dict[str, float]:
+    """Currency -> largest amount, from a TOML table or ``"JPY=150000000, KRW=1.3e9"``.
+
+    >>> _amounts("X", "JPY=150000000, KRW=1.3e9")
+    {'JPY': 150000000.0, 'KRW': 1300000000.0}
+    """
+    if isinstance(value, str):
+        pairs: list[tuple[Any, Any]] = []
+        for item in (i.strip() for i in value.split(",")):
+            if item:
+                code, sep, number = item.partition("=")
+                if not sep:
+                    raise ConfigError(f"{var} must list CURRENCY=amount pairs, got {item!r}")
+                pairs.append((code.strip(), number.strip()))
+    elif isinstance(value, Mapping):
+        pairs = list(value.items())
+    else:
+        raise ConfigError(f"{var} must map currencies to amounts, got {value!r}")
+    out: dict[str, float] = {}
+    for code, number in pairs:
+        amount = _number(number)
+        if not isinstance(code, str) or not re.fullmatch(r"[A-Z]{3}", code):
+            raise ConfigError(f"{var}: {code!r} is not an ISO 4217 code (3 upper-case letters)")
+        if amount is None or not 0.0 < amount <= 1e12:
+            raise ConfigError(f"{var}: {code} must be a number in (0, 1e12], got {number!r}")
+        out[code] = amount
+    return out
 
 
 def _number(value: Any) -> float | None:

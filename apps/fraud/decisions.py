@@ -28,7 +28,34 @@ import redis
 
 from mlplatform.lake import Lake, id_ms
 
-__all__ = ["Decision", "DecisionLog"]
+__all__ = ["Decision", "DecisionLog", "PENDING", "fingerprint_of", "stream_id"]
+
+# The per-transaction key holds "?<fingerprint>" while a request scores the transaction
+# (claimed by the velocity script), then "<stream id>/<fingerprint>" (written by _APPEND).
+# The fingerprint identifies the payload: a reused id with another payload is refused.
+PENDING = "?"
+
+
+def stream_id(value: str) -> str | None:
+    """The stream id a transaction key's value points at; None while pending.
+
+    >>> stream_id("1735689600000-0/3f2a"), stream_id("?3f2a"), stream_id("1735689600000-0")
+    ('1735689600000-0', None, '1735689600000-0')
+    """
+    if value.startswith(PENDING):
+        return None
+    return value.partition("/")[0]
+
+
+def fingerprint_of(value: str) -> str:
+    """The payload fingerprint a transaction key's value carries ('' when unknown).
+
+    >>> fingerprint_of("1735689600000-0/3f2a"), fingerprint_of("?3f2a"), fingerprint_of("1-0")
+    ('3f2a', '3f2a', '')
+    """
+    if value.startswith(PENDING):
+        return value[1:]
+    return value.partition("/")[2]
 
 # One encoder for every record: json.dumps with options builds a new one per call.
 _encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
@@ -99,7 +126,7 @@ local ids = {}
 for i = 3, #KEYS do
   local a = 3 * i - 7
   local id = redis.call('XADD', KEYS[1], '*', 'transaction_id', ARGV[a], 'record', ARGV[a + 1])
-  redis.call('SET', KEYS[i], id, 'EX', ttl)
+  redis.call('SET', KEYS[i], id .. '/' .. string.sub(redis.call('GET', KEYS[i]) or '?', 2), 'EX', ttl)
   if ARGV[a + 2] ~= '' then
     redis.call('ZADD', KEYS[2], ARGV[a + 2], ARGV[a])
   end
@@ -170,9 +197,10 @@ class DecisionLog:
         lake when that entry was trimmed, or (``archived_too``) when the key is gone."""
         if not transaction_ids:
             return []
-        ids: list[Any] = self._redis.mget([self.key(t) for t in transaction_ids])
+        ids: list[Any] = [None if v is None else stream_id(v.decode())
+                          for v in self._redis.mget([self.key(t) for t in transaction_ids])]
         out: list[tuple[str, bytes] | None] = [None] * len(ids)
-        found = [(n, i.decode()) for n, i in enumerate(ids) if i is not None]
+        found = [(n, i) for n, i in enumerate(ids) if i is not None]
         if found:
             pipe = self._redis.pipeline(transaction=False)
             for _, entry in found:

@@ -12,6 +12,14 @@ A label (JSON)::
     {"transaction_id": "t0000042", "is_fraud": true, "labelled_at": "2025-01-09T10:00:00Z"}
 
 ``labelled_at`` is optional (default: now).
+
+A transaction's label is learned once (a flood of one label must not outweigh the rest of
+the stream): ``<prefix>labelled:<transaction_id>`` keeps the last label appended for it
+(for ``decision_ttl_seconds``), and one script call appends only labels that are new or
+changed. A repeated identical label is ignored; a changed one is appended with
+``correction=1`` (the learner learns it like any entry; the metric
+``mlsuite_fraud_label_corrections_total`` counts them). Within one request, a transaction
+labelled several times keeps its last label (the others count as ignored).
 """
 
 from __future__ import annotations
@@ -30,7 +38,33 @@ from fraud.schema import parse_timestamp
 from mlplatform.errors import BadRequest, NotFound
 from mlplatform.http import check_id
 
-__all__ = ["Label", "LabelEntry", "LabelStream", "parse_labels", "decode_label"]
+__all__ = ["Appended", "Label", "LabelEntry", "LabelStream", "parse_labels", "decode_label"]
+
+# KEYS: stream, then the "labelled" key of each label. ARGV: ttl, then per label:
+# transaction id, is_fraud ("1"/"0"), labelled_at, decision record.
+# Reply: {stream ids ('' = ignored, same label as before), correction flags (1/0)}.
+_APPEND = """
+local ttl = ARGV[1]
+local ids, fixes = {}, {}
+for i = 2, #KEYS do
+  local a = 4 * (i - 2) + 1
+  local previous = redis.call('GET', KEYS[i])
+  if previous == ARGV[a + 2] then
+    ids[i - 1], fixes[i - 1] = '', 0
+  else
+    local fields = {'transaction_id', ARGV[a + 1], 'is_fraud', ARGV[a + 2],
+                    'labelled_at', ARGV[a + 3], 'decision', ARGV[a + 4]}
+    if previous then
+      fields[#fields + 1] = 'correction'
+      fields[#fields + 1] = '1'
+    end
+    ids[i - 1] = redis.call('XADD', KEYS[1], '*', unpack(fields))
+    fixes[i - 1] = previous and 1 or 0
+    redis.call('SET', KEYS[i], ARGV[a + 2], 'EX', ttl)
+  end
+end
+return {ids, fixes}
+"""
 
 _FIELDS = ("transaction_id", "is_fraud", "labelled_at")
 
@@ -40,6 +74,17 @@ class Label:
     transaction_id: str
     is_fraud: bool
     labelled_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """What one ``LabelStream.add`` call did: the labels appended (their offsets, in
+    order), the ones ignored (repeats), and how many appended labels were corrections."""
+
+    offsets: list[str]
+    labels: list[Label]  # the appended ones, as offsets
+    ignored: int
+    corrections: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,14 +150,29 @@ class LabelStream:
         self._decisions = decisions
         self._max_age = decision_ttl_seconds
         self.stream = f"{decisions.prefix}labels"
+        self._labelled = f"{decisions.prefix}labelled:"
+        self._ttl = str(int(decision_ttl_seconds))
+        self._script = client.register_script(_APPEND)
 
     def append(self, labels: Sequence[Label], *, where: str = "labels") -> list[str]:
-        """Append ``labels`` after checking every transaction was decided; returns offsets.
+        """Append the new or changed ``labels`` (see ``add``); their offsets."""
+        return self.add(labels, where=where).offsets
 
-        An unknown transaction raises ``NotFound`` naming it, and nothing is appended.
+    def add(self, labels: Sequence[Label], *, where: str = "labels") -> Appended:
+        """Append ``labels`` after checking every transaction was decided: each one only
+        if it is new or changes the transaction's last label (then flagged a correction).
+
+        A transaction repeated within ``labels`` keeps its last label. An unknown
+        transaction raises ``NotFound`` naming it, and nothing is appended.
         """
-        records = self._decisions.lookup([lb.transaction_id for lb in labels], self._max_age)
-        for i, (label, record) in enumerate(zip(labels, records)):
+        last: dict[str, int] = {}
+        for i, label in enumerate(labels):
+            last.pop(label.transaction_id, None)  # keeps the order of the last ones
+            last[label.transaction_id] = i
+        index = list(last.values())
+        kept = [labels[i] for i in index]
+        records = self._decisions.lookup([lb.transaction_id for lb in kept], self._max_age)
+        for i, label, record in zip(index, kept, records):
             if record is None:
                 field = f"{where}[{i}].transaction_id" if len(labels) > 1 else "transaction_id"
                 raise NotFound(
@@ -120,16 +180,20 @@ class LabelStream:
                     "transaction, or decided longer ago than the decision retention",
                     field=field, code="unknown_transaction",
                 )
-        pipe = self._redis.pipeline(transaction=True)
-        for label, record in zip(labels, records):
+        keys = [self.stream, *(self._labelled + lb.transaction_id for lb in kept)]
+        args: list[Any] = [self._ttl]
+        for label, record in zip(kept, records):
             # No MAXLEN: the worker archives, then trims (and never what it has not learned).
-            pipe.xadd(self.stream, {
-                "transaction_id": label.transaction_id,
-                "is_fraud": "1" if label.is_fraud else "0",
-                "labelled_at": repr(label.labelled_at),
-                "decision": record,  # type: ignore[dict-item]
-            })
-        return [o.decode() if isinstance(o, bytes) else str(o) for o in pipe.execute()]
+            args += (label.transaction_id, "1" if label.is_fraud else "0",
+                     repr(label.labelled_at), record)
+        ids, fixes = self._script(keys=keys, args=args)
+        offsets, appended = [], []
+        for label, entry in zip(kept, ids):
+            if entry:
+                offsets.append(entry.decode() if isinstance(entry, bytes) else str(entry))
+                appended.append(label)
+        return Appended(offsets=offsets, labels=appended, ignored=len(labels) - len(offsets),
+                        corrections=sum(int(f) for f in fixes))
 
     def last_offset(self) -> str:
         """The id of the last label ever appended ("0-0": none)."""

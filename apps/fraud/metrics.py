@@ -12,6 +12,7 @@ __all__ = [
     "SCORES",
     "DECISIONS",
     "LABELS_RECEIVED",
+    "LABEL_CORRECTIONS",
     "MODEL_LABELS",
     "ONLINE_QUALITY",
     "DRIFT_ACTIVE",
@@ -32,6 +33,10 @@ SCORES = Histogram(
 DECISIONS = Counter("mlsuite_fraud_decisions_total", "Decisions served", ["decision"])
 LABELS_RECEIVED = Counter(
     "mlsuite_fraud_labels_received_total", "Labels appended to the label stream", ["is_fraud"]
+)
+LABEL_CORRECTIONS = Counter(
+    "mlsuite_fraud_label_corrections_total",
+    "Labels appended that change a transaction's earlier label (fraud.labels)",
 )
 MODEL_LABELS = Gauge(
     "mlsuite_fraud_model_labels", "Labels learned by the served model since its base version",

@@ -9,13 +9,17 @@ transaction_id string, 1-128 of ``A-Z a-z 0-9 _ . : @ -`` unique per transaction
 timestamp      ISO 8601 with a timezone, or epoch seconds years 2000-2100
 card_id        string (as transaction_id)                the card (Feast entity ``card``)
 merchant_id    string (as transaction_id)                the merchant (Feast entity)
-amount         number                                    finite, >= 0
+amount         number                                    finite, >= 0, <= the currency's max
 currency       string                                    ISO 4217: 3 upper-case letters
 country        string                                    ISO 3166 alpha-2: 2 upper-case
 channel        string                                    ``card_present`` or ``online``
 device_id      string or null (optional)                 as transaction_id
 <extra>        number (optional)                         declared in ``extra_fields``
 ============== ========================================= ==================================
+
+The largest amount accepted per currency is ``max_amount`` (``FraudConfig.max_amount``,
+default 1,000,000 in any currency) unless ``max_amounts`` names that currency: beyond it
+a model has no data, and a card's totals would stop meaning anything.
 
 Files for training and replay have the same columns plus ``is_fraud`` (bool), and may
 carry ``labelled_at`` (when the label became known) and ``fraud_pattern``.
@@ -34,9 +38,10 @@ mlplatform.errors.BadRequest: timestamp is required
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -50,9 +55,11 @@ from mlplatform.http import ID_PATTERN, check_id
 
 __all__ = [
     "CHANNELS",
+    "DEFAULT_MAX_AMOUNT",
     "REQUIRED",
     "Transaction",
     "TransactionFileError",
+    "fingerprint",
     "parse_transaction",
     "parse_transactions",
     "parse_timestamp",
@@ -70,6 +77,8 @@ _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _MIN_TS = 946_684_800.0  # 2000-01-01
 _MAX_TS = 4_102_444_800.0  # 2100-01-01
+DEFAULT_MAX_AMOUNT = 1_000_000.0
+_NO_LIMITS: Mapping[str, float] = {}
 
 
 class TransactionFileError(MLSuiteError):
@@ -93,10 +102,20 @@ class Transaction:
 
 
 def parse_transaction(
-    body: Any, *, extra_fields: Sequence[str] = (), where: str = ""
+    body: Any, *, extra_fields: Sequence[str] = (), where: str = "",
+    max_amount: float = DEFAULT_MAX_AMOUNT, max_amounts: Mapping[str, float] = _NO_LIMITS,
 ) -> Transaction:
     """Validate one JSON object into a ``Transaction``; ``where`` prefixes field names
-    in errors (``transactions[3].amount``)."""
+    in errors (``transactions[3].amount``). ``max_amounts`` (currency -> largest amount)
+    overrides ``max_amount`` for the currencies it names.
+
+    >>> parse_transaction({"transaction_id": "t1", "timestamp": 1735689600,
+    ...     "card_id": "c1", "merchant_id": "m1", "amount": 1e16, "currency": "EUR",
+    ...     "country": "FR", "channel": "online"})
+    Traceback (most recent call last):
+    ...
+    mlplatform.errors.BadRequest: amount must be at most 1000000 EUR, got 1e+16
+    """
     if not isinstance(body, dict):
         name = where.rstrip(".") or "body"
         raise BadRequest(f"{name} must be a JSON object (a transaction), got {_kind(body)}",
@@ -135,6 +154,12 @@ def parse_transaction(
         raise BadRequest(
             f"{where}country must be an ISO 3166 code of 2 upper-case letters, got {country!r}",
             field=where + "country",
+        )
+    limit = max_amounts.get(currency, max_amount) if max_amounts else max_amount
+    if amount > limit:
+        raise BadRequest(
+            f"{where}amount must be at most {limit:.15g} {currency}, got {amount!r}",
+            field=where + "amount",
         )
     channel = body["channel"]
     if channel not in CHANNELS:
@@ -182,7 +207,8 @@ def _allowed(extra_fields: tuple[str, ...]) -> frozenset[str]:
 
 
 def parse_transactions(
-    items: Any, *, extra_fields: Sequence[str] = (), max_items: int, name: str = "transactions"
+    items: Any, *, extra_fields: Sequence[str] = (), max_items: int, name: str = "transactions",
+    max_amount: float = DEFAULT_MAX_AMOUNT, max_amounts: Mapping[str, float] = _NO_LIMITS,
 ) -> list[Transaction]:
     """Validate a whole batch before anything is applied; the first bad item names itself."""
     if not isinstance(items, list) or not items:
@@ -192,7 +218,8 @@ def parse_transactions(
             f"{name} holds {len(items)} items; at most {max_items} per request", field=name
         )
     out = [
-        parse_transaction(item, extra_fields=extra_fields, where=f"{name}[{i}].")
+        parse_transaction(item, extra_fields=extra_fields, where=f"{name}[{i}].",
+                          max_amount=max_amount, max_amounts=max_amounts)
         for i, item in enumerate(items)
     ]
     seen: set[str] = set()
@@ -204,6 +231,23 @@ def parse_transactions(
             )
         seen.add(t.transaction_id)
     return out
+
+
+def fingerprint(t: Transaction) -> str:
+    """A short digest of every field of ``t``: two requests with one transaction id
+    carry the same transaction exactly when their fingerprints are equal.
+
+    >>> a = Transaction("t1", 1.0, "c1", "m1", 10.0, "EUR", "FR", "online")
+    >>> fingerprint(a) == fingerprint(Transaction("t1", 1.0, "c1", "m1", 10.0, "EUR", "FR",
+    ...     "online")), fingerprint(a) == fingerprint(Transaction("t1", 1.0, "c1", "m1", 10.5,
+    ...     "EUR", "FR", "online"))
+    (True, False)
+    """
+    extra = "\x1f".join(f"{k}={v!r}" for k, v in sorted(t.extra.items()))
+    text = "\x1e".join((t.transaction_id, repr(t.timestamp), t.card_id, t.merchant_id,
+                        repr(t.amount), t.currency, t.country, t.channel, t.device_id or "",
+                        extra))
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:20]
 
 
 def parse_timestamp(value: Any, name: str = "timestamp") -> float:
@@ -257,8 +301,11 @@ def _kind(value: Any) -> str:
 # ---------------------------------------------------------------------------------- files
 
 
-def read_transactions(path: Path, *, extra_fields: Sequence[str] = ()) -> pd.DataFrame:
-    """A transaction file (parquet or CSV) checked against the schema, sorted by time.
+def read_transactions(path: Path, *, extra_fields: Sequence[str] = (),
+                      max_amount: float = DEFAULT_MAX_AMOUNT,
+                      max_amounts: Mapping[str, float] = _NO_LIMITS) -> pd.DataFrame:
+    """A transaction file (parquet or CSV) checked against the schema, sorted by time;
+    a row beyond its currency's largest amount is refused like any other bad row.
 
     ``timestamp`` becomes a float column ``ts`` (epoch seconds) next to the original.
     """
@@ -280,6 +327,12 @@ def read_transactions(path: Path, *, extra_fields: Sequence[str] = ()) -> pd.Dat
     bad = amount.isna() | (amount < 0) | ~np.isfinite(amount)
     _reject(df, bad, path.name, "amount", "a number >= 0")
     df["amount"] = amount.astype("float64")
+    limit = df["currency"].map(dict(max_amounts)).fillna(max_amount) if max_amounts \
+        else max_amount
+    _reject(df, df["amount"] > limit, path.name, "amount",
+            f"at most {max_amount:.15g} in its currency"
+            + (f" ({', '.join(f'{c} {v:.15g}' for c, v in max_amounts.items())})"
+               if max_amounts else ""))
     for column, pattern, rule in (
         ("currency", _CURRENCY, "3 upper-case letters"),
         ("country", _COUNTRY, "2 upper-case letters"),

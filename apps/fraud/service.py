@@ -32,10 +32,10 @@ import redis
 
 from fraud import metrics
 from fraud.config import FraudConfig
-from fraud.decisions import Decision, DecisionLog
+from fraud.decisions import PENDING, Decision, DecisionLog, fingerprint_of
 from fraud.features import assemble, event_of
 from fraud.keys import Keys
-from fraud.labels import Label, LabelStream
+from fraud.labels import Appended, Label, LabelStream
 from fraud.lists import Lists
 from fraud.profile_push import decode_overrides
 from fraud.profile_updates import ProfileUpdates, parse_profile
@@ -43,10 +43,10 @@ from fraud.profiles import ProfileSource, known_entities
 from fraud.reasons import describe
 from fraud.rollout import FraudRollout
 from fraud.rules import Policy
-from fraud.schema import Transaction
+from fraud.schema import Transaction, fingerprint
 from fraud.serving_state import ModelView, ServingState
 from fraud.thresholds import DECISIONS
-from fraud.velocity import RedisVelocityStore, velocity_features
+from fraud.velocity import Claimed, History, RedisVelocityStore, velocity_features
 from mlplatform.config import Settings
 from mlplatform.errors import Conflict, Unavailable
 from mlplatform.lake import Lake
@@ -60,6 +60,10 @@ log = logging.getLogger(__name__)
 # Per-transaction keys outlive their stream entry by this much: the archiver trims on a
 # schedule, and a key that expired first would let a retried transaction be scored twice.
 KEY_MARGIN_SECONDS = 3600
+# A request that finds its transaction being scored by another waits this long for that
+# decision (then 409, retry), polling every DUPLICATE_POLL_SECONDS.
+DUPLICATE_WAIT_SECONDS = 2.0
+DUPLICATE_POLL_SECONDS = 0.005
 
 
 class FraudService:
@@ -136,24 +140,46 @@ class FraudService:
     # -- scoring -------------------------------------------------------------------
 
     def score(self, transactions: Sequence[Transaction]) -> list[Decision]:
-        """Decide ``transactions`` (in order) and log every new decision."""
+        """Decide ``transactions`` (in order) and log every new decision.
+
+        The velocity script claims each transaction id (its decision key holds a pending
+        marker with the payload's fingerprint) as it counts it, so of concurrent requests
+        for one id exactly one scores it; the others wait for its decision
+        (``_fill_duplicates``). If anything fails after the velocity update, the update is
+        taken back (counts, windows, claim) before the error propagates."""
         state = self.model.state()  # Unavailable(model) before touching any state
         events = [event_of(t) for t in transactions]
+        guards = [self.decisions.key(t.transaction_id) for t in transactions]
+        markers = [PENDING + fingerprint(t) for t in transactions]
         histories = self.velocity.observe_guarded(
-            events, [self.decisions.key(t.transaction_id) for t in transactions]
-        )
-        fresh = [i for i, h in enumerate(histories) if h is not None]
+            events, guards, markers, guard_ttl=self.decisions.key_ttl_seconds)
+        fresh = [i for i, h in enumerate(histories) if isinstance(h, History)]
         results: list[Decision | None] = [None] * len(transactions)
         if fresh:
-            decided = self._decide(state, [transactions[i] for i in fresh],
-                                   [velocity_features(events[i], histories[i])  # type: ignore[arg-type]
-                                    for i in fresh])
-            self.decisions.record(decided)
+            try:
+                decided = self._decide(state, [transactions[i] for i in fresh],
+                                       [velocity_features(events[i], histories[i])  # type: ignore[arg-type]
+                                        for i in fresh])
+                self.decisions.record(decided)
+            except BaseException:
+                self._undo_velocity(events, histories, guards, markers)
+                raise
             for i, d in zip(fresh, decided):
                 results[i] = d
         if len(fresh) < len(transactions):
-            self._fill_duplicates(transactions, results)
+            self._fill_duplicates(transactions, results, histories)
         return results  # type: ignore[return-value]
+
+    def _undo_velocity(self, events: Sequence[Any], histories: Sequence[History | Claimed],
+                       guards: Sequence[str], markers: Sequence[str]) -> None:
+        try:
+            undone = self.velocity.undo(events, histories, guards, markers)
+            log.warning("fraud: scoring failed after the velocity update; undid %d "
+                        "transaction(s)", undone)
+        except Exception as exc:  # the original error matters more; say what is left
+            log.error("fraud: scoring failed and its velocity update could not be undone "
+                      "(%s): %d transaction(s) counted without a decision", exc,
+                      sum(isinstance(h, History) for h in histories))
 
     def _decide(self, state: ServingState, txs: list[Transaction],
                 velocity: list[dict[str, float]]) -> list[Decision]:
@@ -250,11 +276,43 @@ class FraudService:
         self._typical = (predictor, typical)
         return typical
 
-    def _fill_duplicates(self, txs: Sequence[Transaction], results: list[Decision | None]) -> None:
+    def _fill_duplicates(self, txs: Sequence[Transaction], results: list[Decision | None],
+                         claims: Sequence[History | Claimed]) -> None:
+        """The stored decisions of ``txs`` already claimed (``claims[i]``): a retry, or a
+        concurrent request still scoring it (waited for up to DUPLICATE_WAIT_SECONDS).
+        An id claimed with another payload is a 409."""
         missing = [i for i, r in enumerate(results) if r is None]
+        held: dict[int, str | None] = {
+            i: c.held for i in missing if isinstance(c := claims[i], Claimed)}
+        deadline = time.monotonic() + DUPLICATE_WAIT_SECONDS
+        while True:
+            pending = []
+            for i in missing:
+                value, tid = held[i], txs[i].transaction_id
+                if value is None:  # the request scoring it failed and took its claim back
+                    raise Conflict(f"transaction {tid!r} could not be scored by a concurrent "
+                                   "request; retry", field="transaction_id")
+                stored = fingerprint_of(value)
+                if stored and stored != fingerprint(txs[i]):
+                    raise Conflict(
+                        f"transaction_id {tid!r} reused with a different payload: it was "
+                        "scored with other fields; a new transaction needs a new id",
+                        field="transaction_id", code="transaction_id_reused")
+                if value.startswith(PENDING):
+                    pending.append(i)
+            if not pending:
+                break
+            if time.monotonic() >= deadline:
+                raise Conflict(f"transaction {txs[pending[0]].transaction_id!r} is being "
+                               "scored concurrently; retry", field="transaction_id")
+            time.sleep(DUPLICATE_POLL_SECONDS)
+            values = self.redis.mget([self.decisions.key(txs[i].transaction_id)
+                                      for i in pending])
+            for i, v in zip(pending, values):
+                held[i] = None if v is None else v.decode()
         records = self.decisions.fetch([txs[i].transaction_id for i in missing])
         for i, record in zip(missing, records):
-            if record is None:  # being written by a concurrent request, or just expired
+            if record is None:  # expired between the claim and now
                 raise Conflict(
                     f"transaction {txs[i].transaction_id!r} is being scored concurrently; retry",
                     field="transaction_id",
@@ -266,10 +324,17 @@ class FraudService:
     # -- labels and model ----------------------------------------------------------
 
     def add_labels(self, labels: Sequence[Label], where: str = "labels") -> list[str]:
-        offsets = self.labels.append(labels, where=where)
-        for lb in labels:
+        """Append ``labels`` (repeats ignored); the offsets of those appended."""
+        return self.record_labels(labels, where).offsets
+
+    def record_labels(self, labels: Sequence[Label], where: str = "labels") -> Appended:
+        """Append the new or changed ``labels`` (``LabelStream.add``) and count them."""
+        appended = self.labels.add(labels, where=where)
+        for lb in appended.labels:
             metrics.LABELS_RECEIVED.labels("true" if lb.is_fraud else "false").inc()
-        return offsets
+        if appended.corrections:
+            metrics.LABEL_CORRECTIONS.inc(appended.corrections)
+        return appended
 
     def put_profile(self, kind: str, entity_id: str, body: Any) -> dict[str, Any]:
         """Validate a whole card or merchant profile and queue it for the worker."""

@@ -42,6 +42,8 @@ import redis
 __all__ = [
     "Event",
     "History",
+    "Claimed",
+    "MAX_TOTAL_MILLI",
     "VelocityStore",
     "MemoryVelocityStore",
     "RedisVelocityStore",
@@ -59,6 +61,9 @@ TRIM = HORIZON + 3600.0
 NO_PREVIOUS = 30 * 86400.0
 SEP = "\x1f"  # never in an identifier (schema) nor in a float's repr
 WINDOW_KEY_TTL = int(2 * HORIZON)
+# A card's amount total (milli-units) stops growing here: exact in a double (Lua numbers)
+# and far inside int64, so HINCRBY never overflows (2**53 - 1 milli = 9e12 units).
+MAX_TOTAL_MILLI = 2**53 - 1
 CARD_KEY_TTL = 400 * 86400
 
 VELOCITY_FEATURES: tuple[str, ...] = (
@@ -97,6 +102,17 @@ class History:
     country_known: bool
     merchant_counts: tuple[int, int, int]  # 1 m, 1 h, 24 h
     device_events: list[tuple[float, str]]  # (ts, card) of the device's transactions, 24 h
+    # Redis only: what the observe changed, for ``RedisVelocityStore.undo`` (the amount
+    # added, the raw previous stats, the members its trim removed).
+    undo: tuple[Any, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """An event not observed because its guard key exists: ``held`` is the guard's value
+    (a pending marker of a request scoring it now, or the decision's stream id)."""
+
+    held: str
 
 
 class VelocityStore(Protocol):
@@ -168,7 +184,14 @@ def _device_member(e: Event) -> str:
 
 
 def _milli(amount: float) -> int:
-    return int(round(amount * 1000.0))
+    """An amount in milli-units, clamped to [0, MAX_TOTAL_MILLI]."""
+    return min(max(int(round(amount * 1000.0)), 0), MAX_TOTAL_MILLI) \
+        if math.isfinite(amount) else MAX_TOTAL_MILLI
+
+
+def _added(total: int, milli: int) -> int:
+    """What adding ``milli`` to a card's ``total`` adds once clamped at MAX_TOTAL_MILLI."""
+    return max(min(milli, MAX_TOTAL_MILLI - total), 0)
 
 
 def _decode_card(member: str, score: float) -> tuple[float, float, str, str]:
@@ -242,7 +265,7 @@ class MemoryVelocityStore:
         device_known = device_field is not None and device_field in stats
         country_known = country_field in stats
         stats["n"] = int(n) + 1  # type: ignore[call-overload]
-        stats["amt"] = int(amt) + _milli(e.amount)  # type: ignore[call-overload]
+        stats["amt"] = int(amt) + _added(int(amt), _milli(e.amount))  # type: ignore[call-overload]
         stats["last"] = ts
         if device_field is not None:
             stats[device_field] = ts
@@ -282,23 +305,53 @@ class MemoryVelocityStore:
 # send and parse instead of one per transaction; each chunk is atomic).
 # KEYS, 5 per transaction: card window, card stats, merchant window, device window
 #   ('' = none), guard ('' = none)
-# ARGV: window ttl, card ttl, then 11 per transaction: ts, 24h lower bound, 1h lower bound,
-#   1m lower bound, trim bound, card member, merchant member, device member,
-#   amount (milli), device field, country field
+# ARGV: window ttl, card ttl, guard ttl, then 12 per transaction: ts, 24h lower bound,
+#   1h lower bound, 1m lower bound, trim bound, card member, merchant member, device
+#   member, amount (milli), device field, country field, guard value (pending marker)
 # Every number arrives as a string made by Python (Lua's tostring would lose digits).
+# Every argument is checked before the first write: a bad one fails the call and applies
+# nothing. A free guard is claimed (SET to the pending marker) in the same atomic step that
+# counts the transaction, so two concurrent requests for one id count it once; the other
+# gets {'dup', <guard value>}.
+# Reply per transaction: card window, previous stats, merchant counts, device window,
+# amount added (clamped), then what the trims removed (card, merchant, device).
 _OBSERVE = """
-local wttl, cttl = ARGV[1], ARGV[2]
+local wttl, cttl, gttl = ARGV[1], ARGV[2], ARGV[3]
+local cap = 9007199254740991
+for i = 0, #KEYS / 5 - 1 do
+  local a = 3 + i * 12
+  for j = 1, 5 do
+    if not tonumber(ARGV[a + j]) then
+      return redis.error_reply('velocity: argument ' .. (a + j) .. ' must be a number')
+    end
+  end
+  local milli = tonumber(ARGV[a + 9])
+  if not milli or milli < 0 or milli > cap or milli ~= math.floor(milli) then
+    return redis.error_reply('velocity: amount must be an integer in [0, 2^53), got '
+                             .. ARGV[a + 9])
+  end
+end
+local function trim(key, bound)
+  local gone = redis.call('ZRANGEBYSCORE', key, '-inf', bound, 'WITHSCORES')
+  if #gone > 0 then redis.call('ZREMRANGEBYSCORE', key, '-inf', bound) end
+  return gone
+end
 local out = {}
 for i = 0, #KEYS / 5 - 1 do
-  local k, a = i * 5, 2 + i * 11
-  if KEYS[k + 5] ~= '' and redis.call('EXISTS', KEYS[k + 5]) == 1 then
-    out[i + 1] = {'dup'}
+  local k, a = i * 5, 3 + i * 12
+  local held = false
+  if KEYS[k + 5] ~= '' then
+    held = redis.call('GET', KEYS[k + 5])
+    if not held then redis.call('SET', KEYS[k + 5], ARGV[a + 12], 'EX', gttl) end
+  end
+  if held then
+    out[i + 1] = {'dup', held}
   else
     local ts, lo = ARGV[a + 1], ARGV[a + 2]
-    local trim = '(' .. ARGV[a + 5]
+    local bound = '(' .. ARGV[a + 5]
     local card = redis.call('ZRANGEBYSCORE', KEYS[k + 1], lo, ts, 'WITHSCORES')
     redis.call('ZADD', KEYS[k + 1], ts, ARGV[a + 6])
-    redis.call('ZREMRANGEBYSCORE', KEYS[k + 1], '-inf', trim)
+    local gone_card = trim(KEYS[k + 1], bound)
     redis.call('EXPIRE', KEYS[k + 1], wttl)
     local stats
     if ARGV[a + 10] ~= '' then
@@ -308,26 +361,72 @@ for i = 0, #KEYS / 5 - 1 do
       stats = redis.call('HMGET', KEYS[k + 2], 'n', 'amt', 'last', ARGV[a + 11])
       redis.call('HSET', KEYS[k + 2], 'last', ts, ARGV[a + 11], ts)
     end
+    local total = tonumber(stats[2]) or 0
+    local add = tonumber(ARGV[a + 9])
+    if total + add > cap then add = cap - total end
+    if add < 0 then add = 0 end
     redis.call('HINCRBY', KEYS[k + 2], 'n', 1)
-    redis.call('HINCRBY', KEYS[k + 2], 'amt', ARGV[a + 9])
+    redis.call('HINCRBY', KEYS[k + 2], 'amt', string.format('%d', add))
     redis.call('EXPIRE', KEYS[k + 2], cttl)
     local m1 = redis.call('ZCOUNT', KEYS[k + 3], ARGV[a + 4], ts)
     local m60 = redis.call('ZCOUNT', KEYS[k + 3], ARGV[a + 3], ts)
     local m1440 = redis.call('ZCOUNT', KEYS[k + 3], lo, ts)
     redis.call('ZADD', KEYS[k + 3], ts, ARGV[a + 7])
-    redis.call('ZREMRANGEBYSCORE', KEYS[k + 3], '-inf', trim)
+    local gone_merchant = trim(KEYS[k + 3], bound)
     redis.call('EXPIRE', KEYS[k + 3], wttl)
-    local dev = {}
+    local dev, gone_device = {}, {}
     if KEYS[k + 4] ~= '' then
       dev = redis.call('ZRANGEBYSCORE', KEYS[k + 4], lo, ts, 'WITHSCORES')
       redis.call('ZADD', KEYS[k + 4], ts, ARGV[a + 8])
-      redis.call('ZREMRANGEBYSCORE', KEYS[k + 4], '-inf', trim)
+      gone_device = trim(KEYS[k + 4], bound)
       redis.call('EXPIRE', KEYS[k + 4], wttl)
     end
-    out[i + 1] = {card, stats, {m1, m60, m1440}, dev}
+    out[i + 1] = {card, stats, {m1, m60, m1440}, dev, add, gone_card, gone_merchant,
+                  gone_device}
   end
 end
 return out
+"""
+
+# Takes back one observed transaction (a score that failed after the observe): removes
+# its members, puts back what its trims removed, subtracts its count and amount (so a
+# concurrent request's increments stay), restores the fields it set unless another
+# transaction set them since, and frees its guard. Does nothing when the guard no longer
+# holds this request's pending marker (the decision was recorded after all).
+# KEYS: as _OBSERVE's 5. ARGV: card member, merchant member, device member, device
+#   field, country field, ts, amount added, previous n, amt, last, country value, device
+#   value ('' = absent), pending marker, then per window (card, merchant, device) a count
+#   and that many (member, score) pairs.
+_UNDO = """
+local g = KEYS[5]
+if g ~= '' and redis.call('GET', g) ~= ARGV[13] then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[2])
+if KEYS[4] ~= '' then redis.call('ZREM', KEYS[4], ARGV[3]) end
+local p = 14
+for _, key in ipairs({KEYS[1], KEYS[3], KEYS[4]}) do
+  local count = tonumber(ARGV[p])
+  p = p + 1
+  for _ = 1, count do
+    redis.call('ZADD', key, ARGV[p + 1], ARGV[p])
+    p = p + 2
+  end
+end
+local h, ts = KEYS[2], ARGV[6]
+local n = redis.call('HINCRBY', h, 'n', -1)
+redis.call('HINCRBY', h, 'amt', '-' .. ARGV[7])
+if ARGV[8] == '' and n <= 0 then redis.call('HDEL', h, 'n', 'amt') end
+local function restore(field, previous)
+  if redis.call('HGET', h, field) == ts then
+    if previous == '' then redis.call('HDEL', h, field)
+    else redis.call('HSET', h, field, previous) end
+  end
+end
+restore('last', ARGV[10])
+restore(ARGV[5], ARGV[11])
+if ARGV[4] ~= '' then restore(ARGV[4], ARGV[12]) end
+if g ~= '' then redis.call('DEL', g) end
+return 1
 """
 # Transactions per script call: bounds how long one call holds Redis (~50 us each).
 CHUNK = 256
@@ -343,29 +442,87 @@ class RedisVelocityStore:
         self._redis = client
         self._prefix = prefix
         self._sha = client.register_script(_OBSERVE).sha
+        self._undo = client.register_script(_UNDO)
 
     def observe(self, events: Sequence[Event]) -> list[History]:
         return self.observe_guarded(events, None)  # type: ignore[return-value]
 
     def observe_guarded(
-        self, events: Sequence[Event], guards: Sequence[str] | None
-    ) -> list[History | None]:
-        """Record ``events`` in order; an event whose guard key exists is left untouched
-        and its slot in the result holds ``None`` (a retry of an already scored transaction)."""
+        self, events: Sequence[Event], guards: Sequence[str] | None,
+        markers: Sequence[str] | None = None, guard_ttl: int = WINDOW_KEY_TTL,
+    ) -> list[History | Claimed]:
+        """Record ``events`` in order, claiming each one's guard key (set to its marker,
+        ``"1"`` by default, for ``guard_ttl`` seconds). An event whose guard key already
+        exists is left untouched: its slot holds ``Claimed`` with the guard's value (a
+        retry, or a concurrent request, of the same transaction).
+
+        All or nothing: if a chunk fails (e.g. a bad argument), the chunks already
+        applied are undone and the error raised."""
         commands = []
         for start in range(0, len(events), CHUNK):
             keys: list[str] = []
-            args: list[str] = list(_TTLS)
+            args: list[str] = [*_TTLS, str(int(guard_ttl))]
             for i in range(start, min(start + CHUNK, len(events))):
-                self._call(events[i], guards[i] if guards else "", keys, args)
+                self._call(events[i], guards[i] if guards else "",
+                           markers[i] if markers else "1", keys, args)
             commands.append((keys, args))
         if len(commands) == 1:
             keys, args = commands[0]
             replies = self._eval(keys, args)
         else:
-            replies = [r for chunk in self._pipeline(commands) for r in chunk]
+            chunks = self._pipeline(commands)
+            failed = next((r for r in chunks if isinstance(r, Exception)), None)
+            if failed is not None:
+                done = [(start, r) for start, r in zip(range(0, len(events), CHUNK), chunks)
+                        if not isinstance(r, Exception)]
+                for start, chunk in done:
+                    part = slice(start, start + len(chunk))
+                    self.undo(events[part], [self._decode(r) for r in chunk],
+                              guards[part] if guards else None,
+                              markers[part] if markers else None)
+                raise failed
+            replies = [r for chunk in chunks for r in chunk]
         decode = self._decode
         return [decode(r) for r in replies]
+
+    def undo(self, events: Sequence[Event], observed: Sequence[History | Claimed],
+             guards: Sequence[str] | None = None, markers: Sequence[str] | None = None
+             ) -> int:
+        """Take back what ``observe_guarded`` applied for ``events`` (its results in
+        ``observed``; ``Claimed`` slots are skipped), newest first; how many were undone.
+
+        A transaction whose guard no longer holds its marker (its decision was recorded)
+        is kept. The windows' and stats' expiry times stay as the observe refreshed them."""
+        pipe = self._redis.pipeline(transaction=False)
+        count = 0
+        for i in reversed(range(len(events))):
+            h = observed[i]
+            if not isinstance(h, History) or h.undo is None:
+                continue
+            e = events[i]
+            keys: list[str] = []
+            self._call(e, guards[i] if guards else "", markers[i] if markers else "1",
+                       keys, [])
+            added, stats, gone_card, gone_merchant, gone_device = h.undo
+            n, amt, last, country = stats[0], stats[1], stats[2], stats[3]
+            device = stats[4] if len(stats) > 4 else None
+            tid, card = e.transaction_id, e.card_id
+            args: list[Any] = [
+                _card_member(e), tid,
+                f"{tid}{SEP}{card}" if e.device_id is not None else "",
+                f"d:{e.device_id}" if e.device_id is not None else "", f"c:{e.country}",
+                repr(e.timestamp), str(int(added)),
+                *(b"" if v is None else v for v in (n, amt, last, country, device)),
+                markers[i] if markers and guards else "1",
+            ]
+            for gone in (gone_card, gone_merchant, gone_device):
+                args.append(str(len(gone) // 2))
+                args += gone
+            self._undo(keys=keys, args=args, client=pipe)
+            count += 1
+        if count:
+            return sum(int(r) for r in pipe.execute())
+        return 0
 
     def _eval(self, keys: list[str], args: list[str]) -> Any:
         try:
@@ -380,15 +537,18 @@ class RedisVelocityStore:
             pipe = self._redis.pipeline(transaction=False)
             for keys, args in commands:
                 pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
-            try:
-                return pipe.execute()  # type: ignore[no-any-return]
-            except redis.exceptions.NoScriptError:
+            replies = pipe.execute(raise_on_error=False)
+            if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
                 if attempt:
-                    raise
+                    raise next(r for r in replies if isinstance(r, Exception))
+                # Without the script nothing ran: load it and send the chunks again.
                 self._sha = self._redis.script_load(_OBSERVE)
+                continue
+            return replies  # type: ignore[no-any-return]
         raise AssertionError("unreachable")
 
-    def _call(self, e: Event, guard: str, keys: list[str], args: list[str]) -> None:
+    def _call(self, e: Event, guard: str, marker: str, keys: list[str], args: list[str]
+              ) -> None:
         p = self._prefix
         ts = e.timestamp
         card, device = e.card_id, e.device_id
@@ -403,14 +563,15 @@ class RedisVelocityStore:
         args += (
             repr(ts), repr(ts - HORIZON), repr(ts - _W1H), repr(ts - _W1M), repr(ts - TRIM),
             f"{tid}{SEP}{e.amount!r}{SEP}{e.merchant_id}{SEP}{e.country}",
-            tid, dmember, str(_milli(e.amount)), dfield, f"c:{e.country}",
+            tid, dmember, str(_milli(e.amount)), dfield, f"c:{e.country}", marker,
         )
 
     @staticmethod
-    def _decode(reply: Any) -> History | None:
-        if len(reply) == 1:
-            return None  # {'dup'}: the guard key exists
-        card, stats, counts, dev = reply
+    def _decode(reply: Any) -> History | Claimed:
+        if len(reply) == 2:  # {'dup', value}: the guard key exists
+            held = reply[1]
+            return Claimed(held.decode() if isinstance(held, bytes) else str(held))
+        card, stats, counts, dev = reply[0], reply[1], reply[2], reply[3]
         events = [
             _decode_card(card[i].decode(), float(card[i + 1])) for i in range(0, len(card), 2)
         ]
@@ -427,6 +588,7 @@ class RedisVelocityStore:
             device_events=[
                 (float(dev[i + 1]), dev[i].decode().split(SEP)[1]) for i in range(0, len(dev), 2)
             ],
+            undo=(reply[4], stats, reply[5], reply[6], reply[7]),
         )
 
 

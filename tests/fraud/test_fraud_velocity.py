@@ -10,7 +10,10 @@ from fraud.features import event_of, offline_vectors
 from fraud.profiles import FrameProfiles
 from fraud.training import Dataset
 from fraud.velocity import (
+    MAX_TOTAL_MILLI,
+    Claimed,
     Event,
+    History,
     MemoryVelocityStore,
     RedisVelocityStore,
     velocity_features,
@@ -86,10 +89,11 @@ def test_velocity_values_on_a_card_testing_burst() -> None:
 
 def test_a_retried_transaction_leaves_velocity_untouched(redis_client: redis.Redis) -> None:
     store = RedisVelocityStore(redis_client, "g:")
-    first = store.observe_guarded([_e(1, 0.0)], ["g:tx:t1"])
-    assert first[0] is not None
+    first = store.observe_guarded([_e(1, 0.0)], ["g:tx:t1"], ["?fp1"])
+    assert isinstance(first[0], History)
+    assert redis_client.get("g:tx:t1") == b"?fp1", "the observe claims the id"
     redis_client.set("g:tx:t1", "decided")
-    assert store.observe_guarded([_e(1, 0.0)], ["g:tx:t1"]) == [None]
+    assert store.observe_guarded([_e(1, 0.0)], ["g:tx:t1"]) == [Claimed("decided")]
     [h] = store.observe([_e(2, 1.0)])
     assert h.card_n == 1, "the retry must not count twice"
 
@@ -130,10 +134,12 @@ def test_chunked_script_calls_keep_order_and_guards(
     redis_client.set("c:tx:t5", "decided")
     guards = [f"c:tx:t{i}" for i in range(1, 9)]
     online = RedisVelocityStore(redis_client, "c:").observe_guarded(events, guards)
-    assert online[4] is None and all(h is not None for i, h in enumerate(online) if i != 4)
+    assert online[4] == Claimed("decided")
+    assert all(isinstance(h, History) for i, h in enumerate(online) if i != 4)
     kept = [e for i, e in enumerate(events) if i != 4]
     offline = MemoryVelocityStore().observe(kept)
-    assert [velocity_features(e, h) for e, h in zip(kept, [h for h in online if h])] == [
+    assert [velocity_features(e, h) for e, h in
+            zip(kept, [h for h in online if isinstance(h, History)])] == [
         velocity_features(e, h) for e, h in zip(kept, offline)]
 
 
@@ -153,3 +159,85 @@ def test_profile_prefetch_fills_the_cache_without_overwriting() -> None:
     calls.clear()
     assert set(cache.get_many("card", ["c1", "c4"])) == {"c1", "c4"}
     assert calls == [], "prefetched profiles are served from the cache"
+
+
+def _state(client: redis.Redis, prefix: str) -> dict[bytes, bytes | None]:
+    """Every key under ``prefix`` with its DUMP (type, members, fields, values)."""
+    return {k: client.dump(k) for k in sorted(client.scan_iter(f"{prefix}*"))}
+
+
+def test_a_card_total_near_the_int64_bound_stops_at_the_cap_without_an_error(
+        redis_client: redis.Redis) -> None:
+    store = RedisVelocityStore(redis_client, "big:")
+    memory = MemoryVelocityStore()
+    events = [_e(i, float(i), amount=a) for i, a in
+              enumerate([1e12, 5e12, 5e12, 1e16, 1e300, 50.0])]
+    online = [store.observe([e])[0] for e in events]  # no ResponseError on any of them
+    offline = memory.observe(events)
+    assert [h.card_amount_milli for h in online] == [h.card_amount_milli for h in offline]
+    assert online[-1].card_amount_milli == MAX_TOTAL_MILLI < 2**63 - 1
+    assert int(redis_client.hget("big:v:ch:c1", "amt")) == MAX_TOTAL_MILLI
+    assert online[-1].card_n == 5
+    # A total already near int64 (written before the cap existed) does not overflow either.
+    redis_client.hset("big:v:ch:c2", mapping={"n": 1, "amt": 2**63 - 10})
+    [h] = store.observe([_e(9, 10.0, card="c2", amount=1e6)])
+    assert h.card_amount_milli == 2**63 - 10
+    assert int(redis_client.hget("big:v:ch:c2", "amt")) == 2**63 - 10
+
+
+def test_a_bad_argument_in_any_transaction_applies_nothing(redis_client: redis.Redis) -> None:
+    from fraud import velocity
+
+    store = RedisVelocityStore(redis_client, "bad:")
+    store.observe([_e(1, 0.0)])
+    before = _state(redis_client, "bad:")
+    call = store._call
+
+    def corrupt(e, guard, marker, keys, args):  # type: ignore[no-untyped-def]
+        call(e, guard, marker, keys, args)
+        if e.transaction_id == "t3":
+            args[-4] = str(2**64)  # the amount (milli) of the last transaction
+    store._call = corrupt  # type: ignore[method-assign]
+    with pytest.raises(redis.ResponseError, match="amount"):
+        store.observe([_e(2, 1.0), _e(3, 2.0)])
+    assert _state(redis_client, "bad:") == before
+    # Over several chunks too: the chunks applied before the failing one are undone.
+    velocity.CHUNK, chunk = 1, velocity.CHUNK
+    try:
+        with pytest.raises(redis.ResponseError, match="amount"):
+            store.observe_guarded([_e(2, 1.0), _e(3, 2.0)], ["bad:tx:t2", "bad:tx:t3"],
+                                  ["?a", "?b"])
+    finally:
+        velocity.CHUNK = chunk
+    assert _state(redis_client, "bad:") == before
+
+
+UNDO_CASES = {
+    "new card, device and merchant": ([], _e(5, 100.0)),
+    "known card, new device and country": (
+        [_e(1, 10.0), _e(2, 20.0, device=None)], _e(5, 100.0, device="d7", country="US")),
+    "known card, known device and country": ([_e(1, 10.0), _e(2, 20.0)], _e(5, 100.0)),
+    "a transaction that trims old history": (
+        [_e(1, 0.0), _e(2, 5.0, card="c9")], _e(5, 200_000.0)),
+}
+
+
+@pytest.mark.parametrize("history, event", UNDO_CASES.values(), ids=UNDO_CASES.keys())
+def test_undo_restores_exactly_what_the_observe_changed(
+        redis_client: redis.Redis, history: list[Event], event: Event) -> None:
+    store = RedisVelocityStore(redis_client, "u:")
+    store.observe(history)
+    before = _state(redis_client, "u:")
+    observed = store.observe_guarded([event], ["u:tx:t5"], ["?fp"])
+    assert _state(redis_client, "u:") != before
+    assert store.undo([event], observed, ["u:tx:t5"], ["?fp"]) == 1
+    assert _state(redis_client, "u:") == before
+
+
+def test_undo_keeps_a_transaction_whose_decision_was_recorded(
+        redis_client: redis.Redis) -> None:
+    store = RedisVelocityStore(redis_client, "k:")
+    observed = store.observe_guarded([_e(1, 0.0)], ["k:tx:t1"], ["?fp"])
+    redis_client.set("k:tx:t1", "1-0/fp")  # the decision script overwrote the claim
+    assert store.undo([_e(1, 0.0)], observed, ["k:tx:t1"], ["?fp"]) == 0
+    assert int(redis_client.hget("k:v:ch:c1", "n")) == 1
