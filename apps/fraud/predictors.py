@@ -100,6 +100,12 @@ def _scorematrix(p: Any, xs: Sequence[Mapping[str, float]], k: int
     return np.clip(p.predict(X), 0.0, 1.0).tolist(), p.explain(X, k)
 
 
+def _top_row(names: Sequence[str], x: list[float], c: list[float], k: int) -> list[Reason]:
+    pushes = [(cj, j) for j, cj in enumerate(c)
+              if cj > 0.0 and (x[j] != 0.0 or not names[j].startswith(CATEGORY_PREFIX))]
+    return [Reason(names[j], x[j], cj) for cj, j in heapq.nlargest(k, pushes)]
+
+
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -35.0, 35.0)))
 
@@ -108,6 +114,8 @@ def _top(names: Sequence[str], X: np.ndarray, C: np.ndarray, k: int) -> list[lis
     """Top-``k`` positive contributions per row of ``C``; absent categories never count."""
     if k <= 0 or C.size == 0:
         return [[] for _ in range(len(X))]
+    if len(X) <= _SMALL:  # a few rows: plain Python beats numpy's per-call overhead
+        return [_top_row(names, x, c, k) for x, c in zip(X.tolist(), C.tolist())]
     C = C.copy()
     is_category = np.array([n.startswith(CATEGORY_PREFIX) for n in names])
     if is_category.any():
