@@ -197,8 +197,9 @@ class DecisionLog:
         lake when that entry was trimmed, or (``archived_too``) when the key is gone."""
         if not transaction_ids:
             return []
-        ids: list[Any] = [None if v is None else stream_id(v.decode())
-                          for v in self._redis.mget([self.key(t) for t in transaction_ids])]
+        values: list[Any] = self._redis.mget([self.key(t) for t in transaction_ids])
+        ids: list[str | None] = [None if v is None else stream_id(v.decode())
+                                 for v in values]
         out: list[tuple[str, bytes] | None] = [None] * len(ids)
         found = [(n, i) for n, i in enumerate(ids) if i is not None]
         if found:

@@ -306,8 +306,8 @@ class FraudService:
                 raise Conflict(f"transaction {txs[pending[0]].transaction_id!r} is being "
                                "scored concurrently; retry", field="transaction_id")
             time.sleep(DUPLICATE_POLL_SECONDS)
-            values = self.redis.mget([self.decisions.key(txs[i].transaction_id)
-                                      for i in pending])
+            values: list[Any] = self.redis.mget([self.decisions.key(txs[i].transaction_id)
+                                                 for i in pending])
             for i, v in zip(pending, values):
                 held[i] = None if v is None else v.decode()
         records = self.decisions.fetch([txs[i].transaction_id for i in missing])
