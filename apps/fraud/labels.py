@@ -2,7 +2,7 @@
 
 ``POST /v1/labels`` validates every label of the request, checks that each transaction
 is in the decision log (Redis, or the lake for decisions already trimmed from it), and
-only then appends them all in one MULTI transaction (nothing is half-applied). Each
+only then appends them in one script call (nothing is half-applied). Each
 stream entry carries the decision record logged at scoring time, so the fraud worker's
 learner trains on exactly the features the model saw, and the stream alone is enough to
 rebuild a model (checkpoint + tail) even after the per-transaction keys expired.
