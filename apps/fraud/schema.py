@@ -301,8 +301,13 @@ def _kind(value: Any) -> str:
 # ---------------------------------------------------------------------------------- files
 
 
+# History files (another team's, or from before a limit) keep their large amounts: only
+# what could overflow the velocity arithmetic is refused. Requests get the configured limit.
+FILE_MAX_AMOUNT = 1e12
+
+
 def read_transactions(path: Path, *, extra_fields: Sequence[str] = (),
-                      max_amount: float = DEFAULT_MAX_AMOUNT,
+                      max_amount: float = FILE_MAX_AMOUNT,
                       max_amounts: Mapping[str, float] = _NO_LIMITS) -> pd.DataFrame:
     """A transaction file (parquet or CSV) checked against the schema, sorted by time;
     a row beyond its currency's largest amount is refused like any other bad row.

@@ -60,6 +60,10 @@ log = logging.getLogger(__name__)
 # Per-transaction keys outlive their stream entry by this much: the archiver trims on a
 # schedule, and a key that expired first would let a retried transaction be scored twice.
 KEY_MARGIN_SECONDS = 3600
+# A claimed id whose process died before recording its decision is free again after this:
+# a retry may then count twice in the velocity state, but a payment is never refused for
+# hours (the decision script gives a recorded id the full key lifetime).
+PENDING_TTL_SECONDS = 60
 # A request that finds its transaction being scored by another waits this long for that
 # decision (then 409, retry), polling every DUPLICATE_POLL_SECONDS.
 DUPLICATE_WAIT_SECONDS = 2.0
@@ -152,7 +156,8 @@ class FraudService:
         guards = [self.decisions.key(t.transaction_id) for t in transactions]
         markers = [PENDING + fingerprint(t) for t in transactions]
         histories = self.velocity.observe_guarded(
-            events, guards, markers, guard_ttl=self.decisions.key_ttl_seconds)
+            events, guards, markers,
+            guard_ttl=min(PENDING_TTL_SECONDS, self.decisions.key_ttl_seconds))
         fresh = [i for i, h in enumerate(histories) if isinstance(h, History)]
         results: list[Decision | None] = [None] * len(transactions)
         if fresh:
