@@ -102,28 +102,33 @@ class TreeEnsemble:
         node = np.tile(self.roots, n)  # (row, tree) flattened: one index per walk
         base = np.repeat(np.arange(n) * width, trees)
         flat = X.ravel()
-        feature, threshold, value, children = self.feature, self.threshold, self.value, \
-            self._children
+        feature, threshold, step, credit_of = self.feature, self.threshold, self._step, \
+            self._credit
         credit = np.zeros(n * width) if contributions else None
-        nan = np.isnan(flat).any()
+        nan = bool(np.isnan(flat).any())
         for _ in range(self.depth):
             f = feature[node]
             x = flat[base + f]
             go_right = x > threshold[node]
             if nan:
-                go_right &= ~(np.isnan(x) & self.missing_left[node])
-                go_right |= np.isnan(x) & ~self.missing_left[node]
-            nxt = children[node, go_right.view(np.int8)]
-            if credit is not None:  # a leaf is its own child: a zero credit
-                credit += np.bincount(base + f, weights=value[nxt] - value[node],
-                                      minlength=n * width)
-            node = nxt
-        raw = self.baseline + value[node].reshape(n, trees).sum(axis=1)
+                missing = np.isnan(x)
+                go_right = np.where(missing, ~self.missing_left[node], go_right)
+            # Children side by side: 2 * node + (0 left, 1 right); a leaf is its own child.
+            edge = 2 * node + go_right
+            if credit is not None:
+                credit += np.bincount(base + f, weights=credit_of[edge], minlength=n * width)
+            node = step[edge]
+        raw = self.baseline + self.value[node].reshape(n, trees).sum(axis=1)
         return raw, None if credit is None else credit.reshape(n, width)
 
     @functools.cached_property
-    def _children(self) -> np.ndarray:
-        return np.column_stack([self.left, self.right])
+    def _step(self) -> np.ndarray:
+        return np.column_stack([self.left, self.right]).ravel()
+
+    @functools.cached_property
+    def _credit(self) -> np.ndarray:
+        """Per edge, the move in expected value it credits to its split's feature."""
+        return self.value[self._step] - np.repeat(self.value, 2)
 
     def raw(self, X: np.ndarray) -> np.ndarray:
         """Raw scores (log-odds) of the rows of ``X``."""
