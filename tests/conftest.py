@@ -7,8 +7,10 @@ port, and the data fixtures come from the real simulator at a small size.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -82,3 +84,21 @@ def pipeline_data_dir(pipeline_template: Path, tmp_path: Path,
     get_settings.cache_clear()
     yield folder
     get_settings.cache_clear()
+
+
+def _wait_for(what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """``check()``'s first truthy value, polled every 20 ms; fails naming ``what`` after
+    ``timeout`` seconds (never a fixed sleep: a busy 2-core machine is slow, not wrong)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def wait_for() -> Callable[..., Any]:
+    """Wait for a condition with a deadline: ``wait_for("what", check, timeout=10.0)``."""
+    return _wait_for

@@ -366,21 +366,12 @@ class Policy:
             return [(d, []) for d in decisions]
         now = time.time()
         out: list[tuple[str, list[dict[str, Any]]]] = []
-        # Inlined (no call per rule): this runs for every rule of every transaction.
         for t, x, s, decision in zip(txs, xs, scores, decisions):
             hits: list[dict[str, Any]] = []
             floor = 0
             for rule, table in before:
-                entry = None
-                if table is not None:
-                    entry = table.get(rule.key(t))  # type: ignore[misc]
-                    if entry is None or (entry.expires_at is not None
-                                         and entry.expires_at <= now):
-                        continue
-                for test in rule.tests:
-                    if not test(t, x, s):
-                        break
-                else:
+                fired, entry = _fires(rule, table, t, x, s, now)
+                if fired:
                     hits.append(_reason(rule, entry, t, x, s))
                     self._count(rule)
                     floor = max(floor, SEVERITY[rule.action])
@@ -391,16 +382,8 @@ class Policy:
             for rule, table in after:
                 if decision not in rule.overrides:
                     continue
-                entry = None
-                if table is not None:
-                    entry = table.get(rule.key(t))  # type: ignore[misc]
-                    if entry is None or (entry.expires_at is not None
-                                         and entry.expires_at <= now):
-                        continue
-                for test in rule.tests:
-                    if not test(t, x, s):
-                        break
-                else:
+                fired, entry = _fires(rule, table, t, x, s, now)
+                if fired:
                     hits.append(_reason(rule, entry, t, x, s))
                     self._count(rule)
                     final = rule.action
@@ -427,6 +410,18 @@ class Policy:
                 "before": [r.to_dict() for r in rules.before],
                 "after": [r.to_dict() for r in rules.after],
                 "lists_version": lists.seq}
+
+
+def _fires(rule: Rule, table: Any, t: Transaction, x: Mapping[str, float], s: float,
+           now: float) -> tuple[bool, Entry | None]:
+    """Whether ``rule`` fires for ``t``, and the list entry it matched (list rules: a live
+    entry for the transaction's key, then every condition; other rules: the conditions)."""
+    entry = None
+    if table is not None:
+        entry = table.get(rule.key(t))  # type: ignore[misc]
+        if entry is None or (entry.expires_at is not None and entry.expires_at <= now):
+            return False, None
+    return all(test(t, x, s) for test in rule.tests), entry
 
 
 def _reason(rule: Rule, entry: Entry | None, t: Transaction, x: Mapping[str, float],

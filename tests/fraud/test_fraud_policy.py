@@ -18,16 +18,6 @@ from fraud.worker import FraudJobs
 Tx = Callable[..., dict[str, Any]]
 
 
-def _wait(what: str, check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def _record(app: Flask, transaction_id: str) -> dict[str, Any]:
     [raw] = get_service(app).decisions.fetch([transaction_id])
     assert raw is not None, f"no decision record for {transaction_id}"
@@ -48,7 +38,7 @@ def test_every_decision_carries_reason_codes_and_sentences(
     assert with_reasons >= 0.9 * len(results), "most decisions explain themselves"
 
 
-def test_a_blocked_card_is_declined_by_rule_on_every_replica(
+def test_a_blocked_card_is_declined_by_rule_on_every_replica(wait_for: Callable[..., Any],
         make_app: Callable[..., Flask], tx: Tx) -> None:
     first, second = make_app(), make_app()
     put = first.test_client().put("/v1/lists/blocked_cards/c-stolen",
@@ -62,7 +52,7 @@ def test_a_blocked_card_is_declined_by_rule_on_every_replica(
         codes = [r["code"] for r in body["reasons"]]
         return body if body["decision"] == "decline" and "rule:blocked_card" in codes else None
 
-    body = _wait("the block to reach the other replica", declined, timeout=1.5)
+    body = wait_for("the block to reach the other replica", declined, timeout=1.5)
     codes = [r["code"] for r in body["reasons"]]
     assert "rule:blocked_card" in codes, body["reasons"]
     record = _record(second, body["transaction_id"])

@@ -142,21 +142,11 @@ def score(rollout: FraudRollout, production: Candidate, cards: Sequence[str],
     return out
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def loaded(rollout: FraudRollout, version: int) -> Callable[[], bool]:
     return lambda: (c := rollout.candidate()) is not None and c.version.version == version
 
 
-def test_canary_routes_a_stable_share_of_cards_and_splits_batches(
+def test_canary_routes_a_stable_share_of_cards_and_splits_batches(wait_for: Callable[..., Any],
         rollout: FraudRollout, production: Candidate, store: RolloutStore,
         versions: dict[str, int], traffic: Any) -> None:
     cards = sorted(set(traffic[0]))[:300]
@@ -173,7 +163,7 @@ def test_canary_routes_a_stable_share_of_cards_and_splits_batches(
         [v is not None for v in expected]
 
 
-def test_canary_segment_matches_transaction_attributes(
+def test_canary_segment_matches_transaction_attributes(wait_for: Callable[..., Any],
         rollout: FraudRollout, store: RolloutStore, versions: dict[str, int]) -> None:
     store.start(NAME, versions["copy"], "canary", steps=(100.0,), segment={"country": "DE"})
     wait_for("the candidate to load", loaded(rollout, versions["copy"]))
@@ -182,7 +172,7 @@ def test_canary_segment_matches_transaction_attributes(
                          attributes=attrs) == [versions["copy"], None, None]
 
 
-def test_an_inverted_candidate_is_rolled_back_under_simulated_payments(
+def test_an_inverted_candidate_is_rolled_back_under_simulated_payments(wait_for: Callable[..., Any],
         rollout: FraudRollout, production: Candidate, store: RolloutStore,
         rollout_settings: Settings, redis_client: redis.Redis, versions: dict[str, int],
         registry: ModelRegistry, traffic: Any) -> None:
@@ -244,7 +234,7 @@ def test_labels_give_precision_and_recall_per_version(
     assert redis_client.xlen(f"{CONFIG.key_prefix}dead-letters") == 1
 
 
-def test_shadow_never_decides_and_its_comparison_is_recorded(
+def test_shadow_never_decides_and_its_comparison_is_recorded(wait_for: Callable[..., Any],
         rollout: FraudRollout, production: Candidate, store: RolloutStore,
         redis_client: redis.Redis, versions: dict[str, int], traffic: Any) -> None:
     cards, xs, _ = traffic
@@ -266,7 +256,7 @@ def test_shadow_never_decides_and_its_comparison_is_recorded(
     assert live.requests == 0
 
 
-def test_blue_green_switches_every_card_after_the_smoke_check(
+def test_blue_green_switches_every_card_after_the_smoke_check(wait_for: Callable[..., Any],
         rollout: FraudRollout, production: Candidate, store: RolloutStore,
         registry: ModelRegistry, redis_client: redis.Redis, versions: dict[str, int],
         traffic: Any) -> None:

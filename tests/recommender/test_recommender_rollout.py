@@ -113,16 +113,6 @@ def engine_of(app: Flask) -> Engine:
     return app.extensions["recommender.engine"]  # type: ignore[no-any-return]
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def candidate_loaded(engine: Engine, version: int) -> Callable[[], bool]:
     def check() -> bool:
         cand = engine.rollout.candidate if engine.rollout is not None else None
@@ -130,7 +120,7 @@ def candidate_loaded(engine: Engine, version: int) -> Callable[[], bool]:
     return check
 
 
-def test_canary_share_is_stable_per_user_and_honoured_by_batches(
+def test_canary_share_is_stable_per_user_and_honoured_by_batches(wait_for: Callable[..., Any],
         make_app: Callable[..., Flask], store: RolloutStore, users: list[str]) -> None:
     r = store.start(NAME, 2, "canary", steps=(25.0, 50.0, 100.0))
     client = make_app().test_client()
@@ -157,7 +147,7 @@ def test_canary_share_is_stable_per_user_and_honoured_by_batches(
     assert moved == {u for u in users if in_rollout(NAME, u, 0.5)}
 
 
-def test_canary_limited_to_a_segment(make_app: Callable[..., Flask], store: RolloutStore,
+def test_canary_limited_to_a_segment(wait_for: Callable[..., Any], make_app: Callable[..., Flask], store: RolloutStore,
                                      users: list[str]) -> None:
     engine = engine_of(make_app())
     b = engine.current().bundle
@@ -179,7 +169,7 @@ def taste(rollout_template: Path) -> dict[str, set[str]]:
     return {u: set(g["item_id"]) for u, g in top.groupby("user_id")}
 
 
-def test_a_bad_candidate_is_rolled_back_under_simulated_shoppers(
+def test_a_bad_candidate_is_rolled_back_under_simulated_shoppers(wait_for: Callable[..., Any],
         make_app: Callable[..., Flask], store: RolloutStore, worker: Worker,
         users: list[str], rollout_template: Path, redis_client: redis.Redis) -> None:
     """Shoppers buy when what they are shown matches their tastes; v3 (shuffled) sells
@@ -243,7 +233,7 @@ class Server:
         self.http.shutdown()
 
 
-def test_blue_green_switch_under_load_has_no_failed_request(
+def test_blue_green_switch_under_load_has_no_failed_request(wait_for: Callable[..., Any],
         make_app: Callable[..., Flask], store: RolloutStore, worker: Worker,
         users: list[str]) -> None:
     server = Server(make_app())
@@ -295,7 +285,7 @@ def test_blue_green_switch_under_load_has_no_failed_request(
         assert set(models[first:]) == {"recommender:v2"}
 
 
-def test_shadow_never_changes_a_response_and_its_comparison_is_recorded(
+def test_shadow_never_changes_a_response_and_its_comparison_is_recorded(wait_for: Callable[..., Any],
         make_app: Callable[..., Flask], store: RolloutStore, users: list[str],
         redis_client: redis.Redis) -> None:
     client = make_app().test_client()
