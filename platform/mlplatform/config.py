@@ -53,6 +53,14 @@ class Settings:
     host: str = "127.0.0.1"
     recommender_port: int = 8001
     fraud_port: int = 8002
+    # The monitoring console and the GraphQL service (they call the two services over HTTP).
+    console_port: int = 8000
+    graphql_port: int = 8003
+    # Where the console and GraphQL find the services; unset: http://host:<service>_port.
+    recommender_url: str | None = None
+    fraud_url: str | None = None
+    # The console posts each new alert here (JSON) when set.
+    alert_webhook: str | None = None
     workers: int = 2
     # Request threads per worker: more than 1 overlaps waits on Redis within a process.
     threads: int = 1
@@ -123,6 +131,13 @@ class Settings:
                 f"got {str(self.experiments_file)!r}"
             )
 
+    def service_url(self, service: str) -> str:
+        """Base URL of the recommender or fraud service, as the console and GraphQL call it."""
+        configured = getattr(self, f"{service}_url", None)
+        if configured:
+            return str(configured).rstrip("/")
+        return f"http://{self.host}:{getattr(self, f'{service}_port')}"
+
     def with_(self, **changes: Any) -> Settings:
         """A copy with some settings changed (tests, CLI flags)."""
         return replace(self, **changes)
@@ -158,9 +173,13 @@ def _parse(name: str, text: str) -> Any:
             return Path(text).expanduser().resolve()
         case "experiments_file" | "lake_dir":
             return Path(text).expanduser().resolve() if text else None
-        case "redis_url":
+        case "redis_url" | "alert_webhook":
             return text or None
-        case "recommender_port" | "fraud_port":
+        case "recommender_url" | "fraud_url":
+            if text and urlparse(text).scheme not in ("http", "https"):
+                raise ConfigError(f"{var} must be an http:// or https:// URL, got {text!r}")
+            return text or None
+        case "recommender_port" | "fraud_port" | "console_port" | "graphql_port":
             return integer(0, 65535)
         case "workers" | "threads":
             return integer(1, 64)

@@ -30,28 +30,47 @@ from types import FrameType
 from mlplatform.config import Settings
 from mlplatform.errors import ConfigError
 
-__all__ = ["service_names", "service_target", "server_command", "spawn", "spawn_worker",
+__all__ = ["service_names", "service_target", "service_interface", "server_command", "spawn", "spawn_worker",
            "metrics_dir", "wait_ready",
            "stop_process", "serve", "sigterm_interrupts", "data_ready"]
 
 log = logging.getLogger(__name__)
 
 
+# WSGI services (Flask) and ASGI services (GraphQL, which needs websockets) are two
+# entry-point groups: the group says which interface the server speaks.
+_GROUPS = {"mlsuite.services": "wsgi", "mlsuite.asgi_services": "asgi"}
+
+
 def service_names() -> list[str]:
-    return sorted(ep.name for ep in entry_points(group="mlsuite.services"))
+    return sorted(ep.name for group in _GROUPS for ep in entry_points(group=group))
+
+
+def service_interface(service: str) -> str:
+    """``wsgi`` or ``asgi``: what the server must speak to ``service``."""
+    for group, interface in _GROUPS.items():
+        if any(ep.name == service for ep in entry_points(group=group)):
+            return interface
+    raise ConfigError(f"unknown service {service!r}; expected one of {', '.join(service_names())}")
 
 
 def service_target(service: str) -> str:
-    """The ``module:factory`` of a service, from the "mlsuite.services" entry points."""
-    for ep in entry_points(group="mlsuite.services"):
-        if ep.name == service:
-            return ep.value
+    """The ``module:factory`` of a service, from the services' entry points."""
+    for group in _GROUPS:
+        for ep in entry_points(group=group):
+            if ep.name == service:
+                return ep.value
     raise ConfigError(f"unknown service {service!r}; expected one of {', '.join(service_names())}")
 
 
 def server_command(target: str, *, host: str, port: int, workers: int, server: str,
-                   threads: int = 1) -> list[str]:
+                   threads: int = 1, interface: str = "wsgi") -> list[str]:
     """The command line that serves the app factory ``target``."""
+    if interface == "asgi":  # granian only: gunicorn has no ASGI worker of its own
+        return [sys.executable, "-m", "granian", "--interface", "asgi", "--factory",
+                "--host", host, "--port", str(port), "--workers", str(workers),
+                "--log-level", "warning", "--respawn-failed-workers",
+                "--workers-kill-timeout", "10", target]
     if server == "granian":
         return [sys.executable, "-m", "granian", "--interface", "wsgi", "--factory",
                 "--host", host, "--port", str(port), "--workers", str(workers),
@@ -85,7 +104,8 @@ def spawn(service: str, settings: Settings, *, port: int, workers: int, server: 
         "OPENBLAS_NUM_THREADS": "1",
     }
     cmd = server_command(service_target(service), host=settings.host, port=port,
-                         workers=workers, server=server, threads=settings.threads)
+                         workers=workers, server=server, threads=settings.threads,
+                         interface=service_interface(service))
     log.info("starting %s: %s with %d workers on %s:%d", service, server, workers,
              settings.host, port)
     return subprocess.Popen(cmd, env=env)

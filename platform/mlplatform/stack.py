@@ -91,12 +91,16 @@ class Stack:
             self.say(f"models: making sure {', '.join(apps)} have a production model")
             prepare_models(self.settings, apps)
         for service in self.services:
-            port = self.fixed_ports.get(service) or free_port(self.settings.host)
-            self._procs[service] = serving.spawn(service, self.settings, port=port,
+            self.ports[service] = self.fixed_ports.get(service) or free_port(self.settings.host)
+            self.urls[service] = f"http://{self.settings.host}:{self.ports[service]}"
+        # The console and GraphQL call the services of this stack over HTTP.
+        self.settings = self.settings.with_(**{
+            f"{app}_url": self.urls[app] for app in apps
+            if getattr(self.settings, f"{app}_url") is None})
+        for service in self.services:
+            self._procs[service] = serving.spawn(service, self.settings, port=self.ports[service],
                                                  workers=self.workers, server=self.server,
                                                  redis_url=redis_url)
-            self.ports[service] = port
-            self.urls[service] = f"http://{self.settings.host}:{port}"
         if self.background:
             from mlplatform.worker import worker_names
 
