@@ -61,6 +61,12 @@ class Settings:
     fraud_url: str | None = None
     # The console posts each new alert here (JSON) when set.
     alert_webhook: str | None = None
+    # GraphQL limits: introspection can be turned off in production; depth, cost and
+    # batch size bound what one query may ask of the services.
+    graphql_introspection: bool = True
+    graphql_max_depth: int = 8
+    graphql_max_cost: int = 5_000
+    graphql_max_batch: int = 100
     workers: int = 2
     # Request threads per worker: more than 1 overlaps waits on Redis within a process.
     threads: int = 1
@@ -181,6 +187,12 @@ def _parse(name: str, text: str) -> Any:
             return text or None
         case "recommender_port" | "fraud_port" | "console_port" | "graphql_port":
             return integer(0, 65535)
+        case "graphql_introspection":
+            if text.lower() not in ("1", "0", "true", "false", "on", "off", "yes", "no"):
+                raise ConfigError(f"{var} must be true or false, got {text!r}")
+            return text.lower() in ("1", "true", "on", "yes")
+        case "graphql_max_depth" | "graphql_max_cost" | "graphql_max_batch":
+            return integer(1)
         case "workers" | "threads":
             return integer(1, 64)
         case "max_request_bytes":
