@@ -17,13 +17,13 @@ already trimmed from Redis joins it from the lake, up to ``decision_ttl_seconds`
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import redis
 
 from mlplatform.lake import Lake, id_ms
@@ -57,8 +57,10 @@ def fingerprint_of(value: str) -> str:
         return value[1:]
     return value.partition("/")[2]
 
-# One encoder for every record: json.dumps with options builds a new one per call.
-_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+# msgspec encodes a record (about 55 features) in ~3 us where json takes ~30 us: at
+# thousands of decisions a second that is a tenth of a core.
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
 
 
 @dataclass(slots=True)
@@ -90,7 +92,7 @@ class Decision:
             out["duplicate"] = True
         return out
 
-    def to_record(self) -> str:
+    def to_record(self) -> bytes:
         return _encode({
             "transaction_id": self.transaction_id,
             "timestamp": self.timestamp,
@@ -106,7 +108,7 @@ class Decision:
 
     @classmethod
     def from_record(cls, text: str | bytes) -> Decision:
-        d = json.loads(text)
+        d = _decode(text)
         return cls(
             transaction_id=d["transaction_id"], timestamp=d["timestamp"], score=d["score"],
             decision=d["decision"], reasons=d["reasons"], model_version=d["model_version"],

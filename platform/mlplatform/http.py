@@ -12,7 +12,6 @@ No response ever carries a traceback; unexpected errors are logged with the requ
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -23,9 +22,10 @@ import redis
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from mlplatform import metrics
+from mlplatform import jsonio, metrics
 from mlplatform.config import Settings, get_settings
 from mlplatform.errors import APIError, BadRequest, Unavailable
+from mlplatform.jsonio import MsgspecProvider
 from mlplatform.redisdb import connect, ping
 
 __all__ = [
@@ -54,12 +54,8 @@ def create_service_app(name: str, settings: Settings | None = None,
     """A Flask app with mlsuite's conventions attached; the service adds its blueprints."""
     settings = settings or get_settings()
     app = Flask(name)
-    app.config.update(
-        MAX_CONTENT_LENGTH=settings.max_request_bytes,
-        JSON_SORT_KEYS=False,
-    )
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.json.compact = True  # type: ignore[attr-defined]
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_request_bytes)
+    app.json = MsgspecProvider(app)
     if test_config:
         app.config.update(test_config)
     app.extensions["mlsuite.service"] = name
@@ -101,7 +97,7 @@ def json_body() -> Any:
     if not data:
         raise BadRequest("request body must be a JSON document, got an empty body", field="body")
     try:
-        return json.loads(data)
+        return jsonio.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"request body must be valid JSON: {exc}", field="body") from None
 
