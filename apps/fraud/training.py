@@ -13,7 +13,8 @@ reported metrics measured. Then:
 - ``fraud-batch``: the scikit-learn model fitted on the training part (static).
 
 Both are registered (params, metrics, data fingerprint) and, with ``promote``, become
-``production`` of their name.
+``production`` of their name. Each version stores the drift reference profile of its
+training inputs (``drift_reference``), the vectors the decision records log.
 """
 
 from __future__ import annotations
@@ -30,15 +31,17 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from fraud.config import FraudConfig
-from fraud.features import offline_vectors
+from fraud.features import CATEGORY_PREFIX, offline_vectors
+from fraud.keys import Keys
 from fraud.models import Artifact, BatchGBM, feature_names_of, fit_model, make_model
 from fraud.profiles import FrameProfiles, NoProfiles, ProfileSource
 from fraud.schema import read_transactions, transactions_from_frame
 from fraud.thresholds import Thresholds, choose_thresholds, false_positive_rate, recall_at_fpr
 from fraud.velocity import MemoryVelocityStore
+from mlplatform.monitoring.reference import build_profile, featurise, with_reference
 from mlplatform.registry import ModelRegistry, ModelVersion, fingerprint
 
-__all__ = ["Dataset", "load_dataset", "train", "evaluate", "BATCH_MODEL_NAME"]
+__all__ = ["Dataset", "load_dataset", "train", "evaluate", "drift_reference", "BATCH_MODEL_NAME"]
 
 log = logging.getLogger(__name__)
 BATCH_MODEL_NAME = "fraud-batch"
@@ -128,7 +131,9 @@ def train(
                 online.learn_one(x, bool(y))
         bar.update(n - bar.n)
     out["online"] = registry.register(
-        config.model_name, writer=Artifact(online, thresholds).save,
+        config.model_name,
+        writer=with_reference(Artifact(online, thresholds).save,
+                              drift_reference(data.vectors, config, served=True)),
         params={"kind": online.kind, **online.params, **common,
                 "thresholds": thresholds.to_dict(), "learned": online.n_learned},
         metrics=metrics, data_fingerprint=digest,
@@ -145,7 +150,9 @@ def train(
         thresholds = _thresholds(val_scores, val_y, config)
         metrics = _metrics(val_scores, val_y, thresholds)
         out["batch"] = registry.register(
-            BATCH_MODEL_NAME, writer=Artifact(gbm, thresholds).save,
+            BATCH_MODEL_NAME,
+            writer=with_reference(Artifact(gbm, thresholds).save,
+                                  drift_reference(train_x, config, served=False)),
             params={"kind": gbm.kind, **gbm.params, **common, "thresholds": thresholds.to_dict()},
             metrics=metrics, data_fingerprint=digest,
             alias=config.model_alias if promote else None,
@@ -153,6 +160,18 @@ def train(
         log.info("fraud: %s in %.1fs, validation %s", out["batch"].label,
                  time.perf_counter() - started, metrics)
     return out
+
+
+def drift_reference(vectors: Sequence[dict[str, float]], config: FraudConfig, *,
+                    served: bool) -> dict[str, Any]:
+    """The drift reference of a model trained on ``vectors``: the features the decision
+    records log (``mlplatform.monitoring``); the one-hot merchant category folds back
+    into one categorical feature, so a new category mix reads as one drifted feature."""
+    source = {"stream": Keys(config.key_prefix, config.model_name).decisions,
+              "json_field": "record", "vector": "features",
+              "onehot": {CATEGORY_PREFIX: "merchant_category"}}
+    rows = featurise([{"features": x} for x in vectors], source)
+    return build_profile(rows, source=source, service="fraud", served=served)
 
 
 def _time_split(timestamps: np.ndarray, fraction: float) -> int:

@@ -2,7 +2,8 @@
 
 ``fit_bundle`` trains the chosen variants (plus the popularity baseline, always) on one
 interactions table; ``evaluate_variants`` fits on one table and scores every variant on
-another (or on a time split of one). Both are deterministic for a seed.
+another (or on a time split of one). Both are deterministic for a seed. A fitted bundle
+saves the drift reference of its inputs beside it (``drift_reference``).
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from mlplatform.monitoring.reference import build_profile, featurise, with_reference
 from recommender.bundle import ModelBundle
 from recommender.data import DEFAULT_EVENT_WEIGHTS, IdMap, user_item_matrix
 from recommender.evaluation import evaluate_model
+from recommender.history import STREAM_KEY
 from recommender.variants import make_recommender
 
-__all__ = ["Progress", "TrainConfig", "evaluate_variants", "fit_bundle", "fold_in_items"]
+__all__ = ["Progress", "TrainConfig", "drift_reference", "evaluate_variants", "fit_bundle",
+           "fold_in_items"]
 
 # The defaults live on the model classes (tuned on the simulated shop, see models.py).
 
@@ -104,7 +108,44 @@ def fit_bundle(interactions: pd.DataFrame, config: TrainConfig, *,
         bundle.user_segment = user_segment
     if item_category is not None:
         bundle.item_category = item_category
+    # Every registration (`recommender train`, the pipeline) saves through bundle.save:
+    # the reference travels with the version whichever path registers it.
+    bundle.save = with_reference(bundle.save, drift_reference(interactions, items))  # type: ignore[method-assign]
     return bundle
+
+
+def drift_reference(interactions: pd.DataFrame, items: pd.DataFrame | None = None
+                    ) -> dict[str, Any]:
+    """The drift reference of a model trained on ``interactions`` (mlplatform.monitoring).
+
+    The recommender's inputs are the events it is sent, so drift is read off the event
+    stream: the event type mix (a funnel change: fewer purchases per view), the category
+    and price of the items touched (the catalogue or demand moved; items the model never
+    saw show as category "(unknown)"), and events per user in the last hour (bots,
+    crawlers or a broken client inflate it; a lost tracking call deflates it).
+    """
+    ts = (interactions["timestamp"] - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+    rows = pd.DataFrame({"user_id": interactions["user_id"].astype(str),
+                         "item_id": interactions["item_id"].astype(str), "ts": ts})
+    source: dict[str, Any] = {
+        "stream": STREAM_KEY,
+        "counts": {"user_events_1h": {"by": "user_id", "time": "ts", "seconds": 3600.0}}}
+    if "event_type" in interactions.columns:
+        rows["event_type"] = interactions["event_type"].astype(str)
+        source["fields"] = ["event_type"]
+    if items is not None:
+        ids = items["item_id"].astype(str)
+        lookups = {}
+        if "category" in items.columns:
+            lookups["item_category"] = {"field": "item_id", "missing": "(unknown)",
+                                        "table": dict(zip(ids, items["category"].astype(str)))}
+        if "price" in items.columns:
+            # An unknown item has no price: it is left out of the price feature.
+            lookups["item_price"] = {"field": "item_id", "missing": None,
+                                     "table": dict(zip(ids, items["price"].astype(float)))}
+        source["lookups"] = lookups
+    featurised = featurise(rows.to_dict("records"), source)
+    return build_profile(featurised, source=source, service="recommender")
 
 
 def evaluate_variants(train: pd.DataFrame, test: pd.DataFrame, config: TrainConfig, *,

@@ -174,6 +174,12 @@ class Worker:
         registry = ModelRegistry(self.settings.data_dir / "models")
         self.rollouts = RolloutController(self.client, registry, self.service)
         self.every("rollouts", ROLLOUT_TICK_SECONDS, self.rollouts.tick, first_after=0.2)
+        # Per-feature drift of the live inputs against the served model's training
+        # reference, kept in Redis and as gauges for the console and alerts.
+        from mlplatform.monitoring.driftreport import INTERVAL_SECONDS, drift_job
+
+        self.every("drift", INTERVAL_SECONDS, drift_job(self.settings, self.service, self.client),
+                   first_after=5.0)
         if self.streams:
             from mlplatform.lake import Lake
             from mlplatform.retention import Archiver

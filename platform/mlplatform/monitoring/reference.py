@@ -104,7 +104,9 @@ def featurise(rows: Sequence[Row], source: Mapping[str, Any]) -> list[Features]:
         for name in fields:
             x[name] = row.get(name, MISSING)
         for name, spec in lookups.items():
-            x[name] = spec["table"].get(str(row.get(spec["field"])), spec.get("missing", MISSING))
+            found = spec["table"].get(str(row.get(spec["field"])), spec.get("missing", MISSING))
+            if found is not None:  # a lookup whose "missing" is null leaves the row out
+                x[name] = found
         for name, values in counts.items():
             x[name] = float(values[n])
         out.append(x)

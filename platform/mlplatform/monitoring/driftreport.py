@@ -1,0 +1,242 @@
+"""Drift reports: a service's recent live inputs against its production model's training reference.
+
+``drift_report(settings, service)`` finds the model the service serves (the registry
+version whose reference profile says so, see ``mlplatform.monitoring.reference``), reads
+the live window from the stream the profile names (Redis, plus the lake for what the
+worker already trimmed), featurises it as training was, and tests every feature
+(``mlplatform.monitoring.drift``). The shape, which other tools read (keys may be added,
+never renamed)::
+
+    {"model": "fraud-online:v3", "window": "1h", "window_seconds": 3600, "rows": 1234,
+     "enough_data": true, "drift_share": 0.05, "dataset_drift": false,
+     "features": {"amount": {"kind": "numeric", "statistic": "wasserstein",
+                             "value": 0.42, "threshold": 0.1, "drifted": true, "psi": 1.3}}}
+
+With fewer than ``MIN_ROWS`` live rows the statistics are still shown but nothing is
+flagged (``enough_data: false``). The worker of each service publishes a report every
+``INTERVAL_SECONDS`` (``publish``: one Redis key per service, and Prometheus gauges);
+``latest`` reads it back for the console.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import redis
+from prometheus_client import Gauge
+
+from mlplatform.config import Settings
+from mlplatform.errors import NotFound
+from mlplatform.lake import Lake, id_ms
+from mlplatform.monitoring.drift import (
+    DATASET_DRIFT_SHARE,
+    THRESHOLDS,
+    FeatureDrift,
+    categorical_drift,
+    numeric_drift,
+)
+from mlplatform.monitoring.reference import category_key, featurise, served_reference
+from mlplatform.registry import ModelRegistry
+
+__all__ = ["drift_report", "publish", "latest", "report_key", "format_window", "drift_job",
+           "MIN_ROWS", "INTERVAL_SECONDS", "DRIFT_SHARE", "DRIFT_VALUE", "DRIFTED"]
+
+log = logging.getLogger(__name__)
+
+MIN_ROWS = 50  # fewer live rows than this: too noisy to flag anything
+MAX_ROWS = 50_000  # the newest rows of a busy window: enough for every statistic
+INTERVAL_SECONDS = 60.0
+KEY_PREFIX = "mlsuite:drift:"
+
+# "mostrecent": the last report written wins, whichever worker process wrote it.
+DRIFT_SHARE = Gauge("mlsuite_feature_drift_share", "Share of input features drifted",
+                    ["service"], multiprocess_mode="mostrecent")
+DRIFT_VALUE = Gauge("mlsuite_feature_drift_value",
+                    "Drift statistic of an input feature (see the report for which)",
+                    ["service", "feature"], multiprocess_mode="mostrecent")
+DRIFTED = Gauge("mlsuite_feature_drifted", "1 if the input feature drifted, else 0",
+                ["service", "feature"], multiprocess_mode="mostrecent")
+_published: dict[str, set[str]] = {}
+
+
+def report_key(service: str) -> str:
+    return f"{KEY_PREFIX}{service}"
+
+
+def format_window(seconds: float) -> str:
+    """A window's length as the CLI writes it.
+
+    >>> format_window(3600), format_window(900), format_window(86400), format_window(90)
+    ('1h', '15m', '1d', '90s')
+    """
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def drift_report(settings: Settings, service: str, *, window_seconds: float = 3600.0,
+                 redis_client: redis.Redis | None = None, now: float | None = None
+                 ) -> dict[str, Any]:
+    """The drift report of ``service`` over the last ``window_seconds`` (see the module)."""
+    registry = ModelRegistry(settings.data_dir / "models")
+    found = served_reference(registry, service)
+    if found is None:
+        raise NotFound(f"no production model of {service!r} with a drift reference: train "
+                       f"one with `mlsuite {service} train`", field="service")
+    served, reference_version, profile = found
+    until = time.time() if now is None else now
+    client = redis_client
+    if client is None and settings.redis_url:
+        from mlplatform.redisdb import connect
+
+        client = connect(settings.redis_url)
+    source = profile["source"]
+    rows, in_window = live_rows(client, Lake.from_settings(settings), source,
+                                until - window_seconds, until)
+    features = [x for x, keep in zip(featurise(rows, source), in_window) if keep]
+    enough = len(features) >= MIN_ROWS
+    results = {name: _feature(spec, [x[name] for x in features if name in x], enough)
+               for name, spec in profile["features"].items()}
+    judged = [r for r in results.values() if r.get("value") is not None]
+    drifted = sum(1 for r in judged if r["drifted"])
+    share = round(drifted / len(judged), 4) if judged and enough else 0.0
+    return {
+        "service": service, "model": served.label, "model_version": served.version,
+        "reference": reference_version.label, "reference_rows": profile["rows"],
+        "window": format_window(window_seconds), "window_seconds": window_seconds,
+        "rows": len(features), "truncated": len(rows) >= MAX_ROWS and all(in_window),
+        "enough_data": enough, "min_rows": MIN_ROWS,
+        "drift_share": share, "drifted": drifted,
+        "dataset_drift": enough and share >= DATASET_DRIFT_SHARE,
+        "at": round(until, 3), "features": results,
+    }
+
+
+def _feature(spec: Mapping[str, Any], values: Sequence[Any], enough: bool) -> dict[str, Any]:
+    n_ref = int(spec["rows"])
+    if spec["kind"] == "numeric":
+        live = np.array([v for v in values if isinstance(v, (int, float))], dtype=float)
+        live = live[np.isfinite(live)]
+        if not len(live):
+            return _empty("numeric", "wasserstein" if n_ref > 1000 else "ks", n_ref)
+        result: FeatureDrift = numeric_drift(np.asarray(spec["sample"], float), live,
+                                             reference_rows=n_ref)
+        extra = {"reference_mean": round(spec["mean"], 6), "live_mean": round(float(live.mean()), 6)}
+    else:
+        counts: dict[str, int] = {}
+        for v in values:
+            key = category_key(v)
+            counts[key] = counts.get(key, 0) + 1
+        if not counts:
+            return _empty("categorical", "jensenshannon" if n_ref > 1000 else "chi2", n_ref)
+        result = categorical_drift(spec["counts"], counts, reference_rows=n_ref)
+        extra = {"new_categories": sorted(set(counts) - set(spec["counts"]))[:10]}
+    out = result.to_dict()
+    out["drifted"] = bool(result.drifted and enough)
+    return {**out, "live_rows": len(values), **extra}
+
+
+def _empty(kind: str, statistic: str, n_ref: int) -> dict[str, Any]:
+    return {"kind": kind, "statistic": statistic, "value": None,
+            "threshold": THRESHOLDS[statistic], "drifted": False, "live_rows": 0}
+
+
+def live_rows(client: redis.Redis | None, lake: Lake, source: Mapping[str, Any],
+              since: float, until: float) -> tuple[list[dict[str, Any]], list[bool]]:
+    """The live records of ``source``'s stream up to ``until``, oldest first, and for each
+    whether it falls in the window (appended at or after ``since``).
+
+    Rolling ``counts`` features look back up to their ``seconds`` before ``since``, so the
+    first rows of the window count their history too; the caller drops those rows after
+    featurising.
+    """
+    lookback = max((float(c["seconds"]) for c in (source.get("counts") or {}).values()),
+                   default=0.0)
+    stream, start_ms = source["stream"], int((since - lookback) * 1000)
+    entries: list[tuple[int, dict[str, Any]]] = []
+    oldest_ms: int | None = None
+    if client is not None:
+        raw: Any = client.xrevrange(stream, max=f"{int(until * 1000)}", min=f"{start_ms}",
+                                    count=MAX_ROWS)
+        for sid, fields in reversed(raw):
+            entries.append((id_ms(sid), {_text(k): _text(v) for k, v in fields.items()}))
+        oldest: Any = client.xrange(stream, count=1)
+        oldest_ms = id_ms(oldest[0][0]) if oldest else None
+    if len(entries) < MAX_ROWS and (oldest_ms is None or oldest_ms > start_ms):
+        # The worker archived and trimmed the start of the window: the lake holds it.
+        entries = _from_lake(lake, stream, start_ms, oldest_ms, until) + entries
+    json_field = source.get("json_field")
+    window_ms = since * 1000
+    rows, in_window = [], []
+    for ms, fields in entries[-MAX_ROWS:]:
+        rows.append(json.loads(fields[json_field]) if json_field else fields)
+        in_window.append(ms >= window_ms)
+    return rows, in_window
+
+
+def _from_lake(lake: Lake, stream: str, start_ms: int, before_ms: int | None,
+               until: float) -> list[tuple[int, dict[str, Any]]]:
+    """Archived entries of ``stream`` from ``start_ms`` up to (not incl.) ``before_ms``."""
+    end = until * 1000 if before_ms is None else before_ms
+    frame = lake.read(stream, since=datetime.fromtimestamp(start_ms / 1000, UTC))
+    out = []
+    for record in frame.to_dict("records"):
+        ms = id_ms(record.pop("stream_id"))
+        record.pop("stream_time", None)
+        if start_ms <= ms < end:
+            out.append((ms, {k: v for k, v in record.items() if isinstance(v, str)}))
+    return out
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+
+
+# -- publishing ---------------------------------------------------------------------------
+
+def publish(client: redis.Redis, service: str, report: Mapping[str, Any]) -> None:
+    """Keep ``report`` as the latest of ``service`` (one Redis key) and set the gauges."""
+    client.set(report_key(service), json.dumps(report, default=float))
+    DRIFT_SHARE.labels(service).set(float(report["drift_share"]))
+    names = set(report["features"])
+    for gone in _published.get(service, set()) - names:
+        DRIFT_VALUE.remove(service, gone)
+        DRIFTED.remove(service, gone)
+    for name, result in report["features"].items():
+        if result.get("value") is not None:
+            DRIFT_VALUE.labels(service, name).set(float(result["value"]))
+        DRIFTED.labels(service, name).set(1.0 if result["drifted"] else 0.0)
+    _published[service] = names
+
+
+def latest(client: redis.Redis, service: str) -> dict[str, Any] | None:
+    """The last published report of ``service`` (None before the first)."""
+    raw: Any = client.get(report_key(service))
+    return None if raw is None else dict(json.loads(raw))
+
+
+def drift_job(settings: Settings, service: str, client: redis.Redis,
+              window_seconds: float = 3600.0) -> Callable[[], str]:
+    """The worker's periodic job: compute, publish, and say what drifted (a log line)."""
+    def run() -> str:
+        try:
+            report = drift_report(settings, service, window_seconds=window_seconds,
+                                  redis_client=client)
+        except NotFound as exc:
+            return f"no drift report: {exc}"
+        publish(client, service, report)
+        names = [n for n, r in report["features"].items() if r["drifted"]]
+        if not report["enough_data"]:
+            return (f"{report['model']}: {report['rows']} live rows in {report['window']}, "
+                    f"fewer than {MIN_ROWS}: nothing flagged")
+        return (f"{report['model']}: {len(names)}/{len(report['features'])} features drifted "
+                f"over {report['rows']} rows in {report['window']}"
+                + (f" ({', '.join(names)})" if names else ""))
+    return run
