@@ -24,6 +24,10 @@ __all__ = [
     "REVIEWS_OPEN",
     "REVIEWS_OVERDUE",
     "REVIEWS_CLOSED",
+    "LOSS_PREVENTED",
+    "LOSS",
+    "FALSE_DECLINES",
+    "LABEL_LAG",
 ]
 
 SCORES = Histogram(
@@ -78,4 +82,25 @@ REVIEWS_OVERDUE = Gauge(
 )
 REVIEWS_CLOSED = Counter(
     "mlsuite_fraud_reviews_closed_total", "Review cases closed, by outcome", ["outcome"]
+)
+
+# Business outcomes, counted by the worker as labels meet their decisions (fraud.business).
+_AMOUNT = " per deciding model version; amounts in the transaction's currency units as recorded"
+LOSS_PREVENTED = Counter(
+    "mlsuite_fraud_loss_prevented_amount",
+    "Amount declined or held for review that later proved fraud" + _AMOUNT, ["model_version"],
+)
+LOSS = Counter(
+    "mlsuite_fraud_loss_amount", "Amount approved that later proved fraud" + _AMOUNT,
+    ["model_version"],
+)
+FALSE_DECLINES = Counter(
+    "mlsuite_fraud_false_decline_amount",
+    "Amount declined that later proved legitimate" + _AMOUNT, ["model_version"],
+)
+# Chargebacks take days to weeks; analyst verdicts minutes to hours.
+LABEL_LAG = Histogram(
+    "mlsuite_fraud_label_lag_seconds", "Time from a decision to its first label",
+    buckets=(60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 3 * 86400, 7 * 86400,
+             14 * 86400, 30 * 86400, 60 * 86400, 90 * 86400),
 )

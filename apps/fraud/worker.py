@@ -7,6 +7,8 @@
   plain-data snapshots request workers follow;
 - ``feast-push``: queued card / merchant profile updates -> Feast, batched, and the
   profile overrides request workers' caches apply (``fraud.profile_push``);
+- ``business-metrics``: labels -> loss prevented, loss and false declines per model version,
+  and the label lag (``fraud.business``);
 - retention of the decision, label, profile-update and dead-letter streams (archive to
   the lake, then trim; never what a consumer group has not finished).
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fraud.business import business_consumer
 from fraud.config import FraudConfig
 from fraud.keys import Keys
 from fraud.learner import Learner
@@ -51,5 +54,7 @@ def build(settings: Settings, worker: Worker, config: FraudConfig | None = None
     worker.loop("feast-push", pusher.run)
     # Labels -> precision and recall per model version: a rollout's business guards.
     worker.consume(label_consumer(worker.client, config))
+    # Labels -> business outcomes per model version (metrics in the service's folder).
+    worker.consume(business_consumer(worker.client, config))
     worker.retain(*Keys(config.key_prefix, config.model_name).streams)
     return FraudJobs(worker, learner, pusher)
