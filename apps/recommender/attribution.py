@@ -13,7 +13,10 @@ Worker (consumer groups, exactly once per entry: effects and acks in one MULTI):
 - "attribution" on ``mlsuite:rec:events`` (``Attributor``): an ``add_to_cart`` or
   ``purchase`` of an item the user was shown within the experiment's window (last touch
   wins) is a conversion of the variant and version that showed it; a purchase adds
-  the item's price (from the worker's catalogue snapshot) to the revenue.
+  the item's price (from the worker's catalogue snapshot) to the revenue. The same
+  conversions and revenue are Prometheus counters per experiment and variant
+  (``mlsuite_recommender_attributed_conversions_total``, ``..._revenue_total``), in the
+  worker's process, which writes to the service's metrics folder.
 
 The aggregates live in ``mlplatform.experiments.store``; the report is built from them
 (``GET /v1/experiments/<name>``, ``mlsuite experiments report``). The exposure stream
@@ -49,9 +52,14 @@ CLOCK_SKEW_MS = 5_000  # an event stamped this much before its exposure still co
 
 LOST = Counter("mlsuite_recommender_exposures_lost_total",
                "Exposures not recorded because Redis failed (the response was still served)")
-ATTRIBUTED = Counter("mlsuite_ab_conversions_total",
+# Business metrics: what each variant brought in. Counted once per attributed event (the
+# "attribution" group); revenue in the catalogue's price units.
+ATTRIBUTED = Counter("mlsuite_recommender_attributed_conversions_total",
                      "Cart and purchase events attributed to an experiment variant",
                      ["experiment", "variant", "event_type"])
+REVENUE = Counter("mlsuite_recommender_attributed_revenue_total",
+                  "Revenue of purchases attributed to an experiment variant (catalogue prices)",
+                  ["experiment", "variant"])
 
 
 class ExposureLog:
@@ -195,6 +203,10 @@ class Attributor:
                 continue  # the popularity group dead-letters malformed events
             todo.append((entry, user, item, kind or "", ts))
         touches = self.store.touches([(user, item) for _, user, item, _, _ in todo])
+        # Counted after the loop: a handler that raises midway is retried entry by entry,
+        # and counters bumped before the raise would count those entries twice.
+        conversions: dict[tuple[str, str, str], int] = {}
+        revenues: dict[tuple[str, str], float] = {}
         for (_entry, user, item, kind, ts), touch in zip(todo, touches, strict=True):
             if touch is None:
                 continue
@@ -208,7 +220,15 @@ class Attributor:
             version = _version_of(touch.version)
             if version is not None:
                 count_guard(tx, ROLLOUT_NAME, version, "conversion", 1, 0)
-            ATTRIBUTED.labels(touch.experiment, touch.variant, kind).inc()
+            key = (touch.experiment, touch.variant, kind)
+            conversions[key] = conversions.get(key, 0) + 1
+            if purchase:
+                pair = (touch.experiment, touch.variant)
+                revenues[pair] = revenues.get(pair, 0.0) + revenue
+        for (experiment, variant, kind), n in conversions.items():
+            ATTRIBUTED.labels(experiment, variant, kind).inc(n)
+        for (experiment, variant), amount in revenues.items():
+            REVENUE.labels(experiment, variant).inc(amount)
         return {}
 
 
