@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -34,8 +35,10 @@ from prometheus_client import Gauge
 from mlplatform.config import Settings
 from mlplatform.errors import NotFound
 from mlplatform.lake import Lake, id_ms
+from mlplatform.metrics import multiprocess_enabled
 from mlplatform.monitoring.drift import (
     DATASET_DRIFT_SHARE,
+    LARGE_REFERENCE,
     THRESHOLDS,
     FeatureDrift,
     categorical_drift,
@@ -125,7 +128,7 @@ def _feature(spec: Mapping[str, Any], values: Sequence[Any], enough: bool) -> di
         live = np.array([v for v in values if isinstance(v, (int, float))], dtype=float)
         live = live[np.isfinite(live)]
         if not len(live):
-            return _empty("numeric", "wasserstein" if n_ref > 1000 else "ks", n_ref)
+            return _empty("numeric", "wasserstein" if n_ref > LARGE_REFERENCE else "ks")
         result: FeatureDrift = numeric_drift(np.asarray(spec["sample"], float), live,
                                              reference_rows=n_ref)
         extra = {"reference_mean": round(spec["mean"], 6), "live_mean": round(float(live.mean()), 6)}
@@ -135,7 +138,7 @@ def _feature(spec: Mapping[str, Any], values: Sequence[Any], enough: bool) -> di
             key = category_key(v)
             counts[key] = counts.get(key, 0) + 1
         if not counts:
-            return _empty("categorical", "jensenshannon" if n_ref > 1000 else "chi2", n_ref)
+            return _empty("categorical", "jensenshannon" if n_ref > LARGE_REFERENCE else "chi2")
         result = categorical_drift(spec["counts"], counts, reference_rows=n_ref)
         extra = {"new_categories": sorted(set(counts) - set(spec["counts"]))[:10]}
     out = result.to_dict()
@@ -143,7 +146,8 @@ def _feature(spec: Mapping[str, Any], values: Sequence[Any], enough: bool) -> di
     return {**out, "live_rows": len(values), **extra}
 
 
-def _empty(kind: str, statistic: str, n_ref: int) -> dict[str, Any]:
+def _empty(kind: str, statistic: str) -> dict[str, Any]:
+    """A feature with no live value in the window: nothing to compare."""
     return {"kind": kind, "statistic": statistic, "value": None,
             "threshold": THRESHOLDS[statistic], "drifted": False, "live_rows": 0}
 
@@ -207,8 +211,12 @@ def publish(client: redis.Redis, service: str, report: Mapping[str, Any]) -> Non
     DRIFT_SHARE.labels(service).set(float(report["drift_share"]))
     names = set(report["features"])
     for gone in _published.get(service, set()) - names:
-        DRIFT_VALUE.remove(service, gone)
-        DRIFTED.remove(service, gone)
+        if multiprocess_enabled():  # prometheus-client cannot remove there: stand it down
+            DRIFT_VALUE.labels(service, gone).set(math.nan)
+            DRIFTED.labels(service, gone).set(0.0)
+        else:
+            DRIFT_VALUE.remove(service, gone)
+            DRIFTED.remove(service, gone)
     for name, result in report["features"].items():
         if result.get("value") is not None:
             DRIFT_VALUE.labels(service, name).set(float(result["value"]))

@@ -89,6 +89,7 @@ def featurise(rows: Sequence[Row], source: Mapping[str, Any]) -> list[Features]:
     lookups = dict(source.get("lookups") or {})
     counts = {name: _rolling_counts(rows, spec) for name, spec in
               dict(source.get("counts") or {}).items()}
+    prefix_of: dict[str, str | None] = {}  # vector key -> its one-hot prefix, if any
     out: list[Features] = []
     for n, row in enumerate(rows):
         x: Features = {}
@@ -96,7 +97,9 @@ def featurise(rows: Sequence[Row], source: Mapping[str, Any]) -> list[Features]:
             for name in onehot.values():
                 x[name] = NONE
             for key, value in (row.get(vector) or {}).items():
-                folded = next((p for p in onehot if key.startswith(p)), None)
+                if key not in prefix_of:
+                    prefix_of[key] = next((p for p in onehot if key.startswith(p)), None)
+                folded = prefix_of[key]
                 if folded is None:
                     x[key] = value
                 elif value:
