@@ -22,7 +22,7 @@ import redis
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from mlplatform import jsonio, metrics
+from mlplatform import jsonio, lifecycle, metrics
 from mlplatform.config import Settings, get_settings
 from mlplatform.errors import APIError, BadRequest, Unavailable
 from mlplatform.jsonio import MsgspecProvider
@@ -52,6 +52,8 @@ _FALSE = {"0", "false", "no", "off"}
 def create_service_app(name: str, settings: Settings | None = None,
                        test_config: dict[str, Any] | None = None) -> Flask:
     """A Flask app with mlsuite's conventions attached; the service adds its blueprints."""
+    # Servers create the app in each request worker: from here on it dies with its master.
+    lifecycle.guard_server_worker()
     settings = settings or get_settings()
     app = Flask(name)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_request_bytes)
@@ -270,7 +272,10 @@ def _init_ops_routes(app: Flask, service: str) -> None:
                 ready = False
                 message = exc.message if isinstance(exc, APIError) else f"{type(exc).__name__}: {exc}"
                 checks[name] = {"ok": False, "detail": message}
-        body = {"status": "ready" if ready else "not_ready", "service": service, "checks": checks}
+        # "instance": which server start answers, so a supervisor never takes a server
+        # left over on the port for the one it just started.
+        body = {"status": "ready" if ready else "not_ready", "service": service,
+                "instance": lifecycle.instance(), "checks": checks}
         return jsonify(body), 200 if ready else 503
 
     @app.get("/metrics")

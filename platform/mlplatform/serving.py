@@ -3,7 +3,11 @@
 ``mlsuite serve`` is a small supervisor: it makes sure Redis is there (the embedded
 server when ``MLSUITE_REDIS_URL`` is unset), prepares the folder prometheus-client's
 multiprocess mode needs, starts the WSGI server as a child process with the settings in
-its environment, and on Ctrl-C or SIGTERM stops the server and then the embedded Redis.
+its environment, restarts it with backoff when it dies, and on Ctrl-C or SIGTERM stops
+the server and then the embedded Redis.
+
+Every child dies with the process that started it, and each server start has its own
+instance token, which ``wait_ready`` insists on (see ``mlplatform.lifecycle``).
 
 The server is granian by default (it served a minimal Flask endpoint at ~4x gunicorn's
 rate on the 2-core reference machine; see README); gunicorn is kept as the alternative.
@@ -27,11 +31,12 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from types import FrameType
 
+from mlplatform import lifecycle
 from mlplatform.config import Settings
 from mlplatform.errors import ConfigError
 
 __all__ = ["service_names", "service_target", "service_interface", "server_command", "spawn", "spawn_worker",
-           "metrics_dir", "wait_ready",
+           "ServerProcess", "metrics_dir", "wait_ready",
            "stop_process", "serve", "sigterm_interrupts", "data_ready"]
 
 log = logging.getLogger(__name__)
@@ -90,25 +95,53 @@ def metrics_dir(settings: Settings, service: str, port: int) -> Path:
     return settings.data_dir / "run" / f"prometheus-{service}-{port}"
 
 
+class ServerProcess(subprocess.Popen[bytes]):
+    """A server's master process, with the instance token its /readyz answers with."""
+
+    instance: str = ""
+    # Only the WSGI services report their token (mlplatform.http); the ASGI ones may not yet.
+    reports_instance: bool = False
+
+
+def _popen(cmd: list[str], env: dict[str, str]) -> ServerProcess:
+    # The child dies with us (SIGTERM), even when we are SIGKILLed. The signal is tied
+    # to the thread that forks: start servers from a thread that lives as long as they do.
+    parent = os.getpid()
+    return ServerProcess(cmd, env=env,
+                         preexec_fn=lambda: lifecycle.preexec_die_with_parent(parent))
+
+
 def spawn(service: str, settings: Settings, *, port: int, workers: int, server: str,
-          redis_url: str) -> subprocess.Popen[bytes]:
-    """Start one service's WSGI server as a child process."""
+          redis_url: str, fresh_metrics: bool = True) -> ServerProcess:
+    """Start one service's WSGI server as a child process; ``PortInUse`` if ``port`` is
+    taken (a server left running there would answer for this one).
+
+    ``fresh_metrics=False`` (a restart) keeps the multiprocess metrics folder: counters
+    go on from where the dead server left them, as across a worker respawn.
+    """
+    lifecycle.check_port_free(settings.host, port)
     prom_dir = metrics_dir(settings, service, port)
-    shutil.rmtree(prom_dir, ignore_errors=True)  # values of an earlier run would be summed in
-    prom_dir.mkdir(parents=True)
+    if fresh_metrics:  # values of an earlier run would be summed in
+        shutil.rmtree(prom_dir, ignore_errors=True)
+    prom_dir.mkdir(parents=True, exist_ok=True)
+    token = lifecycle.new_instance()
     env = {
         **os.environ,
         **settings.as_env(),
         "MLSUITE_REDIS_URL": redis_url,
         "PROMETHEUS_MULTIPROC_DIR": str(prom_dir),
         "OPENBLAS_NUM_THREADS": "1",
+        lifecycle.INSTANCE_VAR: token,
     }
+    interface = service_interface(service)
     cmd = server_command(service_target(service), host=settings.host, port=port,
                          workers=workers, server=server, threads=settings.threads,
-                         interface=service_interface(service))
-    log.info("starting %s: %s with %d workers on %s:%d", service, server, workers,
-             settings.host, port)
-    return subprocess.Popen(cmd, env=env)
+                         interface=interface)
+    log.info("starting %s: %s with %d workers on %s:%d (instance %s)", service, server,
+             workers, settings.host, port, token)
+    proc = _popen(cmd, env)
+    proc.instance, proc.reports_instance = token, interface == "wsgi"
+    return proc
 
 
 def spawn_worker(service: str, settings: Settings, *, redis_url: str,
@@ -117,17 +150,25 @@ def spawn_worker(service: str, settings: Settings, *, redis_url: str,
     go to that service's multiprocess folder, so the service's /metrics includes them."""
     env = {**os.environ, **settings.as_env(), "MLSUITE_REDIS_URL": redis_url,
            "OPENBLAS_NUM_THREADS": "1"}
+    env.pop(lifecycle.INSTANCE_VAR, None)  # a worker is no server's request worker
     if metrics is not None:
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
     else:
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log.info("starting the %s worker", service)
-    return subprocess.Popen([sys.executable, "-m", "mlplatform", "worker", service], env=env)
+    return _popen([sys.executable, "-m", "mlplatform", "worker", service], env)
 
 
 def wait_ready(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None,
-               path: str = "/readyz") -> dict[str, object]:
-    """Poll ``url + path`` until it answers 200 (its JSON body); raise with the last answer."""
+               path: str = "/readyz", instance: str | None = None) -> dict[str, object]:
+    """Poll ``url + path`` until it answers 200 (its JSON body); raise with the last answer.
+
+    Only the server just started counts: an answer naming another instance (a server
+    left over on the port) is not readiness. The expected token is ``instance``, else
+    that of ``proc`` when it is a ``ServerProcess`` whose service reports it.
+    """
+    if instance is None and isinstance(proc, ServerProcess) and proc.reports_instance:
+        instance = proc.instance
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
@@ -135,7 +176,11 @@ def wait_ready(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = 
             raise RuntimeError(f"server at {url} exited with status {proc.returncode}")
         try:
             with urllib.request.urlopen(f"{url}{path}", timeout=2) as resp:
-                return json.loads(resp.read() or b"{}")  # type: ignore[no-any-return]
+                body = json.loads(resp.read() or b"{}")
+            if not instance or body.get("instance") == instance:
+                return body  # type: ignore[no-any-return]
+            last = (f"answered by another server (instance {body.get('instance')!r}, "
+                    f"expected {instance!r})")
         except urllib.error.HTTPError as exc:
             last = exc.read().decode(errors="replace")
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
@@ -171,19 +216,27 @@ def sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def serve(service: str, settings: Settings, *, port: int, workers: int, server: str) -> int:
-    """Run ``service`` until Ctrl-C / SIGTERM; returns the exit status."""
+def serve(service: str, settings: Settings, *, port: int, workers: int, server: str,
+          restart: bool = True) -> int:
+    """Run ``service`` until Ctrl-C / SIGTERM, restarting it when it dies (with
+    ``restart``); returns the exit status."""
     from mlplatform.stack import Stack
 
     stack = Stack(settings, [service], server=server, workers=workers, name="serve",
-                  ports={service: port}, private_redis=False, say=log.info)
+                  ports={service: port}, private_redis=False, say=log.info, restart=restart)
     try:
         with sigterm_interrupts():
             urls = stack.start()
             print(f"{service}: {urls[service]}", flush=True)
-            while not stack.dead():
+            reported = 0
+            while not (dead := stack.supervise()):
+                total = sum(stack.restarts.values())
+                if total != reported:  # one line per restart, for people and scripts
+                    reported = total
+                    counts = ", ".join(f"{k} {n}" for k, n in sorted(stack.restarts.items()))
+                    print(f"restarts: {counts}", flush=True)
                 time.sleep(0.2)
-            log.error("%s exited", service)
+            log.error("%s exited", ", ".join(dead))
             return 1
     except KeyboardInterrupt:
         return 0

@@ -10,6 +10,10 @@ Redis is ``MLSUITE_REDIS_URL`` when set; otherwise a private embedded server in
 ``<data_dir>/run/<name>/``, deleted afterwards, so a benchmark neither reads nor pollutes
 the demo's Redis (events, velocity counters, decisions) and never shares its CPU with a
 demo still running.
+
+With ``restart=True`` (``mlsuite serve``), ``supervise()`` starts a dead server or
+worker again after a backoff (1 s doubling to 30 s, back to 1 s after a minute up) and
+counts the restarts; otherwise a death ends the run, as the demo and benchmarks want.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +29,7 @@ from typing import Self
 
 from mlplatform import serving
 from mlplatform.config import Settings
+from mlplatform.lifecycle import Backoff, PortInUse, check_port_free
 from mlplatform.redisdb import EmbeddedRedis, free_port
 from mlplatform.serving import sigterm_interrupts
 
@@ -41,7 +47,7 @@ class Stack:
     def __init__(self, settings: Settings, services: Sequence[str], *, server: str, workers: int,
                  name: str = "bench", say: Callable[[str], None] = print,
                  ports: Mapping[str, int] | None = None, private_redis: bool = True,
-                 background: bool = True) -> None:
+                 background: bool = True, restart: bool = False) -> None:
         for service in services:
             serving.service_target(service)  # unknown names fail before any work
         # Measurements stay on loopback; demo and serve keep the configured address.
@@ -60,6 +66,13 @@ class Stack:
         # Run each app's background worker beside its server (the production topology).
         self.background = background
         self._redis: EmbeddedRedis | None = None
+        self.restart = restart
+        # Per process ("fraud", "fraud worker"): successful restarts, the backoff, and
+        # when a dead one is due to start again.
+        self.restarts: dict[str, int] = {}
+        self._backoff: dict[str, Backoff] = {}
+        self._due: dict[str, float] = {}
+        self._redis_url = ""
 
     @property
     def run_dir(self) -> Path:
@@ -84,6 +97,7 @@ class Stack:
             redis_url = self._redis.start()
             self.say(f"redis: embedded server {redis_url}")
         self.settings = self.settings.with_(redis_url=redis_url)
+        self._redis_url = redis_url
         if apps:
             self._prepare_features(private_redis=self.private_redis and self._redis is not None)
             from mlplatform.demo import prepare_models
@@ -97,22 +111,88 @@ class Stack:
         self.settings = self.settings.with_(**{
             f"{app}_url": self.urls[app] for app in apps
             if getattr(self.settings, f"{app}_url") is None})
+        for service in self.services:  # all ports first: fail before starting anything
+            check_port_free(self.settings.host, self.ports[service])
         for service in self.services:
-            self._procs[service] = serving.spawn(service, self.settings, port=self.ports[service],
-                                                 workers=self.workers, server=self.server,
-                                                 redis_url=redis_url)
+            self._spawn_server(service, fresh_metrics=True)
         if self.background:
             from mlplatform.worker import worker_names
 
             for service in [s for s in self.services if s in worker_names()]:
-                self._workers[service] = serving.spawn_worker(
-                    service, self.settings, redis_url=redis_url,
-                    metrics=serving.metrics_dir(self.settings, service, self.ports[service]))
+                self._spawn_worker(service)
         for service, proc in self._procs.items():
             self._wait(service, proc)
             self.say(f"{service}: {self.urls[service]} ({self.server}, {self.workers} workers)")
         self._wait_workers(redis_url)
         return dict(self.urls)
+
+    def _spawn_server(self, service: str, *, fresh_metrics: bool) -> None:
+        self._procs[service] = serving.spawn(
+            service, self.settings, port=self.ports[service], workers=self.workers,
+            server=self.server, redis_url=self._redis_url, fresh_metrics=fresh_metrics)
+        self._backoff.setdefault(service, Backoff()).started(time.monotonic())
+
+    def _spawn_worker(self, service: str) -> None:
+        self._workers[service] = serving.spawn_worker(
+            service, self.settings, redis_url=self._redis_url,
+            metrics=serving.metrics_dir(self.settings, service, self.ports[service]))
+        self._backoff.setdefault(f"{service} worker", Backoff()).started(time.monotonic())
+
+    def supervise(self) -> list[str]:
+        """One supervision pass; the dead processes that stay dead (none with ``restart``).
+
+        A dead process is started again once its backoff delay has passed; each death
+        and restart is logged with the exit status. Call it every fraction of a second.
+        """
+        if not self.restart:
+            return self.dead()
+        now = time.monotonic()
+        children = ([(s, p) for s, p in self._procs.items()]
+                    + [(f"{s} worker", p) for s, p in self._workers.items()])
+        for key, proc in children:
+            if proc.poll() is None:
+                continue
+            if key not in self._due:
+                delay = self._backoff[key].failed(now)
+                self._due[key] = now + delay
+                log.error("%s exited with status %s; restarting in %.0f s", key,
+                          proc.returncode, delay)
+            elif now >= self._due[key]:
+                del self._due[key]
+                self._restart(key, proc.returncode)
+        return []
+
+    def _restart(self, key: str, status: int | None) -> None:
+        service, _, worker = key.partition(" ")
+        number = self.restarts.get(key, 0) + 1
+        try:
+            if worker:
+                self._spawn_worker(service)
+            else:
+                self._wait_port_free(service)
+                self._spawn_server(service, fresh_metrics=False)
+                self._wait(service, self._procs[service])
+        except (PortInUse, RuntimeError, TimeoutError) as exc:
+            log.error("%s: restart %d failed: %s", key, number, exc)
+            if not worker:
+                serving.stop_process(self._procs[service])  # not ready: try again later
+            return
+        self.restarts[key] = number
+        where = "" if worker else f" at {self.urls[service]}"
+        log.warning("%s restarted%s (restart %d; the last one exited with status %s)",
+                    key, where, number, status)
+
+    def _wait_port_free(self, service: str, timeout: float = 15.0) -> None:
+        # A killed master's request workers take a moment to finish and close the port.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                check_port_free(self.settings.host, self.ports[service])
+                return
+            except PortInUse:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def _wait_workers(self, redis_url: str) -> None:
         if not self._workers:
