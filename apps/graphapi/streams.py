@@ -1,0 +1,119 @@
+"""Live Redis streams for subscriptions: one reader per stream per process, fanned out.
+
+A subscription never opens its own blocking ``XREAD``: each stream (the fraud decisions,
+the shop events) has one tail task per process that reads new entries and hands each to
+every subscriber's queue. A thousand open subscriptions cost one Redis connection per
+stream, not a thousand.
+
+A tail starts at the stream's newest entry when its first subscriber arrives (what
+``XREAD ... $`` means, but fixed once with ``XREVRANGE``, so an entry added between two
+reads is never skipped) and stops when the last one leaves. A subscriber whose queue is
+full (a client too slow to read) loses the oldest entries, never blocks the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from prometheus_client import Gauge
+
+__all__ = ["Entry", "StreamTails"]
+
+log = logging.getLogger(__name__)
+
+Entry = tuple[str, dict[str, str]]  # stream id, fields
+
+SUBSCRIBERS = Gauge(
+    "mlsuite_graphql_subscribers", "Subscribers listening to a stream, by stream",
+    ["stream"], multiprocess_mode="livesum",
+)
+QUEUE_SIZE = 1000  # entries a slow subscriber may lag behind before it loses the oldest
+
+
+class _Tail:
+    def __init__(self, client: aioredis.Redis, stream: str, block_ms: int) -> None:
+        self.client = client
+        self.stream = stream
+        self.block_ms = block_ms
+        self.queues: set[asyncio.Queue[Entry]] = set()
+        self.task: asyncio.Task[None] | None = None
+        self.started = asyncio.Event()
+
+    async def run(self) -> None:
+        last = "0-0"
+        while True:
+            try:
+                newest = await self.client.xrevrange(self.stream, count=1)
+                last = newest[0][0] if newest else "0-0"
+                break
+            except Exception as exc:  # noqa: BLE001 - retried: Redis may come back
+                log.warning("graphql: cannot read stream %s, retrying: %s", self.stream, exc)
+                await asyncio.sleep(1.0)
+        self.started.set()
+        while True:
+            try:
+                replies = await self.client.xread({self.stream: last}, block=self.block_ms,
+                                                  count=500)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a Redis outage pauses, never ends, a tail
+                log.warning("graphql: reading stream %s failed, retrying: %s", self.stream, exc)
+                await asyncio.sleep(1.0)
+                continue
+            for _, entries in replies or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    for queue in self.queues:
+                        if queue.full():
+                            queue.get_nowait()
+                        queue.put_nowait((entry_id, fields))
+
+
+class StreamTails:
+    """The stream readers of one process (created in the app's lifespan)."""
+
+    def __init__(self, redis_url: str, *, block_ms: int = 5000) -> None:
+        # Blocking reads hold a connection for block_ms: a socket timeout above that.
+        self.client = aioredis.Redis.from_url(redis_url, decode_responses=True,
+                                              socket_timeout=block_ms / 1000 + 5)
+        self.block_ms = block_ms
+        self._tails: dict[str, _Tail] = {}
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, stream: str) -> AsyncIterator[asyncio.Queue[Entry]]:
+        """A queue receiving every entry added to ``stream`` from now on."""
+        tail = self._tails.get(stream)
+        if tail is None:
+            tail = self._tails[stream] = _Tail(self.client, stream, self.block_ms)
+            tail.task = asyncio.create_task(tail.run(), name=f"tail {stream}")
+        queue: asyncio.Queue[Entry] = asyncio.Queue(QUEUE_SIZE)
+        tail.queues.add(queue)
+        gauge = SUBSCRIBERS.labels(stream)
+        try:
+            await tail.started.wait()
+            gauge.inc()
+            try:
+                yield queue
+            finally:
+                gauge.dec()
+        finally:
+            tail.queues.discard(queue)
+            if not tail.queues and self._tails.get(stream) is tail:
+                del self._tails[stream]
+                if tail.task is not None:
+                    tail.task.cancel()
+
+    async def ping(self) -> Any:
+        return await self.client.ping()
+
+    async def close(self) -> None:
+        for tail in list(self._tails.values()):
+            if tail.task is not None:
+                tail.task.cancel()
+        self._tails.clear()
+        await self.client.aclose()
