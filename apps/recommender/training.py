@@ -110,7 +110,7 @@ def fit_bundle(interactions: pd.DataFrame, config: TrainConfig, *,
         bundle.item_category = item_category
     # Every registration (`recommender train`, the pipeline) saves through bundle.save:
     # the reference travels with the version whichever path registers it.
-    bundle.save = with_reference(bundle.save, drift_reference(interactions, items))  # type: ignore[method-assign]
+    bundle.save = with_reference(bundle.save, drift_reference(interactions, items))  # type: ignore[method-assign,assignment]
     return bundle
 
 
@@ -135,7 +135,7 @@ def drift_reference(interactions: pd.DataFrame, items: pd.DataFrame | None = Non
         source["fields"] = ["event_type"]
     if items is not None:
         ids = items["item_id"].astype(str)
-        lookups = {}
+        lookups: dict[str, dict[str, Any]] = {}
         if "category" in items.columns:
             lookups["item_category"] = {"field": "item_id", "missing": "(unknown)",
                                         "table": dict(zip(ids, items["category"].astype(str)))}
