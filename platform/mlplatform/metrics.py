@@ -31,6 +31,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -94,7 +95,13 @@ def set_model_info(service: str, model: str, version: str) -> None:
 
 
 def multiprocess_enabled() -> bool:
-    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    """Whether this process's values live in the multiprocess folder's files.
+
+    prometheus-client decides that once, when it is imported; the environment can say
+    otherwise later (importing Feast sets ``PROMETHEUS_MULTIPROC_DIR`` to a temporary
+    folder of its own), and reading that folder would then show none of our values.
+    """
+    return values.ValueClass is not values.MutexValue
 
 
 def render(service: str | None = None,
@@ -106,7 +113,7 @@ def render(service: str | None = None,
     """
     if service is None:
         service, client = _from_app()
-    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR") if multiprocess_enabled() else None
     extras: list[Collector] = []
     if service:
         extras.append(ProcessCollector(service, Path(folder) if folder else None))
