@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from importlib.metadata import entry_points
@@ -163,9 +164,11 @@ def wait_ready(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = 
                path: str = "/readyz", instance: str | None = None) -> dict[str, object]:
     """Poll ``url + path`` until it answers 200 (its JSON body); raise with the last answer.
 
-    Only the server just started counts: an answer naming another instance (a server
-    left over on the port) is not readiness. The expected token is ``instance``, else
-    that of ``proc`` when it is a ``ServerProcess`` whose service reports it.
+    Only the server just started counts: an answer naming another instance means a
+    second server shares the port (granian's listeners set SO_REUSEPORT, so one started
+    in the moment between our port check and our bind joins it): ``PortInUse`` at once.
+    The expected token is ``instance``, else that of ``proc`` when it is a
+    ``ServerProcess`` whose service reports it.
     """
     if instance is None and isinstance(proc, ServerProcess) and proc.reports_instance:
         instance = proc.instance
@@ -179,8 +182,11 @@ def wait_ready(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = 
                 body = json.loads(resp.read() or b"{}")
             if not instance or body.get("instance") == instance:
                 return body  # type: ignore[no-any-return]
-            last = (f"answered by another server (instance {body.get('instance')!r}, "
-                    f"expected {instance!r})")
+            port = urllib.parse.urlsplit(url).port or 80
+            holders = ", ".join(lifecycle.port_listeners(port)) or "unknown processes"
+            raise lifecycle.PortInUse(
+                f"{url} answered as another server (instance {body.get('instance')!r}, "
+                f"expected {instance!r}): port {port} is shared with {holders}")
         except urllib.error.HTTPError as exc:
             last = exc.read().decode(errors="replace")
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
