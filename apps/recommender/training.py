@@ -124,7 +124,8 @@ def drift_reference(interactions: pd.DataFrame, items: pd.DataFrame | None = Non
     saw show as category "(unknown)"), and events per user in the last hour (bots,
     crawlers or a broken client inflate it; a lost tracking call deflates it).
     """
-    ts = (interactions["timestamp"] - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+    stamps = pd.to_datetime(interactions["timestamp"], utc=True)
+    ts = (stamps - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
     rows = pd.DataFrame({"user_id": interactions["user_id"].astype(str),
                          "item_id": interactions["item_id"].astype(str), "ts": ts})
     source: dict[str, Any] = {

@@ -54,19 +54,34 @@ def bodies(payments_data: Dataset, as_bodies: Callable[[Any], list[dict[str, Any
 
 @pytest.fixture
 def cli(fraud_settings: Settings, monkeypatch: pytest.MonkeyPatch
-        ) -> Iterator[Callable[..., dict[str, Any]]]:
+        ) -> Iterator[Callable[..., Any]]:
     """Run ``mlsuite monitor drift ...`` on the test's data folder and Redis; its JSON."""
     monkeypatch.setenv("MLSUITE_DATA_DIR", str(fraud_settings.data_dir))
     monkeypatch.setenv("MLSUITE_REDIS_URL", fraud_settings.redis_url or "")
     get_settings.cache_clear()
 
-    def run(*args: str) -> dict[str, Any]:
-        result = CliRunner().invoke(monitor, ["drift", "fraud", "--json", *args])
+    def run(*args: str, as_json: bool = True) -> Any:
+        result = CliRunner().invoke(monitor, ["drift", "fraud", *args]
+                                    + (["--json"] if as_json else []))
         assert result.exit_code == 0, result.output
-        return dict(json.loads(result.output))
+        return dict(json.loads(result.output)) if as_json else result.output
 
     yield run
     get_settings.cache_clear()
+
+
+def test_the_table_marks_drifted_features_and_bad_input_is_refused(
+        app: Flask, bodies: list[dict[str, Any]], cli: Callable[..., Any]) -> None:
+    _replay(app, [{**b, "amount": b["amount"] * 5} for b in bodies[:500]])
+    table = cli(as_json=False).splitlines()
+    assert table[0].startswith("fraud-online:v1 (reference fraud-online:v1): 500 live rows")
+    assert table[1].split() == ["feature", "kind", "statistic", "value", "threshold", "psi"]
+    marked = [line.split()[1] for line in table[2:] if line.startswith("!")]
+    assert "amount" in marked and "channel_online" not in marked
+    refused = CliRunner().invoke(monitor, ["drift", "fraud", "--window", "soon"])
+    assert refused.exit_code == 2 and "15m, 1h or 1d" in refused.output
+    refused = CliRunner().invoke(monitor, ["drift", "payments"])
+    assert refused.exit_code == 2 and "recommender" in refused.output
 
 
 def _flagged(report: dict[str, Any]) -> set[str]:
@@ -74,7 +89,7 @@ def _flagged(report: dict[str, Any]) -> set[str]:
 
 
 def test_traffic_like_the_training_data_flags_nothing(
-        app: Flask, bodies: list[dict[str, Any]], cli: Callable[..., dict[str, Any]]) -> None:
+        app: Flask, bodies: list[dict[str, Any]], cli: Callable[..., Any]) -> None:
     _replay(app, bodies)
     report = cli()
     assert report["model"] == "fraud-online:v1" and report["reference"] == "fraud-online:v1"
@@ -94,7 +109,7 @@ def test_traffic_like_the_training_data_flags_nothing(
 
 
 def test_shifted_amounts_flag_the_amount_features(
-        app: Flask, bodies: list[dict[str, Any]], cli: Callable[..., dict[str, Any]]) -> None:
+        app: Flask, bodies: list[dict[str, Any]], cli: Callable[..., Any]) -> None:
     _replay(app, [{**b, "amount": round(b["amount"] * 5, 2)} for b in bodies])
     report = cli("--window", "15m")
     flagged = _flagged(report)
@@ -108,7 +123,7 @@ def test_shifted_amounts_flag_the_amount_features(
 
 
 def test_a_handful_of_transactions_flags_nothing(
-        app: Flask, bodies: list[dict[str, Any]], cli: Callable[..., dict[str, Any]]) -> None:
+        app: Flask, bodies: list[dict[str, Any]], cli: Callable[..., Any]) -> None:
     _replay(app, [{**b, "amount": b["amount"] * 50} for b in bodies[:20]])
     report = cli()
     assert report["rows"] == 20 < MIN_ROWS
@@ -155,3 +170,13 @@ def test_the_worker_job_publishes_the_report_and_the_gauges(
     publish(redis_client, "fraud", {**report, "features": {
         k: v for k, v in report["features"].items() if k != "amount"}})
     assert not gauge("mlsuite_feature_drifted", feature="amount")
+
+
+def test_the_fraud_worker_runs_the_drift_job(
+        app: Flask, bodies: list[dict[str, Any]], start_worker: Callable[..., Any],
+        redis_client: Any, wait_for: Callable[..., Any]) -> None:
+    _replay(app, [{**b, "amount": b["amount"] * 5} for b in bodies[:1000]])
+    start_worker()  # its first drift report comes a few seconds after the start
+    report = wait_for("the worker's drift report", lambda: latest(redis_client, "fraud"),
+                      timeout=60)
+    assert report["rows"] == 1000 and report["features"]["amount"]["drifted"] is True

@@ -66,8 +66,9 @@ def _client(settings: Any) -> Any:
               help="How much recent live traffic to compare (e.g. 15m, 1h, 1d).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def drift(service: str, window: float, as_json: bool) -> None:
-    """Per-feature drift of SERVICE's live inputs against its production model's training data.
+    """Per-feature drift of SERVICE's live inputs against training.
 
+    Compares the window's inputs with the training reference of the production model.
     Numeric features: normalised Wasserstein distance (or K-S on a small reference) and
     PSI; categorical ones: Jensen-Shannon distance (or chi-square). Thresholds follow
     Evidently's defaults; drifted features are marked with '!'.
