@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -35,7 +36,6 @@ from prometheus_client import Gauge
 from mlplatform.config import Settings
 from mlplatform.errors import NotFound
 from mlplatform.lake import Lake, id_ms
-from mlplatform.metrics import multiprocess_enabled
 from mlplatform.monitoring.drift import (
     DATASET_DRIFT_SHARE,
     LARGE_REFERENCE,
@@ -211,7 +211,9 @@ def publish(client: redis.Redis, service: str, report: Mapping[str, Any]) -> Non
     DRIFT_SHARE.labels(service).set(float(report["drift_share"]))
     names = set(report["features"])
     for gone in _published.get(service, set()) - names:
-        if multiprocess_enabled():  # prometheus-client cannot remove there: stand it down
+        # prometheus-client cannot remove a series in multi-process mode (it asks whether
+        # either spelling of the variable is set at all): stand the series down instead.
+        if {"PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"} & set(os.environ):
             DRIFT_VALUE.labels(service, gone).set(math.nan)
             DRIFTED.labels(service, gone).set(0.0)
         else:
