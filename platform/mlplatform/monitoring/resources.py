@@ -53,7 +53,7 @@ _PID_FILE = re.compile(r"_(\d+)\.db$")
 STREAMS_REFRESH_SECONDS = 30.0
 _SCAN_SHARE = 0.01
 # Redis < 7 reports no group lag: the entries after the group's last delivered one are
-# counted with XRANGE, up to this many (the backlog then reads "at least this").
+# counted with XRANGE, up to this many; a longer lag is estimated (see _undelivered).
 LAG_COUNT_CAP = 1000
 
 
@@ -135,6 +135,37 @@ class ProcessCollector:
         yield rss
 
 
+def _key(stream_id: Any) -> tuple[int, int]:
+    ms, _, seq = _text(stream_id).partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _undelivered(delivered: str, after: list[Any], oldest: list[Any], newest: list[Any],
+                 size: int) -> int:
+    """Entries after ``delivered`` (a group's last delivered id), from the first
+    ``LAG_COUNT_CAP`` of them (``after``) and the stream's oldest and newest entries.
+
+    Exact below the cap, or when the group has not reached the oldest entry kept (then
+    all ``size`` entries are due); else the entries past the cap are estimated at the
+    rate of the first ones (stream ids are milliseconds), within what the stream holds.
+
+    >>> e = lambda ms: [(f"{ms}-0", {})]
+    >>> _undelivered("0-0", [None] * 3, e(5), e(9), 3)  # fewer than the cap: counted
+    3
+    >>> _undelivered("0-0", [None] * 999 + e(1000), e(1), e(4000), 4000)  # not reached
+    4000
+    >>> _undelivered("500-0", [None] * 999 + e(1500), e(1), e(3000), 3000)  # 1 per ms
+    2500
+    """
+    if len(after) < LAG_COUNT_CAP or not newest:
+        return len(after)
+    if not oldest or _key(oldest[0][0]) > _key(delivered):
+        return size
+    start, capped, end = (_key(i)[0] for i in (delivered, after[-1][0], newest[0][0]))
+    rate = LAG_COUNT_CAP / max(capped - start, 1)
+    return min(size, LAG_COUNT_CAP + round(rate * (end - capped)))
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -201,14 +232,17 @@ class RedisCollector:
         backlog = GaugeMetricFamily(
             "mlsuite_stream_backlog",
             "Entries of a stream a consumer group has not finished: pending (delivered, not "
-            f"acknowledged) + not yet delivered (capped at {LAG_COUNT_CAP} on Redis < 7)",
+            f"acknowledged) + not yet delivered (on Redis < 7: exact up to {LAG_COUNT_CAP}, "
+            "estimated from the entries' times above)",
             labels=["stream", "group"])
         lagging: list[tuple[str, str, int, str]] = []  # no lag reported (Redis < 7)
+        sizes: dict[str, int] = {}
         for i, stream in enumerate(streams):
             n, groups = replies[1 + 2 * i], replies[2 + 2 * i]
             if isinstance(n, Exception) or isinstance(groups, Exception):
                 continue
             length.add_metric([stream], float(n))
+            sizes[stream] = int(n)
             for group in groups:
                 name, pending = _text(group["name"]), int(group["pending"])
                 lag = group.get("lag")
@@ -220,8 +254,14 @@ class RedisCollector:
             pipe = self.client.pipeline(transaction=False)
             for stream, _, _, delivered in lagging:
                 pipe.xrange(stream, f"({delivered}", "+", count=LAG_COUNT_CAP)
-            for (stream, name, pending, _), after in zip(
-                    lagging, pipe.execute(raise_on_error=False), strict=True):
-                undelivered = 0 if isinstance(after, Exception) else len(after)
+                pipe.xrange(stream, "-", "+", count=1)
+                pipe.xrevrange(stream, "+", "-", count=1)
+            found = pipe.execute(raise_on_error=False)
+            for k, (stream, name, pending, delivered) in enumerate(lagging):
+                after, oldest, newest = found[3 * k:3 * k + 3]
+                if any(isinstance(r, Exception) for r in (after, oldest, newest)):
+                    continue
+                undelivered = _undelivered(delivered, after, oldest, newest,
+                                           sizes.get(stream, 0))
                 backlog.add_metric([stream, name], float(pending + undelivered))
         return [memory, length, backlog]
