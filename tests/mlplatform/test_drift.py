@@ -279,3 +279,25 @@ def test_recommender_events_against_the_training_reference(
     report = drift_report(settings, "recommender", redis_client=redis_client)
     flagged = {n for n, r in report["features"].items() if r["drifted"]}
     assert {"event_type", "item_category", "item_price"} <= flagged
+
+
+def test_window_reads_in_chunks_keeps_the_newest_and_skips_bad_records(
+        settings: Settings, redis_client: Any) -> None:
+    from mlplatform.monitoring.driftreport import live_rows
+
+    stream, now = "test:decisions", 1_800_000_000.0
+    pipe = redis_client.pipeline()
+    for i in range(2500):
+        record = "{not json" if i == 2400 else json.dumps({"features": {"amount": float(i)}})
+        pipe.xadd(stream, {"record": record}, id=f"{int((now - 2500 + i) * 1000)}-0")
+    pipe.execute()
+    source = {"stream": stream, "json_field": "record", "vector": "features"}
+    lake = Lake.from_settings(settings)
+    window = live_rows(redis_client, lake, source, now - 3600, now, max_rows=2200)
+    assert window.truncated is True and window.skipped == 1
+    amounts = [row["features"]["amount"] for row in window.rows]
+    assert amounts == [float(i) for i in range(300, 2500) if i != 2400]  # the newest, in order
+    whole = live_rows(redis_client, lake, source, now - 3600, now)
+    assert not whole.truncated and len(whole.rows) == 2499 and all(whole.in_window)
+    recent = live_rows(redis_client, lake, source, now - 100, now)
+    assert len(recent.rows) == 100 - 1  # the bad record is among the newest hundred

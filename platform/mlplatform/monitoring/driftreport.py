@@ -26,6 +26,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,13 +48,15 @@ from mlplatform.monitoring.drift import (
 from mlplatform.monitoring.reference import category_key, featurise, served_reference
 from mlplatform.registry import ModelRegistry
 
-__all__ = ["drift_report", "publish", "latest", "report_key", "format_window", "drift_job",
+__all__ = ["drift_report", "live_rows", "LiveWindow", "publish", "latest", "report_key",
+           "format_window", "drift_job",
            "MIN_ROWS", "INTERVAL_SECONDS", "DRIFT_SHARE", "DRIFT_VALUE", "DRIFTED"]
 
 log = logging.getLogger(__name__)
 
 MIN_ROWS = 50  # fewer live rows than this: too noisy to flag anything
-MAX_ROWS = 50_000  # the newest rows of a busy window: enough for every statistic
+MAX_ROWS = 50_000  # the newest rows of a busy window: plenty for every statistic
+CHUNK = 1000  # stream entries per read
 INTERVAL_SECONDS = 60.0
 KEY_PREFIX = "mlsuite:drift:"
 
@@ -101,9 +104,9 @@ def drift_report(settings: Settings, service: str, *, window_seconds: float = 36
 
         client = connect(settings.redis_url)
     source = profile["source"]
-    rows, in_window = live_rows(client, Lake.from_settings(settings), source,
-                                until - window_seconds, until)
-    features = [x for x, keep in zip(featurise(rows, source), in_window) if keep]
+    window = live_rows(client, Lake.from_settings(settings), source, until - window_seconds,
+                       until)
+    features = [x for x, keep in zip(featurise(window.rows, source), window.in_window) if keep]
     enough = len(features) >= MIN_ROWS
     results = {name: _feature(spec, [x[name] for x in features if name in x], enough)
                for name, spec in profile["features"].items()}
@@ -114,7 +117,7 @@ def drift_report(settings: Settings, service: str, *, window_seconds: float = 36
         "service": service, "model": served.label, "model_version": served.version,
         "reference": reference_version.label, "reference_rows": profile["rows"],
         "window": format_window(window_seconds), "window_seconds": window_seconds,
-        "rows": len(features), "truncated": len(rows) >= MAX_ROWS and all(in_window),
+        "rows": len(features), "truncated": window.truncated, "skipped": window.skipped,
         "enough_data": enough, "min_rows": MIN_ROWS,
         "drift_share": share, "drifted": drifted,
         "dataset_drift": enough and share >= DATASET_DRIFT_SHARE,
@@ -152,37 +155,60 @@ def _empty(kind: str, statistic: str) -> dict[str, Any]:
             "threshold": THRESHOLDS[statistic], "drifted": False, "live_rows": 0}
 
 
+@dataclass
+class LiveWindow:
+    """The records read for a window, oldest first, and which of them fall inside it."""
+
+    rows: list[dict[str, Any]]
+    in_window: list[bool]
+    truncated: bool  # the window held more than MAX_ROWS: these are its newest
+    skipped: int  # records that were not valid JSON
+
+
 def live_rows(client: redis.Redis | None, lake: Lake, source: Mapping[str, Any],
-              since: float, until: float) -> tuple[list[dict[str, Any]], list[bool]]:
-    """The live records of ``source``'s stream up to ``until``, oldest first, and for each
-    whether it falls in the window (appended at or after ``since``).
+              since: float, until: float, *, max_rows: int = MAX_ROWS) -> LiveWindow:
+    """The live records of ``source``'s stream appended in [since, until), with look-back.
 
     Rolling ``counts`` features look back up to their ``seconds`` before ``since``, so the
     first rows of the window count their history too; the caller drops those rows after
-    featurising.
+    featurising. Redis is read newest first in chunks (a reply of thousands of decision
+    records would hold the server, and every request, for milliseconds); the lake adds
+    what the worker already trimmed.
     """
     lookback = max((float(c["seconds"]) for c in (source.get("counts") or {}).values()),
                    default=0.0)
     stream, start_ms = source["stream"], int((since - lookback) * 1000)
-    entries: list[tuple[int, dict[str, Any]]] = []
+    newest_first: list[tuple[int, dict[str, Any]]] = []
     oldest_ms: int | None = None
     if client is not None:
-        raw: Any = client.xrevrange(stream, max=f"{int(until * 1000)}", min=f"{start_ms}",
-                                    count=MAX_ROWS)
-        for sid, fields in reversed(raw):
-            entries.append((id_ms(sid), {_text(k): _text(v) for k, v in fields.items()}))
-        oldest: Any = client.xrange(stream, count=1)
-        oldest_ms = id_ms(oldest[0][0]) if oldest else None
-    if len(entries) < MAX_ROWS and (oldest_ms is None or oldest_ms > start_ms):
+        cursor = f"{int(until * 1000)}"
+        while len(newest_first) < max_rows:
+            raw: Any = client.xrevrange(stream, max=cursor, min=f"{start_ms}",
+                                        count=min(CHUNK, max_rows - len(newest_first)))
+            for sid, fields in raw:
+                newest_first.append((id_ms(sid), {_text(k): _text(v) for k, v in fields.items()}))
+            if len(raw) < CHUNK:
+                break
+            cursor = "(" + _text(raw[-1][0])  # exclusive: continue below the last one read
+        first: Any = client.xrange(stream, count=1)
+        oldest_ms = id_ms(first[0][0]) if first else None
+    entries = newest_first[::-1]
+    if len(entries) < max_rows and (oldest_ms is None or oldest_ms > start_ms):
         # The worker archived and trimmed the start of the window: the lake holds it.
-        entries = _from_lake(lake, stream, start_ms, oldest_ms, until) + entries
+        entries = _from_lake(lake, stream, start_ms, oldest_ms, until)[-(max_rows - len(entries)):] \
+            + entries
     json_field = source.get("json_field")
     window_ms = since * 1000
-    rows, in_window = [], []
-    for ms, fields in entries[-MAX_ROWS:]:
-        rows.append(json.loads(fields[json_field]) if json_field else fields)
-        in_window.append(ms >= window_ms)
-    return rows, in_window
+    window = LiveWindow([], [], truncated=len(entries) >= max_rows, skipped=0)
+    for ms, fields in entries:
+        try:
+            row = json.loads(fields[json_field]) if json_field else fields
+        except (KeyError, ValueError):
+            window.skipped += 1
+            continue
+        window.rows.append(row)
+        window.in_window.append(ms >= window_ms)
+    return window
 
 
 def _from_lake(lake: Lake, stream: str, start_ms: int, before_ms: int | None,
