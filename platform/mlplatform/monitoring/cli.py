@@ -92,7 +92,7 @@ def render(report: Mapping[str, Any]) -> str:
     """The report as a table: one line per feature, drifted first, marked with '!'.
 
     >>> print(render({"model": "m:v1", "reference": "m:v1", "window": "1h", "rows": 80,
-    ...     "enough_data": True, "drift_share": 0.5, "drifted": 1, "features": {
+    ...     "enough_data": True, "drift_share": 0.5, "n_drifted": 1, "features": {
     ...     "amount": {"kind": "numeric", "statistic": "wasserstein", "value": 1.2,
     ...                "threshold": 0.1, "drifted": True, "psi": 2.0},
     ...     "channel": {"kind": "categorical", "statistic": "jensenshannon", "value": 0.01,
@@ -106,7 +106,7 @@ def render(report: Mapping[str, Any]) -> str:
     head = (f"{report['model']} (reference {report['reference']}): {report['rows']} live rows "
             f"in the last {report['window']}, ")
     if report["enough_data"]:
-        head += (f"{report['drifted']}/{len(features)} features drifted "
+        head += (f"{report['n_drifted']}/{len(features)} features drifted "
                  f"({report['drift_share']:.0%})")
     else:
         head += "too few to flag anything"

@@ -116,10 +116,12 @@ def drift_report(settings: Settings, service: str, *, window_seconds: float = 36
     return {
         "service": service, "model": served.label, "model_version": served.version,
         "reference": reference_version.label, "reference_rows": profile["rows"],
-        "window": format_window(window_seconds), "window_seconds": window_seconds,
+        "window": format_window(window_seconds),
+        "window_seconds": int(window_seconds) if float(window_seconds).is_integer()
+        else window_seconds,
         "rows": len(features), "truncated": window.truncated, "skipped": window.skipped,
         "enough_data": enough, "min_rows": MIN_ROWS,
-        "drift_share": share, "drifted": drifted,
+        "drift_share": share, "n_drifted": drifted,
         "dataset_drift": enough and share >= DATASET_DRIFT_SHARE,
         "at": round(until, 3), "features": results,
     }
