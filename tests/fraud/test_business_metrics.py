@@ -43,8 +43,9 @@ def lag_count() -> float:
 def caught_up(client: redis.Redis, stream: str) -> bool:
     """The business group has been handed the newest label and acknowledged all."""
     last = client.xinfo_stream(stream)["last-generated-id"]
-    group = next(g for g in client.xinfo_groups(stream) if g["name"].decode() == BUSINESS_GROUP)
-    return bool(group["last-delivered-id"] == last and group["pending"] == 0)
+    group = next((g for g in client.xinfo_groups(stream)
+                  if g["name"].decode() == BUSINESS_GROUP), None)  # None: not created yet
+    return group is not None and group["last-delivered-id"] == last and group["pending"] == 0
 
 
 def test_docstring_examples() -> None:
