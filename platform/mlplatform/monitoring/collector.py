@@ -47,7 +47,11 @@ class Collector:
         self.services = services
         self.urls = {s: settings.service_url(s) for s in services}
         self.history = History(maxlen=max(30, int(300 / interval)))
-        self.http = httpx.Client(timeout=timeout)
+        # /metrics is open; /v1/model needs a key (scopes score, recommend) when the
+        # services check keys: the console's own, if one is configured.
+        key = getattr(settings, "console_api_key", None)
+        self.http = httpx.Client(timeout=timeout,
+                                 headers={"Authorization": f"Bearer {key}"} if key else None)
         self.models: dict[str, dict[str, Any]] = {}
         self.drift: dict[str, dict[str, Any]] = {}
         self.redis: dict[str, Any] = {"up": None}

@@ -16,9 +16,11 @@ A service or store that does not answer shows as such in the JSON, never as a 50
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, jsonify, render_template
+from flask import Blueprint, Flask, current_app, jsonify, render_template, send_from_directory
 from flask.typing import ResponseReturnValue
 
 from mlplatform.config import Settings, get_settings
@@ -30,8 +32,19 @@ from mlplatform.monitoring.collector import SERVICES, Collector
 
 __all__ = ["create_app", "get_collector"]
 
-bp = Blueprint("console", __name__, template_folder="templates", static_folder="static",
-               static_url_path="/assets")
+bp = Blueprint("console", __name__, template_folder="templates")
+STATIC = Path(__file__).parent / "static"
+F = Callable[..., ResponseReturnValue]
+
+
+def _open(view: F) -> F:
+    """Open without an API key, like ``/metrics``: the console shows operational figures
+    only, and a browser cannot send a bearer key when it opens a page."""
+    try:
+        from mlplatform.security import requires
+    except ImportError:  # a platform without API keys: everything is open anyway
+        return view
+    return requires(None)(view)
 
 
 def create_app(settings: Settings | None = None, test_config: dict[str, Any] | None = None
@@ -56,13 +69,22 @@ def get_collector(app: Flask | None = None) -> Collector:
     return (app or current_app).extensions["mlsuite.console"]  # type: ignore[no-any-return]
 
 
+@bp.get("/assets/<path:filename>")
+@_open
+def asset(filename: str) -> ResponseReturnValue:
+    """uPlot, the page's script and styles, from the package (never from the internet)."""
+    return send_from_directory(STATIC, filename, max_age=300)
+
+
 @bp.get("/")
+@_open
 def page() -> str:
     c = get_collector()
     return render_template("console.html", services=c.services, interval=max(3.0, c.interval))
 
 
 @bp.get("/api/overview")
+@_open
 def overview() -> ResponseReturnValue:
     c = get_collector()
     return jsonify({
@@ -76,32 +98,38 @@ def overview() -> ResponseReturnValue:
 
 
 @bp.get("/api/services")
+@_open
 def services() -> ResponseReturnValue:
     c = get_collector()
     return jsonify({"services": panels.services(c), "redis": c.redis})
 
 
 @bp.get("/api/models")
+@_open
 def models() -> ResponseReturnValue:
     return jsonify({"models": panels.models(get_collector())})
 
 
 @bp.get("/api/rollouts")
+@_open
 def rollouts() -> ResponseReturnValue:
     return jsonify({"rollouts": panels.rollouts(get_collector())})
 
 
 @bp.get("/api/experiments")
+@_open
 def experiments() -> ResponseReturnValue:
     return jsonify(panels.experiments(get_collector()))
 
 
 @bp.get("/api/fraud")
+@_open
 def fraud() -> ResponseReturnValue:
     return jsonify(panels.fraud(get_collector()))
 
 
 @bp.get("/api/drift/<service>")
+@_open
 def drift(service: str) -> ResponseReturnValue:
     c = get_collector()
     if service not in SERVICES:
@@ -115,6 +143,7 @@ def drift(service: str) -> ResponseReturnValue:
 
 
 @bp.get("/api/alerts")
+@_open
 def alerts() -> ResponseReturnValue:
     c = get_collector()
     return jsonify({**panels.alerts(c),
