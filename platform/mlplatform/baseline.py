@@ -10,18 +10,23 @@ from __future__ import annotations
 
 from flask import Flask, jsonify
 
+from mlplatform import lifecycle
 from mlplatform.config import Settings
 from mlplatform.http import create_service_app, json_body
+from mlplatform.security import requires
 
 __all__ = ["create_app", "create_conventions_app"]
 
 
 def create_app() -> Flask:
     app = Flask("baseline")
+    # Its /ping is its readiness: it names the server start, as /readyz does elsewhere, so
+    # a supervisor never takes another process on the port for this one.
+    answer = {"ok": True, "instance": lifecycle.instance()}
 
     @app.get("/ping")
     def ping():  # type: ignore[no-untyped-def]
-        return jsonify({"ok": True})
+        return jsonify(answer)
 
     @app.post("/echo")
     def echo():  # type: ignore[no-untyped-def]
@@ -34,6 +39,7 @@ def create_conventions_app(settings: Settings | None = None) -> Flask:
     app = create_service_app("baseline", settings)
 
     @app.get("/v1/ping")
+    @requires(None)  # the floor of the conventions: what a request costs before any logic
     def ping():  # type: ignore[no-untyped-def]
         return jsonify({"ok": True})
 
