@@ -20,7 +20,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from loadtest_data import new_transaction, shop
+from loadtest_data import AUTH_HEADERS, new_transaction, shop
 from locust import FastHttpUser, between, task
 
 GRAPHQL_URL = os.environ.get("MLSUITE_LOADTEST_GRAPHQL_URL", "http://127.0.0.1:8003")
@@ -58,6 +58,7 @@ class ShopFront(FastHttpUser):
     """A front end whose every page is one GraphQL request."""
 
     host = GRAPHQL_URL
+    default_headers = AUTH_HEADERS
     wait_time = between(0.2, 1.0)
 
     def on_start(self) -> None:

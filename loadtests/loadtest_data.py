@@ -26,6 +26,9 @@ from typing import Any
 RECOMMENDER_URL = os.environ.get("MLSUITE_LOADTEST_RECOMMENDER_URL", "http://127.0.0.1:8001")
 FRAUD_URL = os.environ.get("MLSUITE_LOADTEST_FRAUD_URL", "http://127.0.0.1:8002")
 DATA_DIR = Path(os.environ.get("MLSUITE_DATA_DIR", "data"))
+# Every user sends the run's API key (``mlsuite loadtest`` makes one; else MLSUITE_API_KEY).
+_KEY = os.environ.get("MLSUITE_API_KEY", "")
+AUTH_HEADERS: dict[str, str] | None = {"Authorization": f"Bearer {_KEY}"} if _KEY else None
 RUN_ID = uuid.uuid4().hex[:8]  # transaction ids of this run never collide with another's
 
 TX_FIELDS = ("card_id", "merchant_id", "amount", "currency", "country", "channel", "device_id",

@@ -23,7 +23,7 @@ import random
 import time
 from typing import Any
 
-from loadtest_data import FRAUD_URL, new_transaction, now_iso
+from loadtest_data import AUTH_HEADERS, FRAUD_URL, new_transaction, now_iso
 from locust import FastHttpUser, between, constant, task
 
 DECISIONS = {"approve", "review", "decline"}
@@ -52,6 +52,7 @@ class Checkout(FastHttpUser):
     """A payment gateway: one score per transaction, before authorisation."""
 
     host = FRAUD_URL
+    default_headers = AUTH_HEADERS
     wait_time = between(0.2, 1.0)
     weight = 10
 
@@ -74,6 +75,7 @@ class Chargebacks(FastHttpUser):
     """The chargeback / analyst feed: posts the labels that have come due, once a second."""
 
     host = FRAUD_URL
+    default_headers = AUTH_HEADERS
     wait_time = constant(1)
     fixed_count = 1
 
@@ -96,6 +98,7 @@ class Settlement(FastHttpUser):
     """A batch job scoring 50 transactions at a time every few seconds."""
 
     host = FRAUD_URL
+    default_headers = AUTH_HEADERS
     wait_time = constant(3)
     fixed_count = 1
     batch_size = 50

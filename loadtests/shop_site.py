@@ -16,7 +16,7 @@ import random
 import uuid
 from typing import Any
 
-from loadtest_data import RECOMMENDER_URL, shop
+from loadtest_data import AUTH_HEADERS, RECOMMENDER_URL, shop
 from locust import FastHttpUser, between, constant, task
 
 RECS = "/v1/users/[user_id]/recommendations"
@@ -41,6 +41,7 @@ class ShopVisitor(FastHttpUser):
     """One shopper's session on the site."""
 
     host = RECOMMENDER_URL
+    default_headers = AUTH_HEADERS
     wait_time = between(1, 4)
     weight = 10
 
@@ -110,6 +111,7 @@ class EmailCampaign(FastHttpUser):
     """The marketing job: recommendations for a batch of users every few seconds."""
 
     host = RECOMMENDER_URL
+    default_headers = AUTH_HEADERS
     wait_time = constant(5)
     fixed_count = 1
     batch_size = 100

@@ -44,8 +44,12 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def settings(tmp_path: Path, redis_client: redis.Redis, redis_url: str) -> Settings:
-    """Settings for one test: its own data folder, the session Redis (flushed)."""
-    return Settings.from_env({}).with_(data_dir=tmp_path / "data", redis_url=redis_url)
+    """Settings for one test: its own data folder, the session Redis (flushed).
+
+    API keys are off here (``auth=False``): a test of a feature sends no key. The tests of
+    keys and scopes, and the bad-input tests, turn them on with ``api_key``."""
+    return Settings.from_env({}).with_(data_dir=tmp_path / "data", redis_url=redis_url,
+                                       auth=False)
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,7 @@ from mlplatform.http import (
     json_body,
     query_bool,
 )
+from mlplatform.security import requires
 
 __all__ = ["create_app", "get_service"]
 
@@ -92,6 +93,7 @@ def get_service(app: Flask | None = None) -> FraudService:
 
 
 @bp.post("/v1/transactions/score")
+@requires("score")
 def score() -> Any:
     service = get_service()
     body = json_body()
@@ -108,6 +110,7 @@ def score() -> Any:
 
 
 @bp.post("/v1/transactions/score/batch")
+@requires("score")
 def score_batch() -> Any:
     service = get_service()
     body = json_body()
@@ -122,6 +125,7 @@ def score_batch() -> Any:
 
 
 @bp.post("/v1/labels")
+@requires("label")
 def labels() -> Any:
     service = get_service()
     body = json_body()
@@ -133,6 +137,7 @@ def labels() -> Any:
 
 
 @bp.get("/v1/model")
+@requires("score")
 def model() -> Any:
     service = get_service()
     if query_bool("sync", False):
@@ -141,10 +146,12 @@ def model() -> Any:
 
 
 @bp.put("/v1/cards/<card_id>")
+@requires("admin")
 def put_card(card_id: str) -> Any:
     return jsonify(get_service().put_profile("card", card_id, json_body())), 202
 
 
 @bp.put("/v1/merchants/<merchant_id>")
+@requires("admin")
 def put_merchant(merchant_id: str) -> Any:
     return jsonify(get_service().put_profile("merchant", merchant_id, json_body())), 202

@@ -150,13 +150,24 @@ def _ensure_features(settings: Settings) -> None:
 
 def _inproc(settings: Settings, prefix: str, take: _Taker, n: int, batch_size: int,
             batches: int) -> dict[str, Any]:
+    from contextlib import ExitStack
+
     from fraud.app import create_app, get_service
     from fraud.schema import parse_transaction
+    from mlplatform.redisdb import connect
+    from mlplatform.security.keys import run_key
 
     app = create_app(settings, {"FRAUD": {"key_prefix": prefix}})
     service = get_service(app)
-    try:
+    with ExitStack() as cleanup:
+        cleanup.callback(service.close)
+        redis_client = connect(settings.redis_url or "")
+        cleanup.callback(redis_client.close)
+        key = cleanup.enter_context(run_key(redis_client, "mlsuite fraud bench",
+                                            enabled=settings.auth))
         client = app.test_client()
+        if key:  # as a real client sends it: the key check is part of the cost
+            client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
         for body in take(200):  # warm up: model load, profile cache, code paths
             client.post("/v1/transactions/score", json=body)
         extra = service.config.extra_fields
@@ -170,8 +181,6 @@ def _inproc(settings: Settings, prefix: str, take: _Taker, n: int, batch_size: i
             [take(batch_size) for _ in range(batches)])
         out["batch"] = _per_batch(batch, batch_size)
         return out
-    finally:
-        service.close()
 
 
 def _per_batch(summary: dict[str, Any], size: int) -> dict[str, Any]:
@@ -193,7 +202,8 @@ def _http(settings: Settings, prefix: str, take: _Taker, n: int, batch_size: int
     import requests
 
     from mlplatform import serving
-    from mlplatform.redisdb import free_port
+    from mlplatform.redisdb import connect, free_port
+    from mlplatform.security.keys import bearer, run_key
 
     port = free_port(settings.host)
     os.environ["MLSUITE_FRAUD_KEY_PREFIX"] = prefix  # the server inherits it
@@ -203,26 +213,32 @@ def _http(settings: Settings, prefix: str, take: _Taker, n: int, batch_size: int
     finally:
         del os.environ["MLSUITE_FRAUD_KEY_PREFIX"]
     url = f"http://{settings.host}:{port}"
+    client = connect(settings.redis_url or "")
     try:
-        serving.wait_ready(url, timeout=120, proc=proc)
-        session = requests.Session()
-        score = f"{url}/v1/transactions/score"
-        for body in take(100 * workers):  # each worker loads and warms up
-            _ok(session.post(score, json=body, timeout=30))
-        out: dict[str, Any] = {"url": url}
-        out["single"] = _timed(lambda b: _ok(session.post(score, json=b, timeout=30)), take(n))
-        out["single_concurrent"] = _concurrent(score, take, n, concurrency)
-        batch_url = f"{url}/v1/transactions/score/batch"
-        batch = _timed(
-            lambda b: _ok(session.post(batch_url, json={"transactions": b}, timeout=60)),
-            [take(batch_size) for _ in range(batches)])
-        out["batch"] = _per_batch(batch, batch_size)
-        return out
+        with run_key(client, "mlsuite fraud bench", enabled=settings.auth) as key:
+            serving.wait_ready(url, timeout=120, proc=proc)
+            session = requests.Session()
+            session.headers.update(bearer(key))
+            score = f"{url}/v1/transactions/score"
+            for body in take(100 * workers):  # each worker loads and warms up
+                _ok(session.post(score, json=body, timeout=30))
+            out: dict[str, Any] = {"url": url}
+            out["single"] = _timed(lambda b: _ok(session.post(score, json=b, timeout=30)),
+                                   take(n))
+            out["single_concurrent"] = _concurrent(score, take, n, concurrency, bearer(key))
+            batch_url = f"{url}/v1/transactions/score/batch"
+            batch = _timed(
+                lambda b: _ok(session.post(batch_url, json={"transactions": b}, timeout=60)),
+                [take(batch_size) for _ in range(batches)])
+            out["batch"] = _per_batch(batch, batch_size)
+            return out
     finally:
         serving.stop_process(proc)
+        client.close()
 
 
-def _concurrent(url: str, take: _Taker, n: int, threads: int) -> dict[str, Any]:
+def _concurrent(url: str, take: _Taker, n: int, threads: int,
+                headers: dict[str, str]) -> dict[str, Any]:
     import requests
 
     latencies: list[float] = []
@@ -232,6 +248,7 @@ def _concurrent(url: str, take: _Taker, n: int, threads: int) -> dict[str, Any]:
 
     def client(bodies: list[dict[str, Any]]) -> None:
         session = requests.Session()
+        session.headers.update(headers)
         mine = []
         for body in bodies:
             t = time.perf_counter()

@@ -27,6 +27,7 @@ from fraud.rules import Policy
 from fraud.service import FraudService
 from mlplatform.errors import BadRequest
 from mlplatform.http import json_body, query_int, query_str
+from mlplatform.security import requires
 
 __all__ = ["bp", "init_app", "get_lists", "get_policy", "get_reviews"]
 
@@ -103,11 +104,13 @@ def get_reviews(app: Flask | None = None) -> ReviewQueue:
 # -- lists -------------------------------------------------------------------------------
 
 @bp.get("/v1/lists")
+@requires("lists")
 def lists_all() -> Any:
     return jsonify(get_lists().all())
 
 
 @bp.put("/v1/lists/<name>/<value>")
+@requires("lists")
 def lists_put(name: str, value: str) -> Any:
     body = json_body() if request.get_data(cache=True) else None
     entry, created = get_lists().put(name, value, body)
@@ -115,6 +118,7 @@ def lists_put(name: str, value: str) -> Any:
 
 
 @bp.delete("/v1/lists/<name>/<value>")
+@requires("lists")
 def lists_delete(name: str, value: str) -> Any:
     entry = get_lists().delete(name, value)
     return jsonify({"list": name, **entry.to_dict(), "deleted": True})
@@ -123,6 +127,7 @@ def lists_delete(name: str, value: str) -> Any:
 # -- rules -------------------------------------------------------------------------------
 
 @bp.get("/v1/rules")
+@requires("lists")
 def rules() -> Any:
     return jsonify(get_policy().describe())
 
@@ -130,6 +135,7 @@ def rules() -> Any:
 # -- reviews -----------------------------------------------------------------------------
 
 @bp.get("/v1/reviews")
+@requires("review")
 def reviews_list() -> Any:
     status = query_str("status", "open") or "open"
     if status not in STATUSES:
@@ -140,5 +146,6 @@ def reviews_list() -> Any:
 
 
 @bp.post("/v1/reviews/<transaction_id>")
+@requires("review")
 def reviews_close(transaction_id: str) -> Any:
     return jsonify(get_reviews().close(transaction_id, json_body()))

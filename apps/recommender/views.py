@@ -29,6 +29,7 @@ from mlplatform.http import (
     query_str,
     request_id,
 )
+from mlplatform.security import requires
 from recommender.attribution import ExposureLog
 from recommender.data import EVENT_TYPES
 from recommender.engine import Engine, ServingModel, UserRecommendations
@@ -65,6 +66,7 @@ def _user_result(r: UserRecommendations) -> dict[str, Any]:
 
 
 @bp.get("/users/<user_id>/recommendations")
+@requires("recommend")
 def user_recommendations(user_id: str) -> Response:
     user_id = check_id(user_id, "user_id")
     n = query_int("n", 10, 1, MAX_N)
@@ -79,6 +81,7 @@ def user_recommendations(user_id: str) -> Response:
 
 
 @bp.post("/recommendations/batch")
+@requires("recommend")
 def batch_recommendations() -> Response:
     body = json_body()
     if not isinstance(body, dict):
@@ -131,6 +134,7 @@ def _recommend(user_ids: list[str], **options: Any
 
 
 @bp.get("/experiments/<name>")
+@requires("recommend")
 def experiment_report(name: str) -> Response:
     """The A/B report of experiment ``name`` (``mlplatform.experiments.report``): per
     variant users, exposures, conversions, lift vs the control with a 95% CI and p-value,
@@ -146,6 +150,7 @@ def experiment_report(name: str) -> Response:
 
 
 @bp.get("/items/<item_id>/similar")
+@requires("recommend")
 def similar_items(item_id: str) -> Response:
     item_id = check_id(item_id, "item_id")
     n = query_int("n", 10, 1, MAX_N)
@@ -157,6 +162,7 @@ def similar_items(item_id: str) -> Response:
 
 
 @bp.post("/events")
+@requires("events")
 def post_events() -> tuple[Response, int]:
     body = json_body()
     if isinstance(body, dict) and "events" in body:
@@ -177,6 +183,7 @@ def post_events() -> tuple[Response, int]:
 
 
 @bp.put("/items/<item_id>")
+@requires("catalogue")
 def put_item(item_id: str) -> tuple[Response, int]:
     """Update an item's catalogue entry: ``{"category": str, "price": number >= 0,
     "in_stock": bool}``.
@@ -194,6 +201,7 @@ def put_item(item_id: str) -> tuple[Response, int]:
 
 
 @bp.put("/users/<user_id>")
+@requires("catalogue")
 def put_user(user_id: str) -> tuple[Response, int]:
     """Update a user's profile: ``{"segment": str, "country": "DE"}`` (2 upper-case
     letters, ISO 3166).
@@ -209,6 +217,7 @@ def put_user(user_id: str) -> tuple[Response, int]:
 
 
 @bp.get("/model")
+@requires("recommend")
 def model_info() -> Response:
     return jsonify(get_engine().describe())
 

@@ -31,6 +31,9 @@ _LAZY = {
     "pipeline": EntryPoint("pipeline", "mlplatform.pipeline.cli:pipeline", "mlsuite.lazy"),
     "experiments": EntryPoint("experiments", "mlplatform.experiments.cli:experiments", "mlsuite.lazy"),
     "rollout": EntryPoint("rollout", "mlplatform.rollouts.cli:rollout", "mlsuite.lazy"),
+    "monitor": EntryPoint("monitor", "mlplatform.monitoring.cli:monitor", "mlsuite.lazy"),
+    "backup": EntryPoint("backup", "mlplatform.backup_cli:backup", "mlsuite.lazy"),
+    "keys": EntryPoint("keys", "mlplatform.security.cli:keys", "mlsuite.lazy"),
 }
 
 
@@ -82,11 +85,13 @@ def cli() -> None:
 @click.option("--workers", type=click.IntRange(1, 64), help="Worker processes (default: MLSUITE_WORKERS).")
 @click.option("--server", type=click.Choice(["granian", "gunicorn"]), help="WSGI server (default: MLSUITE_SERVER).")
 def serve(service: str, port: int | None, workers: int | None, server: str | None) -> None:
-    """Run SERVICE (recommender or fraud) under a production WSGI server until Ctrl-C."""
+    """Run SERVICE (recommender, fraud, console or graphql) under a production server
+    until Ctrl-C."""
     from mlplatform import serving
 
     settings = _settings()
-    default_port = {"recommender": settings.recommender_port, "fraud": settings.fraud_port}
+    default_port = {"recommender": settings.recommender_port, "fraud": settings.fraud_port,
+                    "console": settings.console_port, "graphql": settings.graphql_port}
     code = serving.serve(
         service, settings,
         port=port if port is not None else default_port.get(service, 8000),
@@ -177,7 +182,9 @@ def simulate_traffic(minutes: float, rate: float, payments_rate: float | None,
                      threads: int, seed: int | None, as_json: bool) -> None:
     """Simulated shoppers browse, cart and buy through the running recommender (their
     true tastes decide), and payments are scored by the fraud service with labels
-    posted later; prints the true conversion per variant and the measured A/B report."""
+    posted later; prints the true conversion per variant and the measured A/B report.
+    Requests carry MLSUITE_API_KEY, else the key of the demo running on this data folder."""
+    from mlplatform.security.keys import local_key
     from mlplatform.simulate.traffic import TrafficConfig, format_result, run_traffic
 
     settings = _settings()
@@ -187,7 +194,8 @@ def simulate_traffic(minutes: float, rate: float, payments_rate: float | None,
                    else fraud_url or None),
         data_dir=data_dir or settings.data_dir, minutes=minutes, rate=rate,
         payments_rate=rate / 2 if payments_rate is None else payments_rate,
-        threads=threads, seed=settings.seed if seed is None else seed)
+        threads=threads, seed=settings.seed if seed is None else seed,
+        api_key=local_key(settings))
     try:
         result = run_traffic(config, say=lambda m: click.echo(m, err=True))
     except MLSuiteError as exc:
@@ -305,7 +313,7 @@ def models_rollback(name: str, alias: str) -> None:
 
 
 @cli.command()
-@click.option("--services", default="recommender,fraud", show_default=True,
+@click.option("--services", default="recommender,fraud,console,graphql", show_default=True,
               help="Comma-separated services to start.")
 def demo(services: str) -> None:
     """Set everything up and run the suite embedded: data, Feast, Redis, models, services."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -61,6 +61,13 @@ class Settings:
     fraud_url: str | None = None
     # The console posts each new alert here (JSON) when set.
     alert_webhook: str | None = None
+    # API keys: on by default; off only for local work (a warning says so at start).
+    auth: bool = True
+    # Whether /metrics needs a key too (Prometheus then sends one; off: open like /healthz).
+    metrics_auth: bool = False
+    # The key mlsuite's own clients send: the console, bench, load tests, the traffic
+    # simulator. A demo, bench or load test run makes one for itself when unset.
+    api_key: str | None = field(default=None, repr=False)
     # GraphQL limits: introspection can be turned off in production; depth, cost and
     # batch size bound what one query may ask of the services.
     graphql_introspection: bool = True
@@ -92,7 +99,7 @@ class Settings:
     # when workers run on several machines.
     lake_dir: Path | None = None
     # Signing key of pickled model checkpoints (HMAC); unset: <data_dir>/secret.key.
-    secret_key: str | None = None
+    secret_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -179,7 +186,7 @@ def _parse(name: str, text: str) -> Any:
             return Path(text).expanduser().resolve()
         case "experiments_file" | "lake_dir":
             return Path(text).expanduser().resolve() if text else None
-        case "redis_url" | "alert_webhook":
+        case "redis_url" | "alert_webhook" | "api_key":
             return text or None
         case "recommender_url" | "fraud_url":
             if text and urlparse(text).scheme not in ("http", "https"):
@@ -187,7 +194,7 @@ def _parse(name: str, text: str) -> Any:
             return text or None
         case "recommender_port" | "fraud_port" | "console_port" | "graphql_port":
             return integer(0, 65535)
-        case "graphql_introspection":
+        case "graphql_introspection" | "auth" | "metrics_auth":
             if text.lower() not in ("1", "0", "true", "false", "on", "off", "yes", "no"):
                 raise ConfigError(f"{var} must be true or false, got {text!r}")
             return text.lower() in ("1", "true", "on", "yes")

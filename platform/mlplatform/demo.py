@@ -20,6 +20,9 @@ __all__ = ["run_demo", "prepare_models"]
 
 log = logging.getLogger(__name__)
 
+# Where a person starts with a service, when that is not its root.
+_PATHS = {"graphql": "/graphql"}
+
 
 def prepare_models(settings: Settings, services: list[str]) -> None:
     """Run each app's ``ensure_model`` hook (entry points "mlsuite.prepare")."""
@@ -33,14 +36,17 @@ def prepare_models(settings: Settings, services: list[str]) -> None:
 def run_demo(settings: Settings, services: list[str]) -> int:
     from mlplatform.stack import Stack
 
-    ports = {"recommender": settings.recommender_port, "fraud": settings.fraud_port}
+    ports = {"recommender": settings.recommender_port, "fraud": settings.fraud_port,
+             "console": settings.console_port, "graphql": settings.graphql_port}
     stack = Stack(settings, services, server=settings.server, workers=settings.workers,
                   name="demo", ports=ports, private_redis=False, say=log.info)
     try:
         with sigterm_interrupts():
             urls = stack.start()
             for service in services:
-                print(f"{service}: {urls[service]}", flush=True)
+                print(f"{service}: {urls[service]}{_PATHS.get(service, '')}", flush=True)
+            if stack.api_key:  # every scope; revoked when the demo stops
+                print(f"api key: {stack.api_key}", flush=True)
             print("demo running; Ctrl-C stops it", flush=True)
             while not stack.dead():
                 time.sleep(0.2)

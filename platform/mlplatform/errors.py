@@ -21,6 +21,9 @@ __all__ = [
     "Conflict",
     "PayloadTooLarge",
     "Unavailable",
+    "Unauthorized",
+    "Forbidden",
+    "TooManyRequests",
 ]
 
 
@@ -37,6 +40,7 @@ class APIError(MLSuiteError):
 
     status: int = 500
     code: str = "internal_error"
+    headers: dict[str, str] = {}  # extra response headers (WWW-Authenticate, Retry-After)
 
     def __init__(
         self,
@@ -67,6 +71,33 @@ class BadRequest(APIError):
 
     status = 400
     code = "invalid_field"
+
+
+class Unauthorized(APIError):
+    """No API key, or one that is unknown or revoked."""
+
+    status = 401
+    code = "unauthorized"
+    headers = {"WWW-Authenticate": 'Bearer realm="mlsuite"'}
+
+
+class Forbidden(APIError):
+    """The API key is valid but lacks the scope the endpoint needs."""
+
+    status = 403
+    code = "forbidden"
+
+
+class TooManyRequests(APIError):
+    """The API key is over its rate limit; ``Retry-After`` says when to try again."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: str, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.headers = {"Retry-After": retry_after}
+        self.details.setdefault("retry_after_seconds", int(retry_after))
 
 
 class NotFound(APIError):

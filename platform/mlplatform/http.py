@@ -22,7 +22,7 @@ import redis
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from mlplatform import jsonio, lifecycle, metrics
+from mlplatform import jsonio, lifecycle, metrics, security
 from mlplatform.config import Settings, get_settings
 from mlplatform.errors import APIError, BadRequest, Unavailable
 from mlplatform.jsonio import MsgspecProvider
@@ -69,6 +69,7 @@ def create_service_app(name: str, settings: Settings | None = None,
     _init_request_hooks(app, name)
     _init_error_handlers(app)
     _init_ops_routes(app, name)
+    security.init_app(app, settings, app.extensions["mlsuite.redis"])
     if settings.redis_url:
         add_readiness_check(app, "redis", lambda: ping(get_redis(app)))
     return app
@@ -214,6 +215,7 @@ def _init_error_handlers(app: Flask) -> None:
         response = _error_response(exc.status, exc.to_dict())
         if isinstance(exc, Unavailable):
             response.headers["Retry-After"] = str(exc.retry_after)
+        response.headers.update(exc.headers)
         return response
 
     @app.errorhandler(HTTPException)

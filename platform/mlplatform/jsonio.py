@@ -64,4 +64,4 @@ class MsgspecProvider(JSONProvider):
 
     def response(self, *args: Any, **kwargs: Any) -> Any:
         obj = self._prepare_response_obj(args, kwargs)
-        return self._app.response_class(dumpb(obj), mimetype=self.mimetype)
+        return self._app.response_class(dumpb(obj), mimetype=self.mimetype)  # type: ignore[arg-type]

@@ -102,8 +102,10 @@ def _aggregated(stats_csv: Path) -> tuple[int, int, float] | None:
 
 
 def run_locust(scenario: str, urls: dict[str, str], *, seconds: int, users: int,
-               spawn_rate: float, out_dir: Path, data_dir: Path, progress: bool = True) -> int:
-    """Run Locust headless for ``seconds``; returns its exit status (1 on failures)."""
+               spawn_rate: float, out_dir: Path, data_dir: Path, progress: bool = True,
+               api_key: str | None = None) -> int:
+    """Run Locust headless for ``seconds``; returns its exit status (1 on failures).
+    Its users send ``api_key`` (else MLSUITE_API_KEY, if set)."""
     locustfile = _locustfiles() / SCENARIOS[scenario][0]
     if not locustfile.is_file():
         raise click.ClickException(f"scenario file {locustfile} is missing")
@@ -118,6 +120,8 @@ def run_locust(scenario: str, urls: dict[str, str], *, seconds: int, users: int,
     env = {**os.environ, "MLSUITE_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1",
            "MLSUITE_LOADTEST_RECOMMENDER_URL": urls.get("recommender", ""),
            "MLSUITE_LOADTEST_FRAUD_URL": urls.get("fraud", "")}
+    if api_key:
+        env["MLSUITE_API_KEY"] = api_key
     proc = subprocess.Popen(cmd, env=env)
     bar = None
     if progress:
@@ -202,6 +206,7 @@ def loadtest(scenario: str, duration: str, users: int, spawn_rate: float,
     needed = SCENARIOS[scenario][1]
     to_start = [s for s in needed if s not in urls]
     out_dir = out_root / scenario
+    from mlplatform.security.keys import local_key
     from mlplatform.stack import Stack, sigterm_interrupts
 
     stack = None
@@ -222,7 +227,8 @@ def loadtest(scenario: str, duration: str, users: int, spawn_rate: float,
         with sigterm_interrupts():
             code = run_locust(scenario, urls, seconds=seconds, users=users,
                               spawn_rate=spawn_rate, out_dir=out_dir,
-                              data_dir=settings.data_dir, progress=sys.stderr.isatty())
+                              data_dir=settings.data_dir, progress=sys.stderr.isatty(),
+                              api_key=stack.api_key if stack is not None else local_key(settings))
     except KeyboardInterrupt:
         click.echo("\nloadtest interrupted", err=True)
         sys.exit(130)

@@ -18,12 +18,13 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
 
 from mlplatform.errors import ConfigError, Unavailable
 
-__all__ = ["connect", "EmbeddedRedis", "redis_server_binary", "free_port", "ping"]
+__all__ = ["connect", "EmbeddedRedis", "redis_server_binary", "free_port", "ping", "services_url"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,15 @@ def connect(url: str, *, socket_timeout: float = 2.0) -> redis.Redis:
         socket_connect_timeout=socket_timeout,
         health_check_interval=30,
     )
+
+
+def services_url(settings: Any) -> str:
+    """The services' Redis for a command-line tool: ``MLSUITE_REDIS_URL``, else the URL of
+    the data folder's embedded server while ``mlsuite demo``/``serve`` runs it, else ""."""
+    if settings.redis_url:
+        return str(settings.redis_url)
+    url_file = EmbeddedRedis(settings.data_dir).url_file
+    return url_file.read_text().strip() if url_file.is_file() else ""
 
 
 def ping(client: redis.Redis) -> None:

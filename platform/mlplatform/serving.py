@@ -229,7 +229,8 @@ def serve(service: str, settings: Settings, *, port: int, workers: int, server: 
     from mlplatform.stack import Stack
 
     stack = Stack(settings, [service], server=server, workers=workers, name="serve",
-                  ports={service: port}, private_redis=False, say=log.info, restart=restart)
+                  ports={service: port}, private_redis=False, say=log.info, restart=restart,
+                  client_key=False)
     try:
         with sigterm_interrupts():
             urls = stack.start()

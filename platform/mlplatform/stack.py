@@ -27,10 +27,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+import redis
+
 from mlplatform import serving
 from mlplatform.config import Settings
 from mlplatform.lifecycle import Backoff, PortInUse, check_port_free
-from mlplatform.redisdb import EmbeddedRedis, free_port
+from mlplatform.redisdb import EmbeddedRedis, connect, free_port
 from mlplatform.serving import sigterm_interrupts
 
 __all__ = ["APP_SERVICES", "Stack", "sigterm_interrupts"]
@@ -47,7 +49,7 @@ class Stack:
     def __init__(self, settings: Settings, services: Sequence[str], *, server: str, workers: int,
                  name: str = "bench", say: Callable[[str], None] = print,
                  ports: Mapping[str, int] | None = None, private_redis: bool = True,
-                 background: bool = True, restart: bool = False) -> None:
+                 background: bool = True, restart: bool = False, client_key: bool = True) -> None:
         for service in services:
             serving.service_target(service)  # unknown names fail before any work
         # Measurements stay on loopback; demo and serve keep the configured address.
@@ -67,6 +69,10 @@ class Stack:
         self.background = background
         self._redis: EmbeddedRedis | None = None
         self.restart = restart
+        # With API keys on and no MLSUITE_API_KEY, a run makes a key for its own clients
+        # (console, bench, load tests, the traffic simulator) and revokes it when it stops.
+        self.client_key = client_key
+        self._key_id = ""
         # Per process ("fraud", "fraud worker"): successful restarts, the backoff, and
         # when a dead one is due to start again.
         self.restarts: dict[str, int] = {}
@@ -98,6 +104,8 @@ class Stack:
             self.say(f"redis: embedded server {redis_url}")
         self.settings = self.settings.with_(redis_url=redis_url)
         self._redis_url = redis_url
+        if self.settings.auth and not self.settings.api_key and self.client_key:
+            self._make_key(redis_url)
         if apps:
             self._prepare_features(private_redis=self.private_redis and self._redis is not None)
             from mlplatform.demo import prepare_models
@@ -125,6 +133,55 @@ class Stack:
             self.say(f"{service}: {self.urls[service]} ({self.server}, {self.workers} workers)")
         self._wait_workers(redis_url)
         return dict(self.urls)
+
+    @property
+    def api_key(self) -> str | None:
+        """The key this run's clients send (None with API keys off)."""
+        return self.settings.api_key if self.settings.auth else None
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        from mlplatform.security.keys import bearer
+
+        return bearer(self.api_key)
+
+    def _make_key(self, redis_url: str) -> None:
+        from mlplatform.security.keys import KeyStore
+
+        client = connect(redis_url)
+        try:
+            key, record = KeyStore(client).create(f"mlsuite {self.name}", ("admin",))
+        finally:
+            client.close()
+        self._key_id = record.id
+        self.settings = self.settings.with_(api_key=key)
+        if not self.private_redis:  # commands beside a demo find it (security.keys.local_key)
+            from mlplatform.security.keys import KEY_FILE
+
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            path = self.run_dir / KEY_FILE
+            path.touch(mode=0o600)
+            path.chmod(0o600)
+            path.write_text(key + "\n")
+        self.say(f"api key: {record.id} made for this run's own clients (admin scope; "
+                 "revoked when it stops)")
+
+    def _revoke_key(self) -> None:
+        if not self._key_id or self._redis_url == "":
+            return
+        from mlplatform.security.keys import KEY_FILE
+
+        (self.run_dir / KEY_FILE).unlink(missing_ok=True)
+        from mlplatform.security.keys import KeyStore
+
+        client = connect(self._redis_url, socket_timeout=1.0)
+        try:
+            KeyStore(client).revoke(self._key_id)
+        except redis.RedisError as exc:  # the run is over either way; say what is left
+            log.warning("could not revoke this run's API key %s: %s", self._key_id, exc)
+        finally:
+            client.close()
+        self._key_id = ""
 
     def _spawn_server(self, service: str, *, fresh_metrics: bool) -> None:
         self._procs[service] = serving.spawn(
@@ -261,6 +318,8 @@ class Stack:
             shutil.rmtree(serving.metrics_dir(self.settings, service, self.ports[service]),
                           ignore_errors=True)
         self._procs.clear()
+        if not (self.private_redis and self._redis is not None):  # a private one goes anyway
+            self._revoke_key()
         if self._redis is not None:
             self._redis.stop()
             self._redis = None

@@ -8,7 +8,6 @@ save a screenshot to /tmp/console/console.png.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import time
@@ -37,13 +36,14 @@ def stack(sim_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     data_dir = tmp_path_factory.mktemp("console") / "data"
     shutil.copytree(sim_data_dir, data_dir)
     # No recommender in this stack: its URL points at a closed port, so it shows as down.
+    # API keys on, as in production: the stack makes a key, the console calls the fraud
+    # service's /v1/model with it, the tests' own calls send it too (``_auth``).
     settings = Settings.from_env({}).with_(data_dir=data_dir, redis_url=None,
-                                           recommender_url="http://127.0.0.1:9")
-    if "auth" in {f.name for f in dataclasses.fields(Settings)}:
-        # API keys off, as for every feature test (tests/conftest.py): no key to send.
-        settings = settings.with_(auth=False)
+                                           recommender_url="http://127.0.0.1:9", auth=True)
     with Stack(settings, ["fraud", "console"], server="granian", workers=1,
                name="console-test", say=lambda _: None) as running:
+        _auth.update(running.auth_headers)
+        assert _auth, "the stack made no key for its clients"
         yield running
 
 
@@ -61,8 +61,11 @@ def bodies(sim_data_dir: Path) -> list[dict[str, Any]]:
     return rows  # type: ignore[no-any-return]
 
 
+_auth: dict[str, str] = {}  # the stack's key, set by the ``stack`` fixture
+
+
 def _score(url: str, bodies: list[dict[str, Any]], batch: int = 50) -> None:
-    with httpx.Client(timeout=30) as client:
+    with httpx.Client(timeout=30, headers=_auth) as client:
         for start in range(0, len(bodies), batch):
             reply = client.post(f"{url}/v1/transactions/score/batch",
                                 json={"transactions": bodies[start:start + batch]})
@@ -202,8 +205,10 @@ def test_page_loads_plots_fill_and_injected_drift_shows(
     wait_for("a FeatureDrift alert on the page", alert_shown, timeout=30)
     live = browser.find_element(By.ID, "alert-list").get_attribute("aria-live")
     assert live == "polite"
-    time.sleep(0.5)  # let the last redraw settle before the screenshot (not an assertion)
+    browser.set_window_size(1440, 2600)  # the whole page in one picture
+    time.sleep(1.0)  # let plots redraw at the new size before the picture (not an assertion)
     browser.save_screenshot(str(SCREENSHOT))
+    browser.set_window_size(1440, 1000)
     assert _js_errors(browser) == []
     alerts = _get(f"{console}/api/alerts")["firing"]
     assert any(a["name"] == "FeatureDrift" and a["labels"]["feature"] == "amount" for a in alerts)

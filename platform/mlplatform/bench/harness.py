@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,9 +94,10 @@ class _Bar:
 
 
 def measure_endpoint(endpoint: Endpoint, host: str, port: int, opts: BenchOptions,
-                     say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Saturation, then half of its peak: one report row."""
-    target = endpoint.target(host, port)
+                     say: Callable[[str], None] = print,
+                     headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Saturation, then half of its peak: one report row (``headers``: the API key)."""
+    target = endpoint.target(host, port, headers)
     bar = _Bar(f"{endpoint.name} saturation", opts.warmup + opts.duration, opts.progress, say)
     try:
         peak = run_load(target, connections=opts.connections, duration=opts.duration,
@@ -174,7 +175,8 @@ def run_bench(settings: Settings, opts: BenchOptions, say: Callable[[str], None]
         say("")
         for endpoint in endpoints:
             _wait_for_idle_workers(stack, say)
-            row = measure_endpoint(endpoint, "127.0.0.1", stack.ports[endpoint.service], opts, say)
+            row = measure_endpoint(endpoint, "127.0.0.1", stack.ports[endpoint.service], opts, say,
+                                   stack.auth_headers)
             rows.append(row)
             dead = [s for s in opts.services if s not in stack.alive()]
             if dead:

@@ -38,7 +38,7 @@ import threading
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,10 +60,11 @@ _NS = 1_000_000_000
 
 
 def build_request(method: str, path: str, host: str, body: bytes | None = None, *,
-                  content_type: str = "application/json") -> bytes:
-    """The raw bytes of one keep-alive HTTP/1.1 request."""
+                  content_type: str = "application/json",
+                  headers: Mapping[str, str] | None = None) -> bytes:
+    """The raw bytes of one keep-alive HTTP/1.1 request (``headers``: an API key...)."""
     lines = [f"{method} {path} HTTP/1.1", f"host: {host}", "user-agent: mlsuite-bench",
-             "accept: application/json"]
+             "accept: application/json", *(f"{k}: {v}" for k, v in (headers or {}).items())]
     if body is not None:
         lines += [f"content-type: {content_type}", f"content-length: {len(body)}"]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
@@ -88,9 +89,11 @@ class Target:
 
     @classmethod
     def of(cls, name: str, host: str, port: int, method: str,
-           paths_and_bodies: Sequence[tuple[str, bytes | None]], items_per_request: int = 1) -> Target:
+           paths_and_bodies: Sequence[tuple[str, bytes | None]], items_per_request: int = 1,
+           headers: Mapping[str, str] | None = None) -> Target:
         host_header = f"{host}:{port}"
-        raw = tuple(build_request(method, p, host_header, b) for p, b in paths_and_bodies)
+        raw = tuple(build_request(method, p, host_header, b, headers=headers)
+                    for p, b in paths_and_bodies)
         if not raw:
             raise ValueError(f"target {name}: no requests to send")
         return cls(name, host, port, raw, items_per_request)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,8 +41,9 @@ class Endpoint:
     items_per_request: int
     requests: tuple[tuple[str, bytes | None], ...]  # (path, body)
 
-    def target(self, host: str, port: int) -> Target:
-        return Target.of(self.name, host, port, self.method, self.requests, self.items_per_request)
+    def target(self, host: str, port: int, headers: Mapping[str, str] | None = None) -> Target:
+        return Target.of(self.name, host, port, self.method, self.requests,
+                         self.items_per_request, headers)
 
 
 def pool_size(n: int) -> int:

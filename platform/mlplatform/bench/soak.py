@@ -50,7 +50,7 @@ def run_soak(settings: Any, *, service: str, endpoint: str, rate: float, seconds
                name="soak", say=say) as stack:
         [target_ep] = [e for e in endpoints_for([service], stack.settings.data_dir)
                        if e.name == endpoint]
-        target = target_ep.target("127.0.0.1", stack.ports[service])
+        target = target_ep.target("127.0.0.1", stack.ports[service], stack.auth_headers)
         client = connect(stack.settings.redis_url or "")
         lake = stack.settings.lake_dir or stack.settings.data_dir / "lake"
         # Warm up (caches, first snapshot), then take the starting point.

@@ -20,13 +20,10 @@ def _context() -> tuple[Any, Any]:
 
     from mlplatform.cli import _settings
     from mlplatform.experiments.store import ExperimentStore
-    from mlplatform.redisdb import EmbeddedRedis, connect
+    from mlplatform.redisdb import connect, services_url
 
     settings = _settings()
-    url = settings.redis_url
-    if not url:
-        url_file = EmbeddedRedis(settings.data_dir).url_file
-        url = url_file.read_text().strip() if url_file.is_file() else ""
+    url = services_url(settings)
     if not url:
         raise click.ClickException(
             "no Redis to read: set MLSUITE_REDIS_URL, or run `mlsuite demo` with the same "

@@ -44,12 +44,9 @@ def _client(settings: Any) -> Any:
     there is none, then only the lake is read."""
     import redis
 
-    from mlplatform.redisdb import EmbeddedRedis, connect
+    from mlplatform.redisdb import connect, services_url
 
-    url = settings.redis_url
-    if not url:
-        url_file = EmbeddedRedis(settings.data_dir).url_file
-        url = url_file.read_text().strip() if url_file.is_file() else ""
+    url = services_url(settings)
     if not url:
         return None
     client = connect(url, socket_timeout=5.0)

@@ -26,6 +26,7 @@ from mlplatform.config import Settings
 from mlplatform.monitoring.alerts import Alert, Notifier, Reading, evaluate
 from mlplatform.monitoring.history import History
 from mlplatform.monitoring.scrape import Scrape, buckets, label_is, parse, quantile, total
+from mlplatform.security.keys import bearer
 
 __all__ = ["Collector", "SERVICES", "readings"]
 
@@ -49,9 +50,7 @@ class Collector:
         self.history = History(maxlen=max(30, int(300 / interval)))
         # /metrics is open; /v1/model needs a key (scopes score, recommend) when the
         # services check keys: the console's own, if one is configured.
-        key = getattr(settings, "console_api_key", None)
-        self.http = httpx.Client(timeout=timeout,
-                                 headers={"Authorization": f"Bearer {key}"} if key else None)
+        self.http = httpx.Client(timeout=timeout, headers=bearer(settings.api_key))
         self.models: dict[str, dict[str, Any]] = {}
         self.drift: dict[str, dict[str, Any]] = {}
         self.redis: dict[str, Any] = {"up": None}

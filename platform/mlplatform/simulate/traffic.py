@@ -70,24 +70,27 @@ class TrafficConfig:
     threads: int = 8
     seed: int = 42
     progress: bool = True
+    api_key: str | None = None  # sent as "Authorization: Bearer <key>"
 
 
 class _Http:
     """A keep-alive HTTP/1.1 connection per thread to one base URL (stdlib only)."""
 
-    def __init__(self, base_url: str, timeout: float = 10.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 10.0, api_key: str | None = None) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "http" or not parts.hostname:
             raise MLSuiteError(f"service URL must look like http://host:port, got {base_url!r}")
         self.host, self.port = parts.hostname, parts.port or 80
         self.prefix = parts.path.rstrip("/")
         self.timeout = timeout
+        self.auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._local = threading.local()
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """(status, parsed JSON or None); one retry on a dropped keep-alive connection."""
         payload = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if payload is not None else {}
+        headers.update(self.auth)
         for attempt in (0, 1):
             conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
             if conn is None:
@@ -316,13 +319,13 @@ def run_traffic(config: TrafficConfig, say: Callable[[str], None] = print) -> Tr
         raise MLSuiteError(f"{shop_dir / 'world.npz'} not found: the shoppers need the "
                            "simulated shop the recommender was trained on (`mlsuite simulate`)")
     world = ShopWorld.load(shop_dir)
-    rec = _Http(config.recommender_url)
+    rec = _Http(config.recommender_url, api_key=config.api_key)
     _check(rec, "the recommender")
     result, lock = TrafficResult(), threading.Lock()
     shoppers = Shoppers(world, _prices(config.data_dir), rec, config.n, result, lock)
     payments = None
     if config.fraud_url and config.payments_rate > 0:
-        fraud = _Http(config.fraud_url)
+        fraud = _Http(config.fraud_url, api_key=config.api_key)
         _check(fraud, "the fraud service")
         payments = Payments(_transactions(config.data_dir, config.seed), fraud, result, lock)
     _, model = rec.request("GET", "/v1/model")
