@@ -210,9 +210,15 @@ async def _score(info: Info, transaction: TransactionInput) -> Decision:
 @strawberry.type
 class Subscription:
     @strawberry.subscription(description="Fraud decisions as they are made (every replica's), "
-                                         "those scoring at least minScore.")
+                                         "those scoring at least minScore. Needs the "
+                                         "fraud service's review scope.")
     async def decisions(self, info: Info, min_score: float = 0.0
                         ) -> AsyncGenerator[Decision, None]:
+        # The stream is read here, not through the service: ask the service first whether
+        # the caller's key may see decisions (its review queue's scope), so its keys and
+        # scopes decide, as for every other field.
+        await info.context.loaders.call("fraud", "GET", "/v1/reviews", endpoint="/v1/reviews",
+                                        params={"limit": 1})
         async with _tails(info).subscribe(decisions_stream()) as queue:
             while True:
                 _, fields = await queue.get()

@@ -131,7 +131,8 @@ def decision_of(raw: dict[str, Any]) -> Decision:
                       feature=r.get("feature"), value=_number(r.get("value")),
                       rule=r.get("rule")) for r in raw.get("reasons", [])]
     return Decision(transaction_id=strawberry.ID(raw["transaction_id"]),
-                    score=float(raw["score"]), decision=raw["decision"], reasons=reasons,
+                    score=round(float(raw["score"]), 6),  # as the REST answer (the record is exact)
+                    decision=raw["decision"], reasons=reasons,
                     model_version=str(raw["model_version"]),
                     model_labels=int(raw.get("model_labels", 0)),
                     duplicate=bool(raw.get("duplicate", False)))
