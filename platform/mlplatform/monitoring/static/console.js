@@ -46,13 +46,27 @@
     }
   }
 
+  // One line per alert, except that drifted features of a service share one line (the
+  // names listed under it): twenty drifted features should not push everything off screen.
   function renderAlerts(a) {
     const el = document.getElementById("alert-list");
-    const html = a.firing.length ? a.firing.map((x) =>
-      `<div class="alert ${esc(x.severity)}" role="alert"><strong>${esc(x.name)}</strong> ` +
-      `<span class="muted">(${esc(x.severity)})</span>: ${esc(x.summary)}</div>`).join("")
-      : "<p>No alert firing.</p>";
-    if (el.innerHTML !== html) el.innerHTML = html;  // aria-live announces changes only
+    const lines = [];
+    const drift = {};
+    for (const x of a.firing) {
+      if (x.name === "FeatureDrift") (drift[x.labels.service] = drift[x.labels.service] || []).push(x);
+      else lines.push(`<div class="alert ${esc(x.severity)}"><strong>${esc(x.name)}</strong> ` +
+        `<span class="muted">(${esc(x.severity)})</span>: ${esc(x.summary)}</div>`);
+    }
+    for (const [svc, xs] of Object.entries(drift)) {
+      const names = xs.map((x) => x.labels.feature);
+      lines.push(`<div class="alert warning"><strong>FeatureDrift</strong> <span class="muted">(warning)</span>: ` +
+        `${esc(svc)}: ${names.length} input feature${names.length > 1 ? "s" : ""} drifted: ` +
+        `${esc(names.slice(0, 6).join(", "))}${names.length > 6 ? ", …" : ""}` +
+        (names.length > 6 ? `<details><summary>all ${names.length}</summary>${esc(names.join(", "))}</details>` : "") +
+        "</div>");
+    }
+    const html = lines.length ? lines.join("") : "<p>No alert firing.</p>";
+    if (el.dataset.html !== html) { el.innerHTML = html; el.dataset.html = html; }  // aria-live: changes only
   }
 
   function renderServices(services, redis) {
