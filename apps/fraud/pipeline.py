@@ -29,8 +29,9 @@ import pandas as pd
 from fraud.config import FraudConfig
 from fraud.models import Artifact, OnlineLinear, feature_names_of, fit_model, make_model
 from fraud.thresholds import choose_thresholds
+from fraud.training import drift_reference, load_dataset
 from fraud.training import evaluate as score_metrics
-from fraud.training import load_dataset
+from mlplatform.monitoring.reference import with_reference
 from mlplatform.pipeline import (
     Candidate,
     ColumnRule,
@@ -243,7 +244,10 @@ class FraudPipeline:
             for x, y in zip(xs[cut:], ys[cut:]):
                 model.learn_one(x, bool(y))
         artifact = Artifact(model, thresholds)
-        return Candidate(artifact, artifact.save, {
+        # The candidate carries its drift reference, as `fraud train` writes it: once
+        # promoted, live traffic is compared with what this version learned from.
+        reference = drift_reference(xs, self.config, served=True)
+        return Candidate(artifact, with_reference(artifact.save, reference), {
             "kind": model.kind, **model.params, "rows": len(rows), "train_rows": cut,
             "validation_rows": len(rows) - cut, "features": list(names),
             "thresholds": thresholds.to_dict(), "learned": model.n_learned})

@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 MODULES = ["config", "schema", "velocity", "features", "models", "predictors", "thresholds",
-           "drift", "bench"]
+           "drift", "bench", "business"]
 
 
 @pytest.mark.parametrize("name", MODULES)
