@@ -40,7 +40,7 @@ from mlplatform.http import (
     json_body,
     query_bool,
 )
-from mlplatform.security import requires
+from mlplatform.security import may, requires
 
 __all__ = ["create_app", "get_service"]
 
@@ -142,7 +142,10 @@ def model() -> Any:
     service = get_service()
     if query_bool("sync", False):
         service.model.sync()
-    return jsonify(service.model_info())
+    info = service.model_info()
+    if not may("admin"):  # thresholds tell a fraudster how high a score may go: operators only
+        del info["thresholds"]
+    return jsonify(info)
 
 
 @bp.put("/v1/cards/<card_id>")

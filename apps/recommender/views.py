@@ -29,7 +29,7 @@ from mlplatform.http import (
     query_str,
     request_id,
 )
-from mlplatform.security import requires
+from mlplatform.security import may, requires
 from recommender.attribution import ExposureLog
 from recommender.data import EVENT_TYPES
 from recommender.engine import Engine, ServingModel, UserRecommendations
@@ -219,7 +219,10 @@ def put_user(user_id: str) -> tuple[Response, int]:
 @bp.get("/model")
 @requires("recommend")
 def model_info() -> Response:
-    return jsonify(get_engine().describe())
+    info = get_engine().describe()
+    if info.get("experiment") and not may("admin"):  # the salt would let a client pick its variant
+        info["experiment"] = {k: v for k, v in info["experiment"].items() if k != "salt"}
+    return jsonify(info)
 
 
 # -- parsing helpers ---------------------------------------------------------------------

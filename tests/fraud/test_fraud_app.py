@@ -263,3 +263,24 @@ def test_feast_down_scores_without_profiles_instead_of_failing(
     features = json.loads(record)["features"]
     assert features["card_profile_missing"] == 1.0 and features["merchant_profile_missing"] == 1.0
     assert app.test_client().get("/readyz").get_json()["checks"]["feast"]["ok"] is False
+
+
+def test_with_keys_on_scopes_guard_each_endpoint_and_thresholds_are_for_admins(
+        make_app: Callable[..., Flask], fraud_settings: Settings, redis_client: Any,
+        tx: Callable[..., dict[str, Any]]) -> None:
+    from mlplatform.security import KeyStore
+    from mlplatform.security.keys import bearer
+
+    client = make_app(fraud_settings.with_(auth=True)).test_client()
+    store = KeyStore(redis_client)
+    scorer, _ = store.create("checkout", ("score",))
+    admin, _ = store.create("ops", ("admin",))
+    assert client.post("/v1/transactions/score", json=tx(1)).status_code == 401
+    assert client.post("/v1/transactions/score", json=tx(1), headers=bearer(scorer)).status_code == 200
+    for method, path, scope in [("post", "/v1/labels", "label"), ("get", "/v1/reviews", "review"),
+                                ("get", "/v1/lists", "lists"), ("put", "/v1/cards/c1", "admin")]:
+        response = getattr(client, method)(path, json={}, headers=bearer(scorer))
+        assert response.status_code == 403, path
+        assert response.get_json()["error"]["details"]["scope"] == scope
+    assert "thresholds" not in client.get("/v1/model", headers=bearer(scorer)).get_json()
+    assert "review" in client.get("/v1/model", headers=bearer(admin)).get_json()["thresholds"]

@@ -346,3 +346,19 @@ def test_promoting_a_version_swaps_without_a_failed_request(
     assert set(statuses) == {200}, f"failed requests during the swap: {set(statuses)}"
     assert "recommender:v1" in labels and labels[-1] == "recommender:v2"
     assert client.get("/v1/model").json["variants"] == ["als", "popularity"]
+
+
+def test_with_keys_on_the_experiment_salt_is_for_admins(
+        make_app: Callable[..., Flask], served_settings: Settings, redis_client: Any) -> None:
+    from mlplatform.security import KeyStore
+    from mlplatform.security.keys import bearer
+
+    client = make_app(served_settings.with_(auth=True)).test_client()
+    store = KeyStore(redis_client)
+    shop, _ = store.create("shop", ("recommend",))
+    admin, _ = store.create("ops", ("admin",))
+    assert client.get("/v1/model").status_code == 401
+    seen = client.get("/v1/model", headers=bearer(shop)).get_json()["experiment"]
+    assert "salt" not in seen and seen["weights"]  # a client must not pick its variant
+    assert client.get("/v1/model", headers=bearer(admin)).get_json()["experiment"]["salt"]
+    assert client.post("/v1/events", json={}, headers=bearer(shop)).status_code == 403

@@ -4,7 +4,7 @@ Keys live hashed in Redis (every replica sees them); a request sends
 ``Authorization: Bearer <key>``; a view declares the scope it needs with ``@requires``.
 """
 
-from mlplatform.security.auth import init_app, requires
+from mlplatform.security.auth import init_app, may, requires
 from mlplatform.security.keys import SCOPES, ApiKey, KeyStore
 
-__all__ = ["SCOPES", "ApiKey", "KeyStore", "init_app", "requires"]
+__all__ = ["SCOPES", "ApiKey", "KeyStore", "init_app", "may", "requires"]

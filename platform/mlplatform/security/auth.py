@@ -15,14 +15,14 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
-from flask import Flask, request
+from flask import Flask, current_app, request
 
 from mlplatform.config import Settings
 from mlplatform.errors import Forbidden, TooManyRequests, Unauthorized, Unavailable
 from mlplatform.security.keys import SCOPES, KeyStore
 from mlplatform.security.ratelimit import RateLimiter, retry_after
 
-__all__ = ["init_app", "requires", "current_key_id"]
+__all__ = ["init_app", "requires", "current_key_id", "may"]
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,9 +47,19 @@ def current_key_id() -> str:
     return request.environ.get("mlsuite.key_id", "")  # type: ignore[no-any-return]
 
 
+def may(scope: str) -> bool:
+    """Whether the current request's key has ``scope``: for views that show more to some
+    keys (salts and thresholds to ``admin``). True when API keys are off."""
+    if not current_app.extensions.get("mlsuite.auth", False):
+        return True
+    record = request.environ.get("mlsuite.key")
+    return record is not None and bool(record.allows(scope))
+
+
 def init_app(app: Flask, settings: Settings, redis_client: Any) -> None:
     """Check keys on every request of ``app`` (unless ``settings.auth`` is off)."""
     service = app.extensions.get("mlsuite.service", app.name)
+    app.extensions["mlsuite.auth"] = settings.auth
     if not settings.auth:
         log.warning("%s: MLSUITE_AUTH=off: every endpoint is open to anyone who can reach it "
                     "(local work only)", service)
@@ -97,6 +107,7 @@ def init_app(app: Flask, settings: Settings, redis_client: Any) -> None:
         if record is None:
             raise Unauthorized("the API key is not valid (unknown or revoked)")
         request.environ["mlsuite.key_id"] = record.id
+        request.environ["mlsuite.key"] = record
         if not record.allows(scope):
             raise Forbidden(f"the API key {record.id!r} lacks the scope {scope!r} that this "
                             f"endpoint needs", field="scope", details={"scope": scope})
