@@ -177,6 +177,13 @@ def render(config: GatewayConfig) -> str:
         f"    timeout check {_ms(max(config.check_interval, 1.0))}",
         # Each retry goes to another server (redispatch 1), with no turn-around delay:
         # a dead replica refuses at once, the next one answers.
+        # The whole request body is read before a server is chosen: a request can only
+        # be replayed from HAProxy's buffer once all of it is there (a client that sends
+        # headers and body in two writes was otherwise never retried), and a slow client
+        # holds no replica's worker. A body larger than the buffer (tune.bufsize, 16 kB:
+        # a score batch of more than about 50 transactions) is streamed instead, and then
+        # only retried when the connection failed.
+        "    option http-buffer-request",
         f"    retries {config.retries}",
         "    option redispatch 1",
         "    retry-on conn-failure empty-response response-timeout",
@@ -221,7 +228,8 @@ def render(config: GatewayConfig) -> str:
     for name in PREFIXED:
         if config.pools.get(name):
             routes.append(f"/{name}/")
-            acls.append(f"    acl to_{name} path /{name} or path_beg /{name}/")
+            # Two lines of one name are ORed (an "or" inside one line would be a pattern).
+            acls += [f"    acl to_{name} path /{name}", f"    acl to_{name} path_beg /{name}/"]
             uses.append(f"    use_backend {name} if to_{name}")
     if config.pools.get("graphql"):
         routes.append("/graphql")
