@@ -417,3 +417,9 @@ def test_a_killed_replica_costs_no_request_and_takes_traffic_again_once_back(
     assert load.count(killed_at, back_at) >= RATE * 2, report
     assert during == [], f"{report}: {during[:5]}"
     assert load.failures() == [], load.failures()[:5]
+    # What an operator reads: both replicas up, each sent requests.
+    result = CliRunner().invoke(gateway, ["stats", "--socket", str(scale.stats_socket), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["server"]: r for r in json.loads(result.output)}
+    assert {n: (r["status"], r["sessions"] > 20) for n, r in rows.items()} == {
+        "fraud-1": ("UP", True), "fraud-2": ("UP", True)}

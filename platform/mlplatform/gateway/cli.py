@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -104,6 +105,31 @@ def gateway_config(port: int, host: str | None, recommender: tuple[str, ...],
         out.write_text(text)
         click.echo(f"gateway: configuration written to {out}"
                    f"{' (haproxy -c: valid)' if check else ''}", err=True)
+
+
+@gateway.command("stats")
+@click.option("--socket", "socket_path", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The gateway's stats socket (`mlsuite up` prints it).")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+def gateway_stats(socket_path: Path, as_json: bool) -> None:
+    """Each replica as HAProxy sees it: state, requests sent, retries, redispatches."""
+    from dataclasses import asdict
+
+    from mlplatform.gateway.stats import show_stat
+
+    try:
+        rows = list(show_stat(socket_path).values())
+    except OSError as exc:
+        raise click.ClickException(f"cannot read the stats socket {socket_path}: {exc}") from None
+    if as_json:
+        click.echo(json.dumps([asdict(r) for r in rows], indent=2))
+        return
+    click.echo(f"{'pool':<12} {'server':<16} {'status':<10} {'sessions':>9} {'retries':>8} "
+               f"{'redisp':>7}")
+    for r in rows:
+        click.echo(f"{r.pool:<12} {r.server:<16} {r.status:<10} {r.sessions:>9} "
+                   f"{r.retries:>8} {r.redispatches:>7}")
 
 
 @click.command()

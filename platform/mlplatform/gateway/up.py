@@ -213,7 +213,8 @@ class ScaleOut:
         check_port_free(self.host, self.gateway_port)
         self._gateway_proc = spawn_haproxy(path, self.haproxy)
         self._wait_gateway()
-        self.say(f"gateway: {self.gateway_url} (HAProxy; config {path})")
+        self.say(f"gateway: {self.gateway_url} (HAProxy; config {path}, stats socket "
+                 f"{self.stats_socket}: mlsuite gateway stats --socket {self.stats_socket})")
 
     def _wait_gateway(self, timeout: float = 30.0) -> None:
         """Until HAProxy answers and sees every server up."""
