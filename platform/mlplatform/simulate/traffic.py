@@ -236,7 +236,7 @@ class Payments:
             row = dict(self.rows[self.cursor % len(self.rows)])
             self.cursor += 1
         is_fraud = bool(row.pop("is_fraud"))
-        tx_id = f"sim-{self.run_id}-{uuid.UUID(int=int(rng.integers(1 << 62))).hex[:16]}"
+        tx_id = f"sim-{self.run_id}-{int(rng.integers(1 << 62)):016x}"
         body = {"transaction_id": tx_id, "timestamp": _now_iso(),
                 **{k: v for k, v in row.items() if v is not None}}
         status, answer = self.http.request("POST", "/v1/transactions/score", body)
