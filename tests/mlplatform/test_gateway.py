@@ -423,3 +423,12 @@ def test_a_killed_replica_costs_no_request_and_takes_traffic_again_once_back(
     rows = {r["server"]: r for r in json.loads(result.output)}
     assert {n: (r["status"], r["sessions"] > 20) for n, r in rows.items()} == {
         "fraud-1": ("UP", True), "fraud-2": ("UP", True)}
+
+
+@pytest.mark.parametrize("module", ["mlplatform.gateway.haproxy", "mlplatform.gateway.stats"])
+def test_doctests(module: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0, module
