@@ -107,8 +107,10 @@ class ServerProcess(subprocess.Popen[bytes]):
 def _popen(cmd: list[str], env: dict[str, str]) -> ServerProcess:
     # The child dies with us (SIGTERM), even when we are SIGKILLed. The signal is tied
     # to the thread that forks: start servers from a thread that lives as long as they do.
+    # Its own process group: a terminal's Ctrl-C reaches only us, and we stop the
+    # children in order (workers, then servers, then Redis) instead of all at once.
     parent = os.getpid()
-    return ServerProcess(cmd, env=env,
+    return ServerProcess(cmd, env=env, process_group=0,
                          preexec_fn=lambda: lifecycle.preexec_die_with_parent(parent))
 
 
