@@ -34,6 +34,8 @@ _LAZY = {
     "monitor": EntryPoint("monitor", "mlplatform.monitoring.cli:monitor", "mlsuite.lazy"),
     "backup": EntryPoint("backup", "mlplatform.backup_cli:backup", "mlsuite.lazy"),
     "keys": EntryPoint("keys", "mlplatform.security.cli:keys", "mlsuite.lazy"),
+    "gateway": EntryPoint("gateway", "mlplatform.gateway.cli:gateway", "mlsuite.lazy"),
+    "up": EntryPoint("up", "mlplatform.gateway.cli:up", "mlsuite.lazy"),
 }
 
 

@@ -47,7 +47,7 @@ def _scopes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str
 
 @click.group()
 def keys() -> None:
-    """API keys: clients send ``Authorization: Bearer <key>``.
+    """API keys: create, list and revoke the keys clients send as a Bearer token.
 
     Scopes: recommend, events, catalogue (recommender); score, label, review, lists
     (fraud); admin (everything, and the details only operators see: salts, thresholds).

@@ -186,12 +186,13 @@ def run_key(client: redis.Redis, name: str, *, enabled: bool = True) -> Iterator
 
 
 def local_key(settings: Any) -> str | None:
-    """The key a command-line client sends: MLSUITE_API_KEY, else the running demo's
-    (``<data_dir>/run/demo/api-key``), else None."""
+    """The key a command-line client sends: MLSUITE_API_KEY, else the key of a demo or
+    ``mlsuite up`` running on this data folder (``<data_dir>/run/<run>/api-key``), else None."""
     if settings.api_key:
         return str(settings.api_key)
-    path = Path(settings.data_dir) / "run" / "demo" / KEY_FILE
-    try:
-        return path.read_text().strip() or None
-    except OSError:
-        return None
+    for run in ("demo", "up"):
+        try:
+            return (Path(settings.data_dir) / "run" / run / KEY_FILE).read_text().strip() or None
+        except OSError:
+            continue
+    return None
