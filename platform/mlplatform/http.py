@@ -8,29 +8,40 @@ turns every error, expected or not, into one JSON shape::
                "request_id": "..."}}
 
 No response ever carries a traceback; unexpected errors are logged with the request id.
+A dependency that fails (Redis, Feast) is named in the body and in ``/readyz``
+(``"dependency": "redis"``), never described by its driver's message, which carries
+hosts, ports and socket paths: that goes to the log. ``/readyz`` answers 503 only when
+the replica itself cannot serve (no model); a shared dependency that is down makes it
+``"degraded"`` (200, ``"degraded": ["redis"]``): every replica sees the same outage, and
+taking them all out of the gateway would turn the answers they can still give
+(recommendations, fail-open scores, a 503 naming the dependency) into the gateway's
+bare 503.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
 
 import redis
 from flask import Flask, Response, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from mlplatform import jsonio, lifecycle, metrics, security
 from mlplatform.config import Settings, get_settings
-from mlplatform.errors import APIError, BadRequest, Unavailable
+from mlplatform.errors import APIError, BadRequest, MLSuiteError, Unavailable
 from mlplatform.jsonio import MsgspecProvider
 from mlplatform.redisdb import connect, ping
 
 __all__ = [
     "create_service_app",
     "add_readiness_check",
+    "public_message",
     "get_redis",
     "get_settings_of",
     "json_body",
@@ -42,7 +53,23 @@ __all__ = [
     "ID_PATTERN",
 ]
 
+log = logging.getLogger(__name__)
+
 ReadinessCheck = Callable[[], "str | None"]
+# Readiness checks of shared dependencies: when one fails the replica is degraded, not
+# unready (see the module docstring).
+DEPENDENCIES = ("redis", "feast")
+# An oversized body is read and thrown away before its 413 is sent, up to this much
+# (and this long): a server that answers and closes with unread bytes in its socket makes
+# the kernel reset the connection, and a client that sends its whole body first then sees
+# a reset, not the 413. Past the bound the 413 goes out with "Connection: close".
+DRAIN_MIN_BYTES = 8 * 1024 * 1024
+DRAIN_FACTOR = 8  # times the limit, when that is more than DRAIN_MIN_BYTES
+DRAIN_SECONDS = 5.0
+_DRAIN_CHUNK = 64 * 1024
+# Errors whose text describes a connection (host, port, socket path, file): the client
+# gets the dependency's name, the log gets the text.
+_DRIVER_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError, sqlite3.Error)
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _TRUE = {"1", "true", "yes", "on"}
@@ -76,8 +103,45 @@ def create_service_app(name: str, settings: Settings | None = None,
 
 
 def add_readiness_check(app: Flask, name: str, check: ReadinessCheck) -> None:
-    """Register a check for /readyz: it raises (or returns a string) when not ready."""
+    """Register a check for /readyz: it raises when not ready (or returns a detail).
+
+    A check named after a shared dependency (``DEPENDENCIES``: redis, feast) that fails
+    makes the replica degraded (200); any other failing check makes it unready (503)."""
     app.extensions["mlsuite.readiness"][name] = check
+
+
+def public_message(exc: BaseException) -> str:
+    """What a client may read of ``exc``: its message, unless it came from a driver's
+    error (hosts, ports, paths: logged instead), then only the dependency's name.
+
+    >>> public_message(Unavailable("redis is unreachable: Error 111 connecting to "
+    ...                            "10.0.0.5:6379", dependency="redis"))
+    'redis is unreachable: Error 111 connecting to 10.0.0.5:6379'
+    >>> try:
+    ...     try:
+    ...         raise ConnectionRefusedError("10.0.0.5:6379")
+    ...     except OSError as e:
+    ...         raise Unavailable(f"redis is unreachable: {e}", dependency="redis") from e
+    ... except Unavailable as u:
+    ...     public_message(u)
+    'redis is unavailable'
+    >>> public_message(RuntimeError("no production model"))
+    'RuntimeError: no production model'
+    >>> public_message(redis.ConnectionError("Error 2 connecting to /run/redis.sock"))
+    'redis is unavailable'
+    """
+    if isinstance(exc, Unavailable):
+        cause = exc.__cause__
+        if cause is not None and not isinstance(cause, MLSuiteError):
+            return f"{exc.dependency} is unavailable"
+        return exc.message
+    if isinstance(exc, APIError):
+        return exc.message
+    if isinstance(exc, redis.RedisError):
+        return "redis is unavailable"
+    if isinstance(exc, _DRIVER_ERRORS):
+        return f"{type(exc).__name__} (details in the service log)"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def get_settings_of(app: Flask | None = None) -> Settings:
@@ -169,6 +233,12 @@ def _init_request_hooks(app: Flask, service: str) -> None:
         rid = environ.get("HTTP_X_REQUEST_ID", "")
         environ["mlsuite.request_id"] = rid if rid and _REQUEST_ID.match(rid) else os.urandom(16).hex()
         environ["mlsuite.started"] = time.perf_counter()
+        # Declared too large: 413 now, on every path, before a key is looked up or a
+        # view runs (Werkzeug would only say so when a view reads the body).
+        length = request.content_length
+        limit = app.config.get("MAX_CONTENT_LENGTH")
+        if limit is not None and length is not None and length > limit:
+            raise RequestEntityTooLarge()
 
     @app.after_request
     def _finish(response: Response) -> Response:
@@ -211,8 +281,10 @@ def _init_error_handlers(app: Flask) -> None:
     @app.errorhandler(APIError)
     def _api_error(exc: APIError) -> Response:
         if exc.status >= 500:
-            app.logger.warning("request %s: %s", request_id(), exc.message)
-        response = _error_response(exc.status, exc.to_dict())
+            app.logger.warning("request %s: %s", request_id(), _log_text(exc))
+        body = exc.to_dict()
+        body["message"] = public_message(exc)
+        response = _error_response(exc.status, body)
         if isinstance(exc, Unavailable):
             response.headers["Retry-After"] = str(exc.retry_after)
         response.headers.update(exc.headers)
@@ -223,9 +295,11 @@ def _init_error_handlers(app: Flask) -> None:
         status = exc.code or 500
         code = (exc.name or "error").lower().replace(" ", "_")
         message = exc.description or exc.name
+        drained = True
         if status == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")
             message = f"request body exceeds the limit of {limit} bytes"
+            drained = _drain_body(request.environ, int(limit or 0))
         elif status == 405:
             message = f"method {request.method} is not allowed on {request.path}"
         elif status == 404:
@@ -234,6 +308,8 @@ def _init_error_handlers(app: Flask) -> None:
         allowed = getattr(exc, "valid_methods", None)
         if status == 405 and allowed:
             response.headers["Allow"] = ", ".join(allowed)
+        if not drained:  # unread bytes remain: this connection cannot carry another request
+            response.headers["Connection"] = "close"
         return response
 
     @app.errorhandler(redis.RedisError)
@@ -241,7 +317,7 @@ def _init_error_handlers(app: Flask) -> None:
         app.logger.warning("request %s: redis error: %s", request_id(), exc)
         response = _error_response(503, {
             "code": "unavailable",
-            "message": f"redis is unavailable: {type(exc).__name__}",
+            "message": "redis is unavailable",
             "details": {"dependency": "redis", "retryable": True},
         })
         response.headers["Retry-After"] = "1"
@@ -262,25 +338,70 @@ def _init_ops_routes(app: Flask, service: str) -> None:
     def healthz() -> Response:
         return jsonify({"status": "alive", "service": service, "pid": os.getpid()})
 
+    last_failure: dict[str, str] = {}  # check -> what was logged, once per change
+
     @app.get("/readyz")
     def readyz() -> tuple[Response, int]:
         checks: dict[str, dict[str, Any]] = {}
         ready = True
+        degraded: list[str] = []
         for name, check in app.extensions["mlsuite.readiness"].items():
             try:
                 detail = check()
                 checks[name] = {"ok": True, "detail": detail or "ok"}
+                last_failure.pop(name, None)
             except Exception as exc:  # a failed check is a report, not a crash
-                ready = False
-                message = exc.message if isinstance(exc, APIError) else f"{type(exc).__name__}: {exc}"
-                checks[name] = {"ok": False, "detail": message}
+                full = _log_text(exc)
+                if last_failure.get(name) != full:  # probes come every second or two
+                    last_failure[name] = full
+                    log.warning("%s: readiness check %s failed: %s", service, name, full)
+                checks[name] = {"ok": False, "detail": public_message(exc)}
+                if name in DEPENDENCIES:
+                    degraded.append(name)
+                else:
+                    ready = False
         # "instance": which server start answers, so a supervisor never takes a server
         # left over on the port for the one it just started.
-        body = {"status": "ready" if ready else "not_ready", "service": service,
-                "instance": lifecycle.instance(), "checks": checks}
+        status = "not_ready" if not ready else "degraded" if degraded else "ready"
+        body = {"status": status, "service": service, "instance": lifecycle.instance(),
+                "degraded": degraded, "checks": checks}
         return jsonify(body), 200 if ready else 503
 
     @app.get("/metrics")
     def metrics_endpoint() -> Response:
         payload, content_type = metrics.render()
         return Response(payload, content_type=content_type)
+
+
+def _log_text(exc: BaseException) -> str:
+    """``exc`` for the log: its message, and its cause's when that says more."""
+    text, cause = str(exc), exc.__cause__
+    return f"{text} ({cause})" if cause is not None and str(cause) not in text else text
+
+
+def _drain_body(environ: dict[str, Any], limit: int) -> bool:
+    """Read and discard what is left of an oversized request body (see DRAIN_MIN_BYTES);
+    whether all of it was read."""
+    stream = environ.get("wsgi.input")
+    if stream is None:
+        return True
+    try:
+        length: int | None = int(environ.get("CONTENT_LENGTH") or "")
+    except ValueError:
+        length = None  # chunked: read to its end
+    cap = max(DRAIN_MIN_BYTES, DRAIN_FACTOR * limit)
+    if length is not None and length > cap:
+        return False
+    budget = cap if length is None else length
+    deadline = time.monotonic() + DRAIN_SECONDS
+    try:
+        while budget > 0:
+            chunk = stream.read(min(_DRAIN_CHUNK, budget))
+            if not chunk:
+                return True
+            budget -= len(chunk)
+            if time.monotonic() > deadline:
+                return False
+    except (OSError, ValueError):  # the client went away: nothing left to protect
+        return False
+    return length is not None

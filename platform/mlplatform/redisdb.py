@@ -24,7 +24,8 @@ import redis
 
 from mlplatform.errors import ConfigError, Unavailable
 
-__all__ = ["connect", "EmbeddedRedis", "redis_server_binary", "free_port", "ping", "services_url"]
+__all__ = ["connect", "EmbeddedRedis", "redis_server_binary", "free_port", "ping", "services_url",
+           "redact_url"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,38 @@ def services_url(settings: Any) -> str:
         return str(settings.redis_url)
     url_file = EmbeddedRedis(settings.data_dir).url_file
     return url_file.read_text().strip() if url_file.is_file() else ""
+
+
+def redact_url(url: str | None) -> str:
+    """``url`` fit for a message or a log: its password (user info or ``?password=``)
+    replaced by ``***``; the host, port and database stay, they say which server.
+
+    >>> redact_url("redis://:s3cret@cache.internal:6379/0")
+    'redis://:***@cache.internal:6379/0'
+    >>> redact_url("rediss://app:s3cret@cache:6380/1?password=s3cret&ssl_cert_reqs=none")
+    'rediss://app:***@cache:6380/1?password=***&ssl_cert_reqs=none'
+    >>> redact_url("redis://cache:6379/0"), redact_url("unix:///run/redis.sock?db=0")
+    ('redis://cache:6379/0', 'unix:///run/redis.sock?db=0')
+    >>> redact_url("not a url :pw@"), redact_url(None)
+    ('not a url :***@', '')
+    """
+    if not url:
+        return ""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    # The user info ends at the last "@" before the path: a password may hold "@" or "/".
+    path_at = rest.find("/", rest.rfind("@") + 1)
+    netloc, tail = (rest, "") if path_at < 0 else (rest[:path_at], rest[path_at:])
+    userinfo, at, host = netloc.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if colon else f"***@{host}"
+    path, q, query = tail.partition("?")
+    if q:
+        query = "&".join("password=***" if part.lower().startswith("password=") else part
+                         for part in query.split("&"))
+    return f"{scheme}{sep}{netloc}{path}{q}{query}"
 
 
 def ping(client: redis.Redis) -> None:
