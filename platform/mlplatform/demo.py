@@ -38,8 +38,11 @@ def run_demo(settings: Settings, services: list[str]) -> int:
 
     ports = {"recommender": settings.recommender_port, "fraud": settings.fraud_port,
              "console": settings.console_port, "graphql": settings.graphql_port}
+    # GraphQL only relays to the services: one process is plenty for a laptop, and it
+    # starts faster.
     stack = Stack(settings, services, server=settings.server, workers=settings.workers,
-                  name="demo", ports=ports, private_redis=False, say=log.info)
+                  name="demo", ports=ports, private_redis=False, say=log.info,
+                  workers_for={"graphql": 1})
     try:
         with sigterm_interrupts():
             urls = stack.start()

@@ -104,6 +104,12 @@ class ServerProcess(subprocess.Popen[bytes]):
     reports_instance: bool = False
 
 
+# Services that run one request worker whatever is asked: the console's collector
+# scrapes, evaluates alerts and posts the webhook from its process, so two would
+# double every scrape and every alert notification.
+SINGLE_PROCESS = frozenset({"console"})
+
+
 def _popen(cmd: list[str], env: dict[str, str]) -> ServerProcess:
     # The child dies with us (SIGTERM), even when we are SIGKILLed. The signal is tied
     # to the thread that forks: start servers from a thread that lives as long as they do.
@@ -123,6 +129,10 @@ def spawn(service: str, settings: Settings, *, port: int, workers: int, server: 
     go on from where the dead server left them, as across a worker respawn.
     """
     lifecycle.check_port_free(settings.host, port)
+    if service in SINGLE_PROCESS and workers != 1:
+        log.info("%s runs one worker process (asked for %d): its collector is per process",
+                 service, workers)
+        workers = 1
     prom_dir = metrics_dir(settings, service, port)
     if fresh_metrics:  # values of an earlier run would be summed in
         shutil.rmtree(prom_dir, ignore_errors=True)

@@ -49,7 +49,8 @@ class Stack:
     def __init__(self, settings: Settings, services: Sequence[str], *, server: str, workers: int,
                  name: str = "bench", say: Callable[[str], None] = print,
                  ports: Mapping[str, int] | None = None, private_redis: bool = True,
-                 background: bool = True, restart: bool = False, client_key: bool = True) -> None:
+                 background: bool = True, restart: bool = False, client_key: bool = True,
+                 workers_for: Mapping[str, int] | None = None) -> None:
         for service in services:
             serving.service_target(service)  # unknown names fail before any work
         # Measurements stay on loopback; demo and serve keep the configured address.
@@ -59,6 +60,9 @@ class Stack:
         self.services = list(services)
         self.server = server
         self.workers = workers
+        # Request workers per service where it differs from ``workers``; the console always
+        # runs one (each of its processes scrapes and alerts on its own).
+        self.workers_for = {**(workers_for or {}), **{s: 1 for s in serving.SINGLE_PROCESS}}
         self.name = name
         self.say = say
         self.urls: dict[str, str] = {}
@@ -130,7 +134,9 @@ class Stack:
                 self._spawn_worker(service)
         for service, proc in self._procs.items():
             self._wait(service, proc)
-            self.say(f"{service}: {self.urls[service]} ({self.server}, {self.workers} workers)")
+            n = self.workers_for.get(service, self.workers)
+            self.say(f"{service}: {self.urls[service]} ({self.server}, {n} "
+                     f"worker{'s' if n > 1 else ''})")
         self._wait_workers(redis_url)
         return dict(self.urls)
 
@@ -185,7 +191,8 @@ class Stack:
 
     def _spawn_server(self, service: str, *, fresh_metrics: bool) -> None:
         self._procs[service] = serving.spawn(
-            service, self.settings, port=self.ports[service], workers=self.workers,
+            service, self.settings, port=self.ports[service],
+            workers=self.workers_for.get(service, self.workers),
             server=self.server, redis_url=self._redis_url, fresh_metrics=fresh_metrics)
         self._backoff.setdefault(service, Backoff()).started(time.monotonic())
 
