@@ -9,6 +9,12 @@ the TOML file named by ``MLSUITE_FRAUD_CONFIG`` (keys as the field names), then 
 0.05
 >>> FraudConfig.from_env({"MLSUITE_FRAUD_EXTRA_FIELDS": "risk_hint, basket_size"}).extra_fields
 ('risk_hint', 'basket_size')
+>>> FraudConfig.from_env({"MLSUITE_FRAUD_FAIL_MODE": "Open"}).fail_mode
+'open'
+>>> FraudConfig.from_env({"MLSUITE_FRAUD_FAIL_MODE": "approve"})
+Traceback (most recent call last):
+...
+mlplatform.errors.ConfigError: MLSUITE_FRAUD_FAIL_MODE must be closed or open, got 'approve'
 >>> FraudConfig.from_env({"MLSUITE_FRAUD_DECLINE_FPR": "2"})
 Traceback (most recent call last):
 ...
@@ -27,9 +33,10 @@ from typing import Any
 
 from mlplatform.errors import ConfigError
 
-__all__ = ["FraudConfig", "PREFIX"]
+__all__ = ["FAIL_MODES", "FraudConfig", "PREFIX"]
 
 PREFIX = "MLSUITE_FRAUD_"
+FAIL_MODES = ("closed", "open")  # scoring while Redis is down: FraudConfig.fail_mode
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 
 
@@ -84,6 +91,12 @@ class FraudConfig:
     # ``MLSUITE_FRAUD_MAX_AMOUNTS="JPY=150000000,KRW=1300000000"``.
     max_amount: float = 1_000_000.0
     max_amounts: Mapping[str, float] = field(default_factory=dict)
+    # What scoring does while Redis is down. "closed": 503 naming redis with Retry-After,
+    # no decision (the payment flow's own policy decides, as for a timeout). "open": the
+    # model decides on what the request carries (velocity features at their training
+    # means), the response says so ("degraded") and that the decision is not recorded:
+    # no audit entry, no label can join it, a retry is scored again.
+    fail_mode: str = "closed"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> FraudConfig:
@@ -203,6 +216,11 @@ def _parse(name: str, value: Any) -> Any:
         return text
     if name == "max_amounts":
         return _amounts(var, text)
+    if name == "fail_mode":
+        mode = text.lower() if isinstance(text, str) else text
+        if mode not in FAIL_MODES:
+            raise ConfigError(f"{var} must be {' or '.join(FAIL_MODES)}, got {value!r}")
+        return mode
     if name == "rules_file":  # empty: the shipped default (checked when the rules load)
         if not isinstance(text, str):
             raise ConfigError(f"{var} must be a path to a TOML rules file, got {value!r}")

@@ -15,6 +15,16 @@ on the velocity the first call returns, and it must be durable before the caller
 A transaction id already decided is not scored again: its velocity is left untouched
 and the stored decision comes back, flagged ``duplicate`` (safe client retries).
 
+While Redis is down, ``FraudConfig.fail_mode`` decides (``MLSUITE_FRAUD_FAIL_MODE``):
+``closed`` (the default) answers 503 naming redis, with no decision, and the payment flow
+applies its own policy, as for a timeout; ``open`` lets the model decide on what the
+request carries, with the velocity features at their training means, and says so in the
+response (``"degraded"``), including that the decision is not recorded: there is no
+audit entry, no label can train on it, and a retry is scored again. Each such decision
+is counted (``mlsuite_fraud_unrecorded_decisions_total``). Nothing is queued in memory
+to be written later: a process that dies would lose it, and the response would have
+promised more than was kept.
+
 Nothing here learns or refreshes in the background beyond following snapshots: the
 fraud worker (``fraud.worker``) learns the labels and pushes profile updates; this
 process swaps in what it publishes (``fraud.serving_state``, profile overrides).
@@ -25,10 +35,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
 import redis
+from prometheus_client import Counter
 
 from fraud import metrics
 from fraud.config import FraudConfig
@@ -52,9 +64,41 @@ from mlplatform.errors import Conflict, Unavailable
 from mlplatform.lake import Lake
 from mlplatform.snapshots import Follower, Snapshot, SnapshotStore
 
-__all__ = ["FraudService"]
+__all__ = ["FraudService", "UnrecordedDecision", "UNRECORDED"]
 
 log = logging.getLogger(__name__)
+
+UNRECORDED = Counter(
+    "mlsuite_fraud_unrecorded_decisions_total",
+    "Decisions answered under the fail-open policy while Redis was down: not recorded, "
+    "not joinable to a label, not protected against a retry scoring them again",
+    ["decision"],
+)
+# What a card, device and merchant look like with no history at all: the velocity
+# features of a fail-open score where the model has no training means.
+_NO_HISTORY = History(card_events=[], card_n=0, card_amount_milli=0, card_last_ts=None,
+                      device_known=False, country_known=False, merchant_counts=(0, 0, 0),
+                      device_events=[])
+FAIL_OPEN_DETAIL = ("redis is unavailable: scored by the model on what the request carries "
+                    "(velocity features at their training means); the decision is not "
+                    "recorded, so no label can train on it and a retry is scored again")
+
+
+class UnrecordedDecision(Decision):
+    """A fail-open decision: its response says what it was made without, and that it was
+    not recorded."""
+
+    __slots__ = ()
+
+    def to_response(self) -> dict[str, Any]:
+        out = Decision.to_response(self)  # slots dataclass: no zero-argument super()
+        out["degraded"] = {"dependency": "redis", "policy": "fail-open", "recorded": False,
+                           "detail": FAIL_OPEN_DETAIL}
+        return out
+
+    @classmethod
+    def of(cls, decision: Decision) -> UnrecordedDecision:
+        return cls(*(getattr(decision, f.name) for f in fields(Decision)))
 
 
 # Per-transaction keys outlive their stream entry by this much: the archiver trims on a
@@ -94,6 +138,7 @@ class FraudService:
         self.policy = Policy.load(config, self.lists)
         self.rollout = FraudRollout(settings, config, client)
         self._typical: tuple[Any, dict[str, float]] | None = None
+        self._redis_failing = False  # log a Redis outage once, not once per request
         self.overrides: Follower[dict[str, dict[str, Any]]] = Follower(
             SnapshotStore(client, self.keys.profile_overrides), decode_overrides,
             poll_seconds=config.follow_seconds, name="fraud-profile-overrides",
@@ -144,14 +189,49 @@ class FraudService:
     # -- scoring -------------------------------------------------------------------
 
     def score(self, transactions: Sequence[Transaction]) -> list[Decision]:
-        """Decide ``transactions`` (in order) and log every new decision.
+        """Decide ``transactions`` (in order) and log every new decision; while Redis is
+        down, as ``config.fail_mode`` says (module docstring)."""
+        state = self.model.state()  # Unavailable(model) before touching any state
+        try:
+            decisions = self._score(state, transactions)
+        except redis.RedisError as exc:
+            if not self._redis_failing:
+                self._redis_failing = True
+                log.warning("fraud: redis is unavailable, failing %s until it answers: %s",
+                            self.config.fail_mode, exc)
+            if self.config.fail_mode != "open":
+                raise Unavailable(
+                    "redis is unavailable: no decision was made (the fraud scorer fails "
+                    "closed; retry, or apply the payment flow's own policy)",
+                    dependency="redis", details={"policy": "fail-closed"}) from None
+            return self._score_unrecorded(state, transactions)
+        if self._redis_failing:
+            self._redis_failing = False
+            log.warning("fraud: redis answers again; decisions are recorded")
+        return decisions
 
-        The velocity script claims each transaction id (its decision key holds a pending
+    def _score_unrecorded(self, state: ServingState, transactions: Sequence[Transaction]
+                          ) -> list[Decision]:
+        """Fail-open: the model's decisions without Redis (velocity features at the
+        model's training means), neither recorded nor checked for an earlier decision."""
+        typical = self._typical_of(state.predictor)
+        velocity = []
+        for t in transactions:
+            values = velocity_features(event_of(t), _NO_HISTORY)
+            velocity.append({k: typical.get(k, v) for k, v in values.items()})
+        decided: list[Decision] = [
+            UnrecordedDecision.of(d) for d in self._decide(state, list(transactions), velocity)]
+        for d in decided:
+            UNRECORDED.labels(d.decision).inc()
+        return decided
+
+    def _score(self, state: ServingState, transactions: Sequence[Transaction]
+               ) -> list[Decision]:
+        """``score`` with Redis: the velocity script claims each transaction id (its decision key holds a pending
         marker with the payload's fingerprint) as it counts it, so of concurrent requests
         for one id exactly one scores it; the others wait for its decision
         (``_fill_duplicates``). If anything fails after the velocity update, the update is
         taken back (counts, windows, claim) before the error propagates."""
-        state = self.model.state()  # Unavailable(model) before touching any state
         events = [event_of(t) for t in transactions]
         guards = [self.decisions.key(t.transaction_id) for t in transactions]
         markers = [PENDING + fingerprint(t) for t in transactions]
