@@ -33,10 +33,14 @@
     if (!el) return;
     if (!plots[name]) {
       plots[name] = new uPlot({
-        width: el.clientWidth || 280, height: (el.clientHeight || 140) - 4,
-        legend: { show: series.length > 1 }, cursor: { show: true },
+        // The legend (two series or more) goes under the canvas, inside the figure: only
+        // the names (live values would jump as the cursor moves).
+        width: el.clientWidth || 280, height: 136,
+        legend: { show: series.length > 1, live: false }, cursor: { show: true },
         scales: { x: { time: opts.time !== false } },
-        axes: [{ size: 30 }, { size: 45 }],
+        // Bars over buckets: the x axis names each bucket's upper bound, not its index.
+        axes: [opts.xValues ? { size: 30, values: opts.xValues, incrs: [1, 2, 3, 4], space: 34 } : { size: 30 },
+               { size: 52 }],
         series: [{}].concat(series.map((s, i) => Object.assign(
           { label: s.label, stroke: s.stroke || ["#0969da", "#cf222e", "#1a7f37"][i], width: 1.5,
             spanGaps: false }, s.extra || {}))),
@@ -143,7 +147,8 @@
     const sc = f.scores;
     const xs = sc.counts.map((_, i) => i);
     plot("fraud:scores", [{ label: "scores", extra: { paths: uPlot.paths.bars({ size: [0.8] }), fill: "#0969da55" } }],
-      [xs, sc.counts], { time: false });
+      [xs, sc.counts], { time: false, xValues: (u, splits) => splits.map((i) =>
+        Number.isInteger(i) && i < sc.le.length ? (sc.le[i] === null ? "1" : "≤" + sc.le[i]) : "") });
     document.getElementById("scores-caption").textContent = `score distribution (${sc.span}; buckets up to ` +
       sc.le.map((v) => v === null ? "+Inf" : v).join(", ") + ")";
     plot("fraud:decisions", [{ label: "per min" }], [f.decisions_series.t, f.decisions_series.per_minute]);
