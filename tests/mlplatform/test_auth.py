@@ -191,3 +191,39 @@ def test_keys_command_creates_lists_and_revokes(settings: Settings, redis_url: s
 
     bad = _mlsuite(redis_url, "create", "--name", "x", "--scopes", "score,fly")
     assert bad.returncode == 2 and "unknown scope 'fly'" in bad.stderr
+
+
+def test_secrets_are_masked_in_every_log_line(store: KeyStore) -> None:
+    import io
+
+    from mlplatform.logs import configure_logging
+
+    key, record = store.create("log check", ("score",))
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        configure_logging("INFO")
+        log = logging.getLogger("mlsuite.test")
+        log.warning("client sent %s to redis://app:hunter22@cache:6379/0", key)
+        try:
+            raise RuntimeError(f"Authorization: Bearer {key}")
+        except RuntimeError:
+            log.exception("failed")
+    finally:
+        root.removeHandler(handler)
+    text = stream.getvalue()
+    secret = key.split("_", 2)[2]
+    assert secret not in text and "hunter22" not in text, text
+    assert f"mls_{record.id}_***" in text and "redis://app:***@cache:6379/0" in text
+
+
+@pytest.mark.parametrize("module", ["mlplatform.logs", "mlplatform.security.keys",
+                                    "mlplatform.security.ratelimit"])
+def test_doctests(module: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0
