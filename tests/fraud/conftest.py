@@ -112,6 +112,24 @@ def client(app: Flask) -> Any:
     return app.test_client()
 
 
+@pytest.fixture
+def keyed_app(make_app: Callable[..., Flask], fraud_settings: Settings) -> Flask:
+    """An app with API keys on, as in production (the bad-input tests use it)."""
+    return make_app(fraud_settings.with_(auth=True))
+
+
+@pytest.fixture
+def keyed_client(keyed_app: Flask, redis_client: Any) -> Any:
+    """A client of ``keyed_app`` sending a key with the fraud scopes: bad input still gets
+    its 4xx naming the field once past the key check."""
+    from mlplatform.security import KeyStore
+
+    key, _ = KeyStore(redis_client).create("tests", ("score", "label", "review", "lists"))
+    client = keyed_app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    return client
+
+
 def fraud_config(**overrides: Any) -> FraudConfig:
     """The fraud configuration tests run with (``overrides`` on top)."""
     return FraudConfig().with_(**{**TEST_FRAUD_CONFIG, **overrides})

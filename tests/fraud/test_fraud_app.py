@@ -134,35 +134,35 @@ BAD_SCORES = {
 
 @pytest.mark.parametrize("changes,status,field", BAD_SCORES.values(), ids=BAD_SCORES.keys())
 def test_bad_transactions_get_a_4xx_naming_the_field(
-        client: Any, app: Flask, tx: Tx, changes: Any, status: int, field: str) -> None:
+        keyed_client: Any, keyed_app: Flask, tx: Tx, changes: Any, status: int, field: str) -> None:
     body = [tx()] if changes is None else tx(**changes)  # None: a list, not an object
-    response = client.post("/v1/transactions/score", json=body)
+    response = keyed_client.post("/v1/transactions/score", json=body)
     assert response.status_code == status
     error = response.get_json()["error"]
     assert error["field"] == field and field in error["message"]
-    assert get_service(app).redis.keys("fraud:*") == [], "a rejected request changed state"
+    assert get_service(keyed_app).redis.keys("fraud:*") == [], "a rejected request changed state"
 
 
 @pytest.mark.parametrize("data,message", [
     (b"{not json", "valid JSON"), (b"", "empty body"),
 ], ids=["malformed JSON", "empty body"])
-def test_bad_json_gets_a_400(client: Any, data: bytes, message: str) -> None:
-    response = client.post("/v1/transactions/score", data=data,
+def test_bad_json_gets_a_400(keyed_client: Any, data: bytes, message: str) -> None:
+    response = keyed_client.post("/v1/transactions/score", data=data,
                            content_type="application/json")
     assert response.status_code == 400
     assert message in response.get_json()["error"]["message"]
 
 
-def test_one_bad_item_in_a_batch_applies_nothing(client: Any, app: Flask, tx: Tx) -> None:
+def test_one_bad_item_in_a_batch_applies_nothing(keyed_client: Any, keyed_app: Flask, tx: Tx) -> None:
     batch = [tx(1), tx(2), tx(3, currency="euro"), tx(4)]
-    response = client.post("/v1/transactions/score/batch", json={"transactions": batch})
+    response = keyed_client.post("/v1/transactions/score/batch", json={"transactions": batch})
     assert response.status_code == 400
     assert response.get_json()["error"]["field"] == "transactions[2].currency"
-    assert get_service(app).redis.keys("fraud:*") == []
+    assert get_service(keyed_app).redis.keys("fraud:*") == []
 
 
-def test_duplicate_ids_in_one_batch_are_rejected(client: Any, tx: Tx) -> None:
-    response = client.post("/v1/transactions/score/batch", json=[tx(1), tx(1)])
+def test_duplicate_ids_in_one_batch_are_rejected(keyed_client: Any, tx: Tx) -> None:
+    response = keyed_client.post("/v1/transactions/score/batch", json=[tx(1), tx(1)])
     assert response.status_code == 400
     assert response.get_json()["error"]["field"] == "transactions[1].transaction_id"
 
@@ -187,13 +187,13 @@ BAD_LABELS = {
 
 @pytest.mark.parametrize("body,status,field,text", BAD_LABELS.values(), ids=BAD_LABELS.keys())
 def test_bad_labels_get_a_4xx_and_append_nothing(
-        client: Any, app: Flask, tx: Tx, body: Any, status: int, field: str, text: str) -> None:
-    client.post("/v1/transactions/score", json=tx(1))
-    response = client.post("/v1/labels", json=body)
+        keyed_client: Any, keyed_app: Flask, tx: Tx, body: Any, status: int, field: str, text: str) -> None:
+    keyed_client.post("/v1/transactions/score", json=tx(1))
+    response = keyed_client.post("/v1/labels", json=body)
     assert response.status_code == status
     error = response.get_json()["error"]
     assert error["field"] == field and text in error["message"]
-    assert get_service(app).redis.xlen("fraud:labels") == 0
+    assert get_service(keyed_app).redis.xlen("fraud:labels") == 0
 
 
 def test_redis_down_gives_503_naming_redis(make_app: Callable[..., Flask],

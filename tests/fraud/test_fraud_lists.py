@@ -95,10 +95,10 @@ def test_put_get_delete(client: Any) -> None:
     ("put", "/v1/lists/blocked_cards/c1", ["x"], 400, "body", "JSON object"),
 ], ids=["unknown list", "unknown list delete", "bad country", "bad card id", "reason type",
         "unknown body field", "bad expires_at", "past expires_at", "body not an object"])
-def test_bad_list_requests_name_the_field(client: Any, method: str, path: str, body: Any,
+def test_bad_list_requests_name_the_field(keyed_client: Any, method: str, path: str, body: Any,
                                           status: int, field: str, says: str) -> None:
-    response = getattr(client, method)(path, json=body) if body is not None \
-        else getattr(client, method)(path)
+    response = getattr(keyed_client, method)(path, json=body) if body is not None \
+        else getattr(keyed_client, method)(path)
     assert response.status_code == status, response.get_json()
     error = response.get_json()["error"]
     assert error["field"] == field

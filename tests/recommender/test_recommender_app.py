@@ -243,12 +243,12 @@ BAD = [
 
 @pytest.mark.parametrize(("method", "url", "body", "field"), BAD,
                          ids=[f"{m} {u.split('/v1/')[1][:40]} -> {f}" for m, u, _, f in BAD])
-def test_bad_input_is_a_400_naming_the_field(client: FlaskClient, method: str, url: str,
+def test_bad_input_is_a_400_naming_the_field(keyed_client: FlaskClient, method: str, url: str,
                                               body: Any, field: str) -> None:
     if isinstance(body, bytes):
-        response = client.open(url, method=method, data=body, content_type="application/json")
+        response = keyed_client.open(url, method=method, data=body, content_type="application/json")
     else:
-        response = client.open(url, method=method, json=body)
+        response = keyed_client.open(url, method=method, json=body)
     assert response.status_code == 400, response.json
     error = response.json["error"]
     assert (error["code"], error["field"]) == ("invalid_field", field), error["message"]
