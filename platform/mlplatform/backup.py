@@ -13,7 +13,7 @@ Redis is copied key by key (SCAN, then DUMP and PTTL in pipelined batches; RESTO
 the way back) rather than as an RDB file from BGSAVE: it needs no access to the
 server's disk (managed Redis, another machine), works the same against each node of a
 Redis Cluster, restores into any topology, and leaves out what must not come back
-(worker heartbeats, leases). The price: it is not one point in time. A key written
+(worker heartbeats). The price: it is not one point in time. A key written
 while the scan runs is saved as it was when the scan reached it, so a backup taken
 under traffic may hold a stream entry without the velocity update of the same request,
 or the reverse; take it with the services stopped (or quiet) for an exact copy.
@@ -56,8 +56,9 @@ MANIFEST = "manifest.json"
 REDIS_FILE = "redis.dump"
 # The embedded Redis's own files are covered by the dump; run/ holds live processes' state.
 EXCLUDED_DIRS = ("redis", "run")
-# Keys that describe running processes, not state: they would name workers that are gone.
-SKIPPED_KEYS = (b"mlsuite:worker:", b"mlsuite:lease:")
+# Worker heartbeats describe running processes, not state: restored, they would name
+# workers that are gone. (Leases are kept: a restored one expires within its TTL.)
+SKIPPED_KEYS = (b"mlsuite:worker:",)
 BATCH = 500
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _RECORD = struct.Struct(">IqI")  # key length, PTTL in ms (-1: none), payload length
