@@ -18,7 +18,7 @@ import redis
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from mlplatform.config import Settings  # noqa: E402
-from mlplatform.redisdb import EmbeddedRedis, connect  # noqa: E402
+from mlplatform.redisdb import EmbeddedRedis, connect, free_port  # noqa: E402
 
 SMALL_SHOP = {"n_users": 300, "n_items": 120, "n_interactions": 20_000}
 SMALL_PAYMENTS = {"n_cards": 400, "n_merchants": 60, "n_transactions": 20_000}
@@ -50,6 +50,16 @@ def settings(tmp_path: Path, redis_client: redis.Redis, redis_url: str) -> Setti
     keys and scopes, and the bad-input tests, turn them on with ``api_key``."""
     return Settings.from_env({}).with_(data_dir=tmp_path / "data", redis_url=redis_url,
                                        auth=False)
+
+
+@pytest.fixture
+def outage_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A redis-server of one test only (not the session's), to stop and start again on
+    the same port and socket: the outage tests."""
+    server = EmbeddedRedis(tmp_path / "outage", port=free_port())
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

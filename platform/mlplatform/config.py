@@ -119,12 +119,14 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        from mlplatform.redisdb import redact_url  # lazily: settings load without redis-py
+
         if self.redis_url is not None:
             scheme = urlparse(self.redis_url).scheme
             if scheme not in ("redis", "rediss", "unix"):
                 raise ConfigError(
                     f"MLSUITE_REDIS_URL must be a redis://, rediss:// or unix:// URL, "
-                    f"got {self.redis_url!r}"
+                    f"got {redact_url(self.redis_url)!r}"
                 )
         if self.feast_online_store not in ("sqlite", "redis") and not Path(
             self.feast_online_store

@@ -17,21 +17,11 @@ from flask import Flask
 from fraud.app import create_app, get_service
 from fraud.service import UNRECORDED
 from mlplatform.config import Settings
-from mlplatform.redisdb import EmbeddedRedis, free_port
+from mlplatform.redisdb import EmbeddedRedis
 
 from .conftest import TEST_FRAUD_CONFIG
 
 RECOVERY_SECONDS = 5.0
-
-
-@pytest.fixture
-def outage_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    """A redis-server of this test only (not the session's), to stop and start again on
-    the same port and socket."""
-    server = EmbeddedRedis(tmp_path / "outage", port=free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -227,3 +227,24 @@ def test_doctests(module: str) -> None:
 
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_with_redis_down_a_recently_seen_key_keeps_reads_working(
+        on: Settings, tmp_path: Any) -> None:
+    from mlplatform.redisdb import EmbeddedRedis, connect, free_port
+
+    server = EmbeddedRedis(tmp_path / "keys-outage", port=free_port())
+    url = server.start()
+    try:
+        store = KeyStore(connect(url))
+        key, _ = store.create("shop", ("score",))
+        client = _app(on.with_(redis_url=url)).test_client()
+        assert client.post("/v1/score", headers=bearer(key)).status_code == 200
+        server.stop()
+        time.sleep(CACHE_SECONDS + 0.2)  # past the fresh cache: the lookup must go to Redis
+        assert client.post("/v1/score", headers=bearer(key)).status_code == 200
+        unknown = client.post("/v1/score", headers=bearer("mls_00000000_never-seen-here"))
+        assert unknown.status_code == 503
+        assert unknown.get_json()["error"]["details"]["dependency"] == "redis"
+    finally:
+        server.stop()

@@ -115,8 +115,13 @@ def test_redis_down_is_a_retryable_503_naming_redis(settings: Settings) -> None:
     assert resp.status_code == 503
     assert resp.headers["Retry-After"] == "1"
     assert resp.get_json()["error"]["details"] == {"dependency": "redis", "retryable": True}
+    # Redis is shared by every replica: down, a replica is degraded, not unready (a
+    # gateway taking them all out would answer nothing at all).
     ready = client.get("/readyz")
-    assert ready.status_code == 503 and ready.get_json()["checks"]["redis"]["ok"] is False
+    body = ready.get_json()
+    assert ready.status_code == 200 and body["status"] == "degraded"
+    assert body["degraded"] == ["redis"]
+    assert body["checks"]["redis"] == {"ok": False, "detail": "redis is unavailable"}
 
 
 def test_good_request_reaches_redis(client: FlaskClient, redis_client) -> None:  # type: ignore[no-untyped-def]

@@ -14,8 +14,6 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -26,14 +24,6 @@ from mlplatform.config import Settings
 from mlplatform.errors import Unavailable
 from mlplatform.http import add_readiness_check, create_service_app, get_redis
 from mlplatform.redisdb import EmbeddedRedis, connect, free_port, redact_url
-
-
-@pytest.fixture
-def outage_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path / "outage", port=free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 def _app(settings: Settings) -> Flask:

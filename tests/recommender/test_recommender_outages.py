@@ -10,28 +10,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 
 from mlplatform.config import Settings
-from mlplatform.redisdb import EmbeddedRedis, connect, free_port
+from mlplatform.redisdb import EmbeddedRedis, connect
 
 from .conftest import ONLY, only
 
 RECOVERY_SECONDS = 5.0
-
-
-@pytest.fixture
-def outage_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    """A redis-server of this test only (not the session's), to stop and start again on
-    the same port and socket."""
-    server = EmbeddedRedis(tmp_path / "outage", port=free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -41,7 +41,11 @@ IDS_HASH = "mlsuite:auth:ids"  # field: key id -> sha256 (revoke and list by id)
 # Where a run that made a key for its clients (``mlsuite demo``) leaves it, readable by
 # its owner only, so commands run beside it (traffic, load tests) find it.
 KEY_FILE = "api-key"
-CACHE_SECONDS = 1.0  # a revoked key stops working on every replica within this (+ a request)
+CACHE_SECONDS = 1.0
+# With Redis down, a key this replica saw valid within this many seconds keeps working,
+# so reads degrade instead of failing. A revocation needs Redis too: none can be made
+# during the outage; one made in the last second before it applies when Redis is back.
+STALE_SECONDS = 300.0  # a revoked key stops working on every replica within this (+ a request)
 
 
 def new_key() -> str:
@@ -138,7 +142,12 @@ class KeyStore:
         hit = self._cache.get(sha)
         if hit is not None and now - hit[0] < self.cache_seconds:
             return hit[1]
-        raw = self.client.hget(KEYS_HASH, sha)
+        try:
+            raw = self.client.hget(KEYS_HASH, sha)
+        except redis.RedisError:
+            if hit is not None and hit[1] is not None and now - hit[0] < STALE_SECONDS:
+                return hit[1]
+            raise
         record = ApiKey.from_json(raw) if raw else None  # type: ignore[arg-type]
         if record is not None and not record.active:
             record = None
