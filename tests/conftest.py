@@ -2,6 +2,11 @@
 
 No fakes: ``redis_url`` is a real redis-server started for this test session on a free
 port, and the data fixtures come from the real simulator at a small size.
+
+``MLSUITE_TEST_REDIS=cluster`` makes ``redis_url`` a private three-master Redis Cluster
+instead, so any Redis-touching module runs against a cluster as it is:
+``MLSUITE_TEST_REDIS=cluster pytest tests/recommender/test_recommender_history.py``.
+``cluster_url`` / ``cluster_client`` give the tests written for the cluster one always.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import redis
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from mlplatform.config import Settings  # noqa: E402
-from mlplatform.redisdb import EmbeddedRedis, connect, free_port  # noqa: E402
+from mlplatform.redisdb import EmbeddedCluster, EmbeddedRedis, connect, free_port  # noqa: E402
 
 SMALL_SHOP = {"n_users": 300, "n_items": 120, "n_interactions": 20_000}
 SMALL_PAYMENTS = {"n_cards": 400, "n_merchants": 60, "n_transactions": 20_000}
@@ -26,11 +31,39 @@ SMALL_PAYMENTS = {"n_cards": 400, "n_merchants": 60, "n_transactions": 20_000}
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of a real redis-server private to this test session."""
+    """URL of a real redis-server private to this test session (a three-node cluster
+    with ``MLSUITE_TEST_REDIS=cluster``)."""
+    kind = os.environ.get("MLSUITE_TEST_REDIS", "server")
+    if kind == "cluster":
+        with EmbeddedCluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+            yield cluster.url
+        return
+    if kind != "server":
+        raise pytest.UsageError(f"MLSUITE_TEST_REDIS must be server or cluster, got {kind!r}")
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis-server"))
     server.start()
     yield server.url
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[str]:
+    """URL of a private three-master Redis Cluster (the session's, when ``redis_url``
+    is one already: one cluster per session)."""
+    if redis_url.startswith("redis+cluster://"):
+        yield redis_url
+        return
+    with EmbeddedCluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster.url
+
+
+@pytest.fixture
+def cluster_client(cluster_url: str) -> Iterator[redis.Redis]:
+    """A client on the session's cluster, every node emptied before the test."""
+    client = connect(cluster_url)
+    client.flushall()
+    yield client
+    client.close()
 
 
 @pytest.fixture

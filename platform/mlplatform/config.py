@@ -119,13 +119,20 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        from mlplatform.redisdb import redact_url  # lazily: settings load without redis-py
+        # lazily: settings load without redis-py
+        from mlplatform.redisdb import cluster_nodes, is_cluster_url, redact_url
 
         if self.redis_url is not None:
             scheme = urlparse(self.redis_url).scheme
-            if scheme not in ("redis", "rediss", "unix"):
+            if is_cluster_url(self.redis_url):
+                try:
+                    cluster_nodes(self.redis_url)
+                except ConfigError as exc:
+                    raise ConfigError(f"MLSUITE_REDIS_URL: {exc}") from None
+            elif scheme not in ("redis", "rediss", "unix"):
                 raise ConfigError(
-                    f"MLSUITE_REDIS_URL must be a redis://, rediss:// or unix:// URL, "
+                    f"MLSUITE_REDIS_URL must be a redis://, rediss://, unix:// or "
+                    f"redis+cluster://host:port,host:port URL, "
                     f"got {redact_url(self.redis_url)!r}"
                 )
         if self.feast_online_store not in ("sqlite", "redis") and not Path(

