@@ -20,6 +20,19 @@ processes (replicas) share the entries and each entry is applied once per group:
 
 Handlers are plain functions ``handle(entries, tx) -> {entry_id: reason}`` (the rejected
 ones; ``None`` or ``{}`` when all were applied), testable without a loop.
+
+On a Redis Cluster a stream may be partitioned: ``partitions`` keys ``{p<k>}:<stream>``
+(``partition_key``), each with its own hash tag, so the partitions spread over the nodes
+and a writer keeps a partition and the keys it writes with it (a user's history, tagged
+the same) in one slot, i.e. in one MULTI. A ``Consumer`` of a partitioned stream reads
+every partition, one ``XREADGROUP`` each (one slot per command), with one group per
+partition. On a single server there is one partition: the stream's own name.
+
+A cluster runs MULTI only on keys of one slot. When a batch's effects, its stream and
+its dead letters share one slot the commit is the same single transaction; when they do
+not (counters keyed by item, say), the effects are applied first (pipelined per node),
+then the dead letters, then the acks: an entry is never acked unapplied, but a worker
+that dies between the two may apply it twice (at-least-once, logged once per consumer).
 """
 
 from __future__ import annotations
@@ -37,6 +50,8 @@ from typing import Any
 import redis
 from prometheus_client import Counter, Gauge
 
+from mlplatform.redisdb import is_cluster
+
 __all__ = [
     "Retry",
     "Entry",
@@ -47,6 +62,11 @@ __all__ = [
     "consumer_name",
     "ensure_group",
     "dead_letter_fields",
+    "CLUSTER_PARTITIONS",
+    "partition_count",
+    "partition_key",
+    "partition_keys",
+    "partition_tag",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,6 +81,40 @@ CLAIMED = Counter("mlsuite_stream_claimed_total",
 PENDING = Gauge("mlsuite_stream_pending_entries",
                 "Entries delivered to a group and not yet acknowledged", ["stream", "group"],
                 multiprocess_mode="max")
+
+
+# Partitions of a partitioned stream on a Redis Cluster. Fixed: writers and consumers
+# must agree, and a stream's entries stay in the partition they were written to.
+CLUSTER_PARTITIONS = 8
+
+
+def partition_count(client: Any) -> int:
+    """Partitions of a partitioned stream on ``client``: 1 on a single server (the names
+    stay as they were), ``CLUSTER_PARTITIONS`` on a cluster."""
+    return CLUSTER_PARTITIONS if is_cluster(client) else 1
+
+
+def partition_tag(part: int, partitions: int) -> str:
+    """The key prefix of partition ``part``: its hash tag, or "" with one partition.
+
+    >>> partition_tag(3, 8), partition_tag(0, 1)
+    ('{p3}:', '')
+    """
+    return f"{{p{part}}}:" if partitions > 1 else ""
+
+
+def partition_key(stream: str, part: int, partitions: int) -> str:
+    """The key of partition ``part`` of ``stream``.
+
+    >>> partition_key("mlsuite:rec:events", 3, 8), partition_key("mlsuite:rec:events", 0, 1)
+    ('{p3}:mlsuite:rec:events', 'mlsuite:rec:events')
+    """
+    return partition_tag(part, partitions) + stream
+
+
+def partition_keys(stream: str, partitions: int) -> list[str]:
+    """Every partition key of ``stream``, in partition order."""
+    return [partition_key(stream, p, partitions) for p in range(partitions)]
 
 
 class Retry(Exception):  # noqa: N818 - an instruction to the consumer, not a failure kind
@@ -136,7 +190,8 @@ def dead_letter_fields(entry: Entry, group: str, reason: str) -> dict[str, str]:
 
 @dataclass
 class Consumer:
-    """One member of ``group`` on ``stream``, applying entries with ``handler``."""
+    """One member of ``group`` on ``stream`` (on each of its ``partitions``), applying
+    entries with ``handler``."""
 
     client: redis.Redis
     stream: str
@@ -144,6 +199,7 @@ class Consumer:
     handler: Handler
     dead_letters: str
     name: str = field(default_factory=consumer_name)
+    partitions: int = 1
     batch: int = 500
     block_ms: int = 100
     claim_idle_ms: int = 30_000
@@ -151,10 +207,13 @@ class Consumer:
     retry_seconds: float = 1.0
     _next_claim: float = field(default=0.0, init=False, repr=False)
     _ready: bool = field(default=False, init=False, repr=False)
-    # Set after a Retry: this consumer's own pending entries are read again first.
-    _backlog: bool = field(default=False, init=False, repr=False)
+    # Partitions whose own pending entries are read again first (after a Retry).
+    _backlog: set[str] = field(default_factory=set, init=False, repr=False)
+    _warned_slots: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.keys = partition_keys(self.stream, self.partitions)
+        self._cluster = is_cluster(self.client)
         self._applied = ENTRIES.labels(self.stream, self.group)
         self._dead = DEAD_LETTERS.labels(self.stream, self.group)
         self._claimed = CLAIMED.labels(self.stream, self.group)
@@ -166,27 +225,36 @@ class Consumer:
         """Take over stale pending entries (every ``claim_every_seconds``), then read new
         ones (waiting up to ``block_ms`` when ``wait``); apply them. Returns how many."""
         if not self._ready:
-            ensure_group(self.client, self.stream, self.group)
+            for key in self.keys:
+                ensure_group(self.client, key, self.group)
             self._ready = True
         done = 0
         now = time.monotonic()
-        if self._backlog:
-            own: Any = self.client.xreadgroup(self.group, self.name, {self.stream: "0"},
+        for key in sorted(self._backlog):
+            own: Any = self.client.xreadgroup(self.group, self.name, {key: "0"},
                                               count=self.batch)
-            entries = [Entry(self.stream, _s(i), f, delivered=2)
+            entries = [Entry(key, _s(i), f, delivered=2)
                        for _, items in own or [] for i, f in items if f is not None]
-            self._backlog = bool(entries)
+            if not entries:
+                self._backlog.discard(key)
             done += self._process(entries)
         if now >= self._next_claim:
             self._next_claim = now + self.claim_every_seconds
-            done += self._process(self._claim())
-        reply: Any = self.client.xreadgroup(
-            self.group, self.name, {self.stream: ">"}, count=self.batch,
-            block=self.block_ms if wait else None)
-        entries = [Entry(self.stream, _s(i), f) for _, items in reply or [] for i, f in items
-                   if f is not None]
-        done += self._process(entries)
-        return done
+            for key in self.keys:
+                done += self._process(self._claim(key))
+        # One stream per XREADGROUP: a cluster serves one slot per command. With several
+        # partitions none blocks (each would hold the others up); an idle round waits once.
+        block = self.block_ms if wait and len(self.keys) == 1 else None
+        new = 0
+        for key in self.keys:
+            reply: Any = self.client.xreadgroup(self.group, self.name, {key: ">"},
+                                                count=self.batch, block=block)
+            entries = [Entry(key, _s(i), f) for _, items in reply or [] for i, f in items
+                       if f is not None]
+            new += self._process(entries)
+        if wait and not new and len(self.keys) > 1:
+            time.sleep(self.block_ms / 1000)
+        return done + new
 
     def drain(self, max_rounds: int = 10_000) -> int:
         """Poll without waiting until nothing new is left (tests, catch-up at start)."""
@@ -223,19 +291,22 @@ class Consumer:
 
     def pending(self) -> int:
         """Entries delivered to the group and not acknowledged yet."""
-        info: Any = self.client.xpending(self.stream, self.group)
-        count = int(info["pending"]) if info else 0
+        count = 0
+        for key in self.keys:
+            info: Any = self.client.xpending(key, self.group)
+            count += int(info["pending"]) if info else 0
         self._pending.set(count)
         return count
 
     # -- internals -----------------------------------------------------------------------
 
-    def _claim(self) -> list[Entry]:
-        """Pending entries idle longer than ``claim_idle_ms``, now owned by this consumer."""
+    def _claim(self, key: str) -> list[Entry]:
+        """Pending entries of partition ``key`` idle longer than ``claim_idle_ms``, now
+        owned by this consumer."""
         out: list[Entry] = []
         cursor = "0-0"
         while True:
-            reply: Any = self.client.xautoclaim(self.stream, self.group, self.name,
+            reply: Any = self.client.xautoclaim(key, self.group, self.name,
                                                 min_idle_time=self.claim_idle_ms,
                                                 start_id=cursor, count=self.batch)
             cursor = _s(reply[0])
@@ -244,7 +315,7 @@ class Consumer:
             for i, fields in claimed:
                 if fields is None:  # trimmed while pending: nothing left to apply
                     continue
-                out.append(Entry(self.stream, _s(i), fields, delivered=2))
+                out.append(Entry(key, _s(i), fields, delivered=2))
             if deleted:
                 # Entries trimmed while pending (Redis 7 reports and drops them itself).
                 log.warning("%s/%s: %d pending entries were trimmed before being applied",
@@ -258,7 +329,8 @@ class Consumer:
         return out
 
     def _process(self, entries: list[Entry]) -> int:
-        """Apply ``entries`` and commit effects, acks and dead letters in one transaction.
+        """Apply ``entries`` (of one partition) and commit effects, acks and dead letters
+        in one transaction (on a cluster: see the module's note).
 
         If the handler raises on the batch, its transaction is dropped (nothing of it was
         sent) and the entries are applied one at a time, so only the entry at fault goes
@@ -267,42 +339,88 @@ class Consumer:
         """
         if not entries:
             return 0
+        key = entries[0].stream
         try:
-            tx = self.client.pipeline(transaction=True)
+            tx = self._transaction()
             rejected = self.handler(entries, tx) or {}
         except (redis.RedisError, Retry):
-            self._backlog = True
+            self._backlog.add(key)
             raise
         except Exception:  # noqa: BLE001 - isolate the entry at fault
             for entry in entries:
-                tx = self.client.pipeline(transaction=True)
+                tx = self._transaction()
                 try:
                     one = self.handler([entry], tx) or {}
                 except (redis.RedisError, Retry):
-                    self._backlog = True
+                    self._backlog.add(key)
                     raise
                 except Exception as exc:  # noqa: BLE001 - becomes the dead letter's reason
-                    tx = self.client.pipeline(transaction=True)
+                    tx = self._transaction()
                     one = {entry.id: f"{type(exc).__name__}: {exc}"}
                 self._commit(tx, [entry], one)
             return len(entries)
         self._commit(tx, entries, rejected)
         return len(entries)
 
-    def _commit(self, tx: redis.client.Pipeline, entries: list[Entry],
-                rejected: Mapping[str, str]) -> None:
+    def _transaction(self) -> Any:
+        # On a cluster the handler's commands are collected first (a plain pipeline) and
+        # sent as one MULTI only if they share a slot with the stream (see _commit).
+        return self.client.pipeline(transaction=not self._cluster)
+
+    def _commit(self, tx: Any, entries: list[Entry], rejected: Mapping[str, str]) -> None:
         dead = [(e, rejected[e.id]) for e in entries if e.id in rejected]
-        for entry, reason in dead:
+        key = entries[0].stream
+        letters = [dict(dead_letter_fields(e, self.group, reason)) for e, reason in dead]
+        if self._cluster:
+            tx = self._cluster_commit(tx, key, letters)
+        for letter in letters:
             # Unbounded here on purpose: the archiver bounds it (archive, then trim).
-            tx.xadd(self.dead_letters,
-                    dict(dead_letter_fields(entry, self.group, reason)))  # type: ignore[arg-type]
-        tx.xack(self.stream, self.group, *[e.id for e in entries])
+            tx.xadd(self.dead_letters, letter)
+        tx.xack(key, self.group, *[e.id for e in entries])
         tx.execute()
         self._applied.inc(len(entries) - len(dead))
         for entry, reason in dead:
             self._dead.inc()
             log.warning("%s/%s: entry %s sent to %s: %s", self.stream, self.group,
                         entry.id, self.dead_letters, reason)
+
+    def _cluster_commit(self, effects: Any, key: str, letters: list[dict[str, str]]) -> Any:
+        """On a cluster: the transaction the acks (and dead ``letters``) go in. It is the
+        effects' own when they share the stream's slot; else the effects are applied
+        first (pipelined, one round trip per node), then dead letters in another slot,
+        and the acks last: a crash in between repeats work, never loses an entry."""
+        client: Any = self.client
+        commands = _queued(effects)
+        slot = client.keyslot(key)
+        slots = {client.determine_slot(*args) for args, _ in commands} - {None, slot}
+        if not slots:
+            tx = client.pipeline(transaction=True)
+            for args, options in commands:
+                tx.pipeline_execute_command(*args, **options)
+            if letters and client.keyslot(self.dead_letters) != slot:
+                letters_apart = client.pipeline(transaction=False)
+                for letter in letters:
+                    letters_apart.xadd(self.dead_letters, letter)
+                letters_apart.execute()
+                letters.clear()
+            return tx
+        if not self._warned_slots:
+            self._warned_slots = True
+            log.info("%s/%s: effects span %d cluster slots: applied before the ack "
+                     "(at-least-once if a worker dies in between)", self.stream,
+                     self.group, len(slots) + 1)
+        for letter in letters:
+            effects.xadd(self.dead_letters, letter)
+        letters.clear()
+        effects.execute()
+        return client.pipeline(transaction=True)
+
+
+def _queued(pipe: Any) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """The commands queued in a cluster pipeline, as (args, options). redis-py keeps them
+    in its execution strategy; there is no public accessor."""
+    queue = pipe._execution_strategy.command_queue
+    return [(c.args, c.options) for c in queue]
 
 
 def _s(value: bytes | str) -> str:

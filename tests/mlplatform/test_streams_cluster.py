@@ -1,0 +1,85 @@
+"""Consumer groups on a real three-master Redis Cluster: partitioned streams, one MULTI per
+slot, effects in other slots applied before the ack."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from mlplatform.redisdb import cluster_nodes
+from mlplatform.streams import (
+    CLUSTER_PARTITIONS,
+    Consumer,
+    Entry,
+    partition_count,
+    partition_key,
+    partition_keys,
+    partition_tag,
+)
+
+STREAM, GROUP, DEAD = "test:events", "counter", "test:dead"
+
+
+def per_partition(entries: Sequence[Entry], tx: Any) -> dict[str, str]:
+    """Counts each entry in its partition's slot (the stream's tag): one MULTI with the ack."""
+    rejected = {}
+    for e in entries:
+        text = e.get("n") or ""
+        if not text.isdigit():
+            rejected[e.id] = f"n must be an integer, got {text!r}"
+            continue
+        tag = e.stream[: e.stream.index("}") + 1]
+        tx.incrby(f"{tag}:total", int(text))
+    return rejected
+
+
+def across_slots(entries: Sequence[Entry], tx: Any) -> dict[str, str]:
+    """Counts each entry under a key of its own value: effects in many slots."""
+    for e in entries:
+        tx.incr(f"seen:{e.get('n')}")
+    return {}
+
+
+def test_a_partitioned_stream_is_applied_once_per_entry_by_two_consumers(
+        cluster_client: redis.Redis, cluster_url: str) -> None:
+    parts = partition_count(cluster_client)
+    assert parts == CLUSTER_PARTITIONS > 1
+    for n in range(1, 201):
+        cluster_client.xadd(partition_key(STREAM, n % parts, parts), {"n": str(n)})
+    cluster_client.xadd(partition_key(STREAM, 3, parts), {"n": "x"})
+    a, b = (Consumer(cluster_client, STREAM, GROUP, per_partition, DEAD, name=name, batch=9,
+                     block_ms=1, partitions=parts) for name in ("a", "b"))
+    for _ in range(10):
+        a.poll(wait=False)
+        b.poll(wait=False)
+    totals = [int(cluster_client.get(partition_tag(p, parts) + "total") or 0)
+              for p in range(parts)]
+    assert totals == [sum(n for n in range(1, 201) if n % parts == p) for p in range(parts)]
+    assert a.pending() == 0 and b.pending() == 0
+    [letter] = cluster_client.xrange(DEAD)  # type: ignore[misc]
+    assert letter[1][b"stream"] == partition_key(STREAM, 3, parts).encode()
+    assert b"n must be an integer" in letter[1][b"reason"]
+    # The partitions are keys of their own slots, spread over the masters.
+    nodes, _ = cluster_nodes(cluster_url)
+    holders = {i for i, (h, p) in enumerate(nodes) for key in partition_keys(STREAM, parts)
+               if redis.Redis(host=h, port=p).exists(key)}
+    assert len(holders) > 1, holders
+
+
+def test_effects_in_other_slots_are_applied_then_acked(cluster_client: redis.Redis) -> None:
+    for n in range(50):
+        cluster_client.xadd(STREAM, {"n": str(n)})
+    c = Consumer(cluster_client, STREAM, GROUP, across_slots, DEAD, name="a", batch=20)
+    assert c.drain() == 50
+    assert [int(cluster_client.get(f"seen:{n}") or 0) for n in range(50)] == [1] * 50
+    assert c.pending() == 0
+    assert c.drain() == 0  # acked: nothing comes back
+
+
+def test_one_partition_on_a_single_server_keeps_the_stream_name(
+        redis_client: redis.Redis) -> None:
+    if partition_count(redis_client) > 1:
+        return  # the session runs on a cluster (MLSUITE_TEST_REDIS=cluster)
+    assert partition_keys(STREAM, partition_count(redis_client)) == [STREAM]
