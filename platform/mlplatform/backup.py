@@ -13,10 +13,11 @@ Redis is copied key by key (SCAN, then DUMP and PTTL in pipelined batches; RESTO
 the way back) rather than as an RDB file from BGSAVE: it needs no access to the
 server's disk (managed Redis, another machine), works the same against each node of a
 Redis Cluster, restores into any topology, and leaves out what must not come back
-(worker heartbeats). The price: it is not one point in time. A key written
-while the scan runs is saved as it was when the scan reached it, so a backup taken
-under traffic may hold a stream entry without the velocity update of the same request,
-or the reverse; take it with the services stopped (or quiet) for an exact copy.
+(worker heartbeats, the console's posted-alert marks). The price: it is not one point
+in time. A key written while the scan runs is saved as it was when the scan reached it,
+so a backup taken under traffic may hold a stream entry without the velocity update of
+the same request, or the reverse; take it with the services stopped (or quiet) for an
+exact copy.
 Streams keep their consumer groups and pending entries (DUMP carries them). SQLite
 files are copied through SQLite's backup API, so a file being written is still copied
 whole.
@@ -57,8 +58,10 @@ REDIS_FILE = "redis.dump"
 # The embedded Redis's own files are covered by the dump; run/ holds live processes' state.
 EXCLUDED_DIRS = ("redis", "run")
 # Worker heartbeats describe running processes, not state: restored, they would name
-# workers that are gone. (Leases are kept: a restored one expires within its TTL.)
-SKIPPED_KEYS = (b"mlsuite:worker:",)
+# workers that are gone. The console's "alert already posted" marks (24 h TTL) would
+# keep an alert still firing after a restore from being posted again: after a
+# disaster it should be. (Leases are kept: a restored one expires within its TTL.)
+SKIPPED_KEYS = (b"mlsuite:worker:", b"mlsuite:console:alert:")
 BATCH = 500
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _RECORD = struct.Struct(">IqI")  # key length, PTTL in ms (-1: none), payload length
@@ -361,6 +364,8 @@ def restore_backup(backup: Path, settings: Settings, *, force: bool = False) -> 
                 log.info("files: %d of %d restored", report.files, len(manifest["files"]))
         log.info("redis: restoring %d keys", manifest["redis"]["keys"])
         report.keys = load_redis(client, backup / REDIS_FILE, replace=force)
+        # Count the dump too, so a restore's summary reads like its backup's.
+        report.bytes += (backup / REDIS_FILE).stat().st_size
     finally:
         client.close()
         if server is not None:
