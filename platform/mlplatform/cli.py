@@ -36,6 +36,7 @@ _LAZY = {
     "keys": EntryPoint("keys", "mlplatform.security.cli:keys", "mlsuite.lazy"),
     "gateway": EntryPoint("gateway", "mlplatform.gateway.cli:gateway", "mlsuite.lazy"),
     "up": EntryPoint("up", "mlplatform.gateway.cli:up", "mlsuite.lazy"),
+    "capacity": EntryPoint("capacity", "mlplatform.bench.capacity:main", "mlsuite.lazy"),
 }
 
 
