@@ -27,19 +27,34 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, jsonify
 
 from fraud.config import FraudConfig
+from fraud.contract import (
+    MODEL_PARAMS,
+    BatchScore,
+    CardProfile,
+    LabelBatch,
+    LabelBody,
+    LabelsAccepted,
+    MerchantProfile,
+    ModelInfo,
+    ProfileQueued,
+    Score,
+)
 from fraud.labels import parse_labels
 from fraud.ops_views import init_app as init_ops
 from fraud.profiles import CachedProfiles, FeastProfiles, ProfileSource
-from fraud.schema import parse_transaction, parse_transactions
+from fraud.schema import batch_type, decode_transaction, decode_transactions, transaction_type
 from fraud.service import FraudService
 from mlplatform.config import Settings, get_settings
+from mlplatform.errors import BadRequest
 from mlplatform.http import (
     add_readiness_check,
+    body_bytes,
     create_service_app,
     get_redis,
     json_body,
     query_bool,
 )
+from mlplatform.openapi import Dynamic, operation
 from mlplatform.security import may, requires
 
 __all__ = ["create_app", "get_service"]
@@ -92,32 +107,42 @@ def get_service(app: Flask | None = None) -> FraudService:
     return (app or current_app).extensions["fraud"]  # type: ignore[no-any-return]
 
 
+# The transaction types carry the deployment's extra fields and batch limit.
+_TRANSACTION = Dynamic(lambda app: transaction_type(tuple(get_service(app).config.extra_fields)))
+_BATCH = Dynamic(lambda app: batch_type(tuple(get_service(app).config.extra_fields),
+                                        get_service(app).config.max_batch).__args__)
+
+
 @bp.post("/v1/transactions/score")
 @requires("score")
+@operation("Score one transaction", body=_TRANSACTION, responses={200: Score},
+           tags=("scoring",))
 def score() -> Any:
     service = get_service()
-    body = json_body()
-    if isinstance(body, dict) and "transactions" in body:
-        from mlplatform.errors import BadRequest
-
-        raise BadRequest("transactions belongs on /v1/transactions/score/batch; this endpoint "
-                         "takes one transaction object", field="transactions")
     config = service.config
-    tx = parse_transaction(body, extra_fields=config.extra_fields, max_amount=config.max_amount,
-                           max_amounts=config.max_amounts)
+    try:
+        tx = decode_transaction(body_bytes(), extra_fields=config.extra_fields,
+                                max_amount=config.max_amount, max_amounts=config.max_amounts)
+    except BadRequest as exc:
+        if exc.field == "transactions":
+            raise BadRequest("transactions belongs on /v1/transactions/score/batch; this "
+                             "endpoint takes one transaction object", field="transactions"
+                             ) from None
+        raise
     [decision] = service.score([tx])
     return jsonify(decision.to_response())
 
 
 @bp.post("/v1/transactions/score/batch")
 @requires("score")
+@operation("Score a batch of transactions (all checked before any is scored)", body=_BATCH,
+           responses={200: BatchScore}, tags=("scoring",))
 def score_batch() -> Any:
     service = get_service()
-    body = json_body()
-    items = body.get("transactions") if isinstance(body, dict) else body
     config = service.config
-    txs = parse_transactions(items, extra_fields=config.extra_fields, max_items=config.max_batch,
-                             max_amount=config.max_amount, max_amounts=config.max_amounts)
+    txs = decode_transactions(body_bytes(), extra_fields=config.extra_fields,
+                              max_items=config.max_batch, max_amount=config.max_amount,
+                              max_amounts=config.max_amounts)
     decisions = service.score(txs)
     state = service.model.state()
     return jsonify({"results": [d.to_response() for d in decisions],
@@ -126,6 +151,9 @@ def score_batch() -> Any:
 
 @bp.post("/v1/labels")
 @requires("label")
+@operation("Record labels (one, a list, or {labels: [...]}); repeats are ignored",
+           body=(LabelBody, LabelBatch, list[LabelBody]), responses={202: LabelsAccepted},
+           tags=("labels",), errors=(404,))
 def labels() -> Any:
     service = get_service()
     body = json_body()
@@ -138,6 +166,8 @@ def labels() -> Any:
 
 @bp.get("/v1/model")
 @requires("score")
+@operation("The model in service", params=MODEL_PARAMS, responses={200: ModelInfo},
+           tags=("model",))
 def model() -> Any:
     service = get_service()
     if query_bool("sync", False):
@@ -150,11 +180,15 @@ def model() -> Any:
 
 @bp.put("/v1/cards/<card_id>")
 @requires("admin")
+@operation("Replace a card's profile (queued for the worker's push to Feast)",
+           body=CardProfile, responses={202: ProfileQueued}, tags=("profiles",))
 def put_card(card_id: str) -> Any:
     return jsonify(get_service().put_profile("card", card_id, json_body())), 202
 
 
 @bp.put("/v1/merchants/<merchant_id>")
 @requires("admin")
+@operation("Replace a merchant's profile (queued for the worker's push to Feast)",
+           body=MerchantProfile, responses={202: ProfileQueued}, tags=("profiles",))
 def put_merchant(merchant_id: str) -> Any:
     return jsonify(get_service().put_profile("merchant", merchant_id, json_body())), 202

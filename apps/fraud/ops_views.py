@@ -21,12 +21,24 @@ from typing import Any
 
 from flask import Blueprint, Flask, current_app, jsonify, request
 
+from fraud.contract import (
+    LIST_PARAMS,
+    REVIEW_PARAMS,
+    AllLists,
+    ListChange,
+    ListEntryBody,
+    ReviewClosed,
+    Reviews,
+    Rules,
+    Verdict,
+)
 from fraud.lists import Lists
 from fraud.reviews import STATUSES, ReviewQueue
 from fraud.rules import Policy
 from fraud.service import FraudService
 from mlplatform.errors import BadRequest
 from mlplatform.http import json_body, query_int, query_str
+from mlplatform.openapi import operation
 from mlplatform.security import requires
 
 __all__ = ["bp", "init_app", "get_lists", "get_policy", "get_reviews"]
@@ -105,12 +117,16 @@ def get_reviews(app: Flask | None = None) -> ReviewQueue:
 
 @bp.get("/v1/lists")
 @requires("lists")
+@operation("Every list with its live values", responses={200: AllLists}, tags=("lists",))
 def lists_all() -> Any:
     return jsonify(get_lists().all())
 
 
 @bp.put("/v1/lists/<name>/<value>")
 @requires("lists")
+@operation("Put a value on a list (201 new, 200 updated); every replica within a second",
+           body=ListEntryBody, body_required=False, params=LIST_PARAMS,
+           responses={200: ListChange, 201: ListChange}, tags=("lists",), errors=(404, 409))
 def lists_put(name: str, value: str) -> Any:
     body = json_body() if request.get_data(cache=True) else None
     entry, created = get_lists().put(name, value, body)
@@ -119,6 +135,8 @@ def lists_put(name: str, value: str) -> Any:
 
 @bp.delete("/v1/lists/<name>/<value>")
 @requires("lists")
+@operation("Remove a value from a list", params=LIST_PARAMS, responses={200: ListChange},
+           tags=("lists",), errors=(404,))
 def lists_delete(name: str, value: str) -> Any:
     entry = get_lists().delete(name, value)
     return jsonify({"list": name, **entry.to_dict(), "deleted": True})
@@ -128,6 +146,7 @@ def lists_delete(name: str, value: str) -> Any:
 
 @bp.get("/v1/rules")
 @requires("lists")
+@operation("The rules in force", responses={200: Rules}, tags=("rules",))
 def rules() -> Any:
     return jsonify(get_policy().describe())
 
@@ -136,6 +155,7 @@ def rules() -> Any:
 
 @bp.get("/v1/reviews")
 @requires("review")
+@operation("Review cases", params=REVIEW_PARAMS, responses={200: Reviews}, tags=("reviews",))
 def reviews_list() -> Any:
     status = query_str("status", "open") or "open"
     if status not in STATUSES:
@@ -147,5 +167,7 @@ def reviews_list() -> Any:
 
 @bp.post("/v1/reviews/<transaction_id>")
 @requires("review")
+@operation("Close a review case with a verdict (it becomes the label)", body=Verdict,
+           responses={200: ReviewClosed}, tags=("reviews",), errors=(404, 409))
 def reviews_close(transaction_id: str) -> Any:
     return jsonify(get_reviews().close(transaction_id, json_body()))

@@ -20,19 +20,20 @@ bare 503.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import re
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from mlplatform import jsonio, lifecycle, metrics, security
+from mlplatform import jsonio, lifecycle, metrics, openapi, security
 from mlplatform.config import Settings, get_settings
 from mlplatform.errors import APIError, BadRequest, MLSuiteError, Unavailable
 from mlplatform.jsonio import MsgspecProvider
@@ -44,7 +45,9 @@ __all__ = [
     "public_message",
     "get_redis",
     "get_settings_of",
+    "body_bytes",
     "json_body",
+    "typed_body",
     "query_int",
     "query_bool",
     "query_str",
@@ -55,6 +58,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 ReadinessCheck = Callable[[], "str | None"]
 # Readiness checks of shared dependencies: when one fails the replica is degraded, not
 # unready (see the module docstring).
@@ -70,7 +74,7 @@ _DRAIN_CHUNK = 64 * 1024
 # Errors whose text describes a connection (host, port, socket path, file): the client
 # gets the dependency's name, the log gets the text.
 _DRIVER_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError, sqlite3.Error)
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
+ID_PATTERN = re.compile(openapi.ID_REGEX)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -97,6 +101,9 @@ def create_service_app(name: str, settings: Settings | None = None,
     _init_error_handlers(app)
     _init_ops_routes(app, name)
     security.init_app(app, settings, app.extensions["mlsuite.redis"])
+    openapi.init_app(app, title=f"mlsuite {name}", version=_version(),
+                     description=f"The {name} service of mlsuite. Errors have one shape "
+                                 "(ErrorResponse); `field` names the bad input.")
     if settings.redis_url:
         add_readiness_check(app, "redis", lambda: ping(get_redis(app)))
     return app
@@ -158,15 +165,34 @@ def get_redis(app: Flask | None = None) -> redis.Redis:
 
 # -- request parsing ---------------------------------------------------------------------
 
-def json_body() -> Any:
-    """The request's JSON document, or BadRequest(field="body") saying what is wrong."""
+def body_bytes() -> bytes:
+    """The request's body, or BadRequest(field="body") when it is empty."""
     data = request.get_data(cache=True)
     if not data:
         raise BadRequest("request body must be a JSON document, got an empty body", field="body")
+    return data
+
+
+def json_body() -> Any:
+    """The request's JSON document, or BadRequest(field="body") saying what is wrong."""
+    data = body_bytes()
     try:
         return jsonio.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"request body must be valid JSON: {exc}", field="body") from None
+
+
+def typed_body(type_: type[T] | Any, *, root: str = "") -> T:
+    """The request's JSON document as ``type_`` (msgspec, see ``mlplatform.openapi``), or
+    BadRequest naming the bad field (``root[3].amount`` for a top-level list)."""
+    return openapi.decode(body_bytes(), type_, root=root)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("mlsuite")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
 
 
 def query_int(name: str, default: int, lo: int, hi: int) -> int:
@@ -212,8 +238,7 @@ def check_id(value: Any, field: str) -> str:
     text = str(value)
     if not ID_PATTERN.match(text):
         raise BadRequest(
-            f"{field} must be 1-128 characters of letters, digits and _.:@- "
-            f"starting with a letter or digit, got {text[:64]!r}",
+            f"{field} must be {openapi.ID_RULE}, got {text[:64]!r}",
             field=field,
         )
     return text

@@ -1,0 +1,228 @@
+"""The fraud service's HTTP contract: the request and response types of every endpoint
+(msgspec Structs), as ``/openapi.json`` publishes them.
+
+Transactions (the hot path) are decoded with their types (``fraud.schema``); the other
+bodies are checked by their domain parsers (labels, lists, reviews, profiles), whose
+rules these types state for clients. Responses are built as dicts on the request path
+(no per-request object churn); the contract test checks each one against its type.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from fraud.lists import LISTS
+from fraud.profiles import CARD_FIELDS, MERCHANT_FIELDS
+from fraud.reviews import OUTCOMES, STATUSES
+from mlplatform.openapi import Id, Param, Timestamp
+
+__all__ = [
+    "BatchScore", "CardProfile", "LabelBatch", "LabelBody", "LabelsAccepted", "ListChange", "AllLists",
+    "ListEntryBody", "MerchantProfile", "ModelInfo", "ProfileQueued", "ReviewClosed",
+    "Reviews", "Rules", "Score", "Verdict", "LIST_PARAMS", "MODEL_PARAMS", "REVIEW_PARAMS",
+]
+
+Country = Annotated[str, msgspec.Meta(
+    pattern=r"^[A-Z]{2}$", description="an ISO 3166 code of 2 upper-case letters")]
+Probability = Annotated[float, msgspec.Meta(ge=0, le=1, description="a number in [0, 1]")]
+# JSON cannot carry NaN: a metric not known yet (no labels) is null.
+Metric = float | None
+
+
+class Score(msgspec.Struct):
+    """A transaction's score, decision and reasons, and the model that gave them."""
+
+    transaction_id: str
+    score: Probability
+    decision: Literal["approve", "review", "decline"]
+    reasons: list[dict[str, Any]]
+    model_version: str
+    model_labels: int
+    duplicate: bool = False  # present (true) when this id was scored before: the same answer
+
+
+class BatchScore(msgspec.Struct):
+    """Scores of a batch, in request order."""
+
+    results: list[Score]
+    model_version: str
+    count: int
+
+
+class LabelBody(msgspec.Struct, forbid_unknown_fields=True):
+    """A label: whether a scored transaction was fraud, and when that became known."""
+
+    transaction_id: Id
+    is_fraud: bool
+    labelled_at: Timestamp | None = None
+
+
+class LabelBatch(msgspec.Struct, forbid_unknown_fields=True):
+    """Several labels; all are checked before any is appended."""
+
+    labels: Annotated[list[LabelBody], msgspec.Meta(min_length=1)]
+
+
+class LabelsAccepted(msgspec.Struct):
+    """What happened to the labels: appended (their stream offsets) or ignored (repeats)."""
+
+    accepted: int
+    ignored: int
+    corrections: int
+    offsets: list[str]
+
+
+class Thresholds(msgspec.Struct):
+    review: Probability
+    decline: Probability
+    review_fpr: float | None = None
+    decline_fpr: float | None = None
+
+
+class ModelInfo(msgspec.Struct):
+    """The model in service: version, labels learned, metrics, drift (thresholds: admin)."""
+
+    name: str
+    version: int
+    model_version: str
+    online: bool
+    labels_learned: int
+    training_metrics: dict[str, Metric]
+    online_metrics: dict[str, Any]
+    drift: dict[str, Any]
+    features: list[str]
+    kind: str | None = None
+    alias: str | None = None
+    created_at: str | float | None = None
+    label_offset: str | None = None
+    thresholds: Thresholds | None = None  # only for keys with the admin scope
+
+
+class CardProfile(msgspec.Struct, forbid_unknown_fields=True):
+    """A card's whole profile (a PUT replaces it)."""
+
+    home_country: Country
+    card_age_days: Annotated[int, msgspec.Meta(ge=0, description="an integer >= 0")]
+    avg_amount: Annotated[float, msgspec.Meta(ge=0, description="a number >= 0")]
+
+
+class MerchantProfile(msgspec.Struct, forbid_unknown_fields=True):
+    """A merchant's whole profile (a PUT replaces it)."""
+
+    merchant_category: Annotated[str, msgspec.Meta(
+        pattern=r"^[a-z][a-z0-9_]{0,39}$",
+        description="a snake_case category such as 'jewelry'")]
+    merchant_country: Country
+    risk_score: Probability
+
+
+assert OUTCOMES == ("fraud", "legit"), "Verdict.outcome drifted from fraud.reviews.OUTCOMES"
+assert tuple(CardProfile.__struct_fields__) == CARD_FIELDS, "CardProfile != CARD_FIELDS"
+assert tuple(MerchantProfile.__struct_fields__) == MERCHANT_FIELDS, "MerchantProfile drifted"
+
+
+class ProfileQueued(msgspec.Struct):
+    """The profile is on the updates stream; the worker pushes it to Feast."""
+
+    queued: str
+    kind: Literal["card", "merchant"]
+    id: str
+    profile: dict[str, Any]
+
+
+class ListEntry(msgspec.Struct):
+    value: str
+    reason: str
+    added_at: float
+    expires_at: float | None
+
+
+class ListInfo(msgspec.Struct):
+    field: str
+    kind: Literal["block", "allow"]
+    count: int
+    values: list[ListEntry]
+
+
+class AllLists(msgspec.Struct):
+    """Every list with its live values, and the lists' version."""
+
+    lists: dict[str, ListInfo]
+    version: int
+
+
+class ListEntryBody(msgspec.Struct, forbid_unknown_fields=True):
+    """Why a value is on a list, and until when (optional; none: for good)."""
+
+    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    expires_at: Timestamp | None = None
+
+
+class ListChange(msgspec.Struct):
+    """The entry as now held (``created``: it is new) or as removed (``deleted``)."""
+
+    list: str
+    value: str
+    reason: str
+    added_at: float
+    expires_at: float | None
+    created: bool | None = None
+    deleted: bool | None = None
+
+
+class Rules(msgspec.Struct):
+    """The rules in force (before and after the model) and the lists' version."""
+
+    source: str
+    loaded_at: float
+    before: list[dict[str, Any]]
+    after: list[dict[str, Any]]
+    lists_version: int
+
+
+class Reviews(msgspec.Struct):
+    """Review cases (open: oldest first; closed: newest first) and the queue's counts."""
+
+    status: Literal["open", "closed"]
+    count: int
+    open: int
+    overdue: int
+    max_age_seconds: float
+    cases: list[dict[str, Any]]
+
+
+class Verdict(msgspec.Struct, forbid_unknown_fields=True):
+    """An analyst's verdict on a review case: it becomes the transaction's label."""
+
+    outcome: Literal["fraud", "legit"]
+    analyst: Id
+    note: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+
+
+class ReviewClosed(msgspec.Struct):
+    """The closed case and the offset of the label it appended (null: a repeat)."""
+
+    transaction_id: str
+    status: Literal["closed"]
+    outcome: str
+    analyst: str
+    note: str
+    opened_at: float
+    closed_at: float
+    label_offset: str | None
+
+
+_BOOL = {"type": "boolean"}
+MODEL_PARAMS = (Param("sync", _BOOL, "first wait until every label posted so far is learned"),)
+REVIEW_PARAMS = (
+    Param("status", {"enum": list(STATUSES), "default": "open"}, "open or closed cases"),
+    Param("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50},
+          "at most this many cases"),
+)
+LIST_PARAMS = (
+    Param("name", {"enum": sorted(LISTS)}, "the list", where="path"),
+    Param("value", {"type": "string", "minLength": 1, "maxLength": 128},
+          "the value: a card, device or merchant id, or a country code", where="path"),
+)
