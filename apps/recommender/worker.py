@@ -43,7 +43,7 @@ from mlplatform.experiments import ExperimentStore, load_definitions
 from mlplatform.lease import Lease
 from mlplatform.registry import ModelRegistry, ModelVersion
 from mlplatform.snapshots import SnapshotStore
-from mlplatform.streams import Consumer, consumer_name
+from mlplatform.streams import Consumer, consumer_name, partition_count
 from mlplatform.worker import Worker
 from recommender.attribution import EXPOSURES_STREAM, Attributor, ExposureCounter, PriceBook
 from recommender.bundle import ModelBundle
@@ -329,8 +329,10 @@ def build(settings: Settings, worker: Worker, config: WorkerConfig | None = None
     push_feast = FeastHandle(settings)
     pusher = FeastPusher(client, push_feast.get, on_items=catalogue.kick)
 
+    # The event stream is partitioned by user on a cluster (recommender.history).
+    parts = partition_count(client)
     worker.consume(Consumer(client, STREAM_KEY, "popularity", counter.handle, DEAD_LETTERS,
-                            name=consumer_name("popularity")))
+                            name=consumer_name("popularity"), partitions=parts))
     worker.consume(Consumer(client, UPDATES_STREAM, "feast-push", pusher.handle, DEAD_LETTERS,
                             name=consumer_name("feast-push"),
                             claim_idle_ms=int(config.retry_seconds * 1000),
@@ -342,7 +344,8 @@ def build(settings: Settings, worker: Worker, config: WorkerConfig | None = None
     worker.consume(Consumer(client, STREAM_KEY, "attribution",
                             Attributor(experiments, PriceBook(client).price,
                                        attribution_windows(settings)).handle,
-                            DEAD_LETTERS, name=consumer_name("attribution")))
+                            DEAD_LETTERS, name=consumer_name("attribution"),
+                            partitions=parts))
     worker.loop("catalogue", catalogue.run)
     # Set Feast up and publish the first catalogue before the worker says it runs:
     # importing Feast takes seconds of CPU, which must not land in the first requests.
@@ -355,7 +358,8 @@ def build(settings: Settings, worker: Worker, config: WorkerConfig | None = None
     worker.loop("served-model", lambda stop: (stop.wait(), served.live.stop(), None)[-1])
     worker.every("popularity", config.popularity_seconds, popularity.publish, first_after=0.0)
     worker.every("user-overrides", config.overrides_seconds, lambda: publish_overrides(client))
-    worker.retain(STREAM_KEY, UPDATES_STREAM, EXPOSURES_STREAM, DEAD_LETTERS)
+    worker.retain(STREAM_KEY, partitions=parts)
+    worker.retain(UPDATES_STREAM, EXPOSURES_STREAM, DEAD_LETTERS)
 
 
 def attribution_windows(settings: Settings) -> dict[str, float]:

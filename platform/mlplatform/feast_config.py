@@ -21,6 +21,8 @@ to and each test can run its own store in a temp folder:
 'cache:6379,db=0,username=app,password=pw,ssl=true,socket_connect_timeout=2,socket_timeout=2'
 >>> redis_connection_string("unix:///run/redis.sock?db=1")
 'localhost:6379,db=1,unix_socket_path=/run/redis.sock,socket_connect_timeout=2,socket_timeout=2'
+>>> redis_connection_string("redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7000")
+'10.0.0.1:7000,10.0.0.2:7000,password=pw,socket_connect_timeout=2,socket_timeout=2'
 >>> expand("path: ${MLSUITE_DATA_DIR}/feast/registry.db", {"MLSUITE_DATA_DIR": "/srv/data"})
 'path: /srv/data/feast/registry.db'
 """
@@ -107,13 +109,22 @@ def expand(text: str, values: Mapping[str, str]) -> str:
 
 
 def redis_connection_string(url: str) -> str:
-    """A Redis URL (``redis://``, ``rediss://``, ``unix://``) as a Feast connection string.
+    """A Redis URL (``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``) as a
+    Feast connection string.
 
-    Feast's Redis online store takes ``host:port,key=value,...`` instead of a URL.
+    Feast's Redis online store takes ``host:port,key=value,...`` instead of a URL; a
+    cluster's is its nodes, ``host:port,host:port,...`` (no ``db``: a cluster has one),
+    and the store runs with ``redis_type: redis_cluster`` (``repo_config``).
     """
+    from mlplatform.redisdb import cluster_nodes, is_cluster_url
+
     parsed = urlparse(url)
     query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
-    if parsed.scheme == "unix":
+    if is_cluster_url(url):
+        nodes, options = cluster_nodes(url)
+        head = ",".join(f"{h}:{p}" for h, p in nodes)
+        params = [f"{k}={v}" for k, v in options.items()]
+    elif parsed.scheme == "unix":
         params = [f"db={int(query.get('db', 0))}", f"unix_socket_path={parsed.path}"]
         head = "localhost:6379"  # ignored by redis-py when unix_socket_path is set
     elif parsed.scheme in ("redis", "rediss"):
@@ -131,7 +142,8 @@ def redis_connection_string(url: str) -> str:
             params.append("ssl=true")
     else:
         raise ConfigError(
-            f"MLSUITE_REDIS_URL must be a redis://, rediss:// or unix:// URL, got {url!r}"
+            f"MLSUITE_REDIS_URL must be a redis://, rediss://, unix:// or redis+cluster:// "
+            f"URL, got {url!r}"
         )
     params += [f"socket_connect_timeout={REDIS_TIMEOUT_SECONDS}",
                f"socket_timeout={REDIS_TIMEOUT_SECONDS}"]
@@ -159,10 +171,21 @@ def repo_config(settings: Settings) -> RepoConfig:
             f"Feast config {str(path)!r} uses {', '.join(leftover)}, which is not set{hint}"
         )
     data_dir = Path(settings.data_dir).resolve()
+    online = raw.get("online_store")
+    if (isinstance(online, dict) and online.get("type") == "redis"
+            and "redis_type" not in online and _is_cluster(settings.redis_url)):
+        # The same YAML serves a single server and a cluster: the URL says which.
+        raw["online_store"] = {**online, "redis_type": "redis_cluster"}
     try:
         return RepoConfig(**{**raw, "repo_path": data_dir})
     except Exception as exc:  # pydantic's ValidationError, with every bad field listed
         raise ConfigError(f"Feast config {str(path)!r} is invalid: {exc}") from exc
+
+
+def _is_cluster(url: str | None) -> bool:
+    from mlplatform.redisdb import is_cluster_url
+
+    return is_cluster_url(url)
 
 
 def _unresolved(value: Any) -> set[str]:

@@ -30,7 +30,7 @@ import redis
 
 from mlplatform.config import Settings
 from mlplatform.errors import ConfigError
-from mlplatform.streams import Consumer
+from mlplatform.streams import Consumer, partition_keys
 
 __all__ = ["Worker", "run_worker", "worker_names", "HEARTBEAT_PREFIX"]
 
@@ -102,9 +102,12 @@ class Worker:
 
         self._jobs.append((name, run))
 
-    def retain(self, *streams: str) -> None:
-        """Keep ``streams`` bounded: archive to the lake, then trim (see retention)."""
-        self.streams.extend(s for s in streams if s not in self.streams)
+    def retain(self, *streams: str, partitions: int = 1) -> None:
+        """Keep ``streams`` bounded: archive to the lake, then trim (see retention).
+        A partitioned stream (``partitions`` > 1) is kept per partition key, each
+        archived to the lake folder of its own key."""
+        keys = [k for s in streams for k in partition_keys(s, partitions)]
+        self.streams.extend(k for k in keys if k not in self.streams)
 
     # -- running -------------------------------------------------------------------------
 
