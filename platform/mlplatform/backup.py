@@ -150,6 +150,17 @@ def _redis_for(settings: Settings) -> tuple[redis.Redis, Any]:
     return connect(url, socket_timeout=30), server
 
 
+def _key_count(client: redis.Redis) -> int:
+    """Keys in the database; on a cluster, on every master (DBSIZE asks one node)."""
+    from redis.cluster import RedisCluster
+
+    from mlplatform.redisdb import is_cluster
+
+    if is_cluster(client):
+        return int(client.dbsize(target_nodes=RedisCluster.PRIMARIES))
+    return int(client.dbsize())
+
+
 def _redact(url: str | None) -> str:
     if not url:
         return "embedded"
@@ -347,7 +358,7 @@ def restore_backup(backup: Path, settings: Settings, *, force: bool = False) -> 
     report = Report()
     client, server = _redis_for(settings.with_(data_dir=data_dir))
     try:
-        size = client.dbsize()
+        size = _key_count(client)
         if size and not force:
             raise BackupError(f"the Redis database to restore into holds {size} keys: "
                               f"restore into an empty one, or pass --force to replace "

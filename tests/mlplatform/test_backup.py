@@ -19,7 +19,13 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from mlplatform.backup import MANIFEST, BackupError, restore_backup, verify_backup
+from mlplatform.backup import (
+    MANIFEST,
+    BackupError,
+    create_backup,
+    restore_backup,
+    verify_backup,
+)
 from mlplatform.backup_cli import backup as backup_group
 from mlplatform.config import Settings, get_settings
 from mlplatform.redisdb import EmbeddedRedis, connect
@@ -254,3 +260,39 @@ def test_api_keys_survive_a_restore(source: Source, restored: Settings) -> None:
             resp.get_json()
     finally:
         _close(rec, fraud)
+
+
+def test_a_cluster_is_backed_up_and_restored_on_every_master(
+        cluster_url: str, cluster_client: Any, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "models").mkdir(parents=True)
+    (data / "models" / "note.txt").write_text("a model")
+    for n in range(300):  # spread over every master's slots
+        cluster_client.set(f"k{n}", n)
+    stream = "{p1}:fraud:labels"  # a partitioned stream, its group and a pending entry
+    cluster_client.xadd(stream, {"transaction_id": "t1"})
+    cluster_client.xgroup_create(stream, "fraud-learner", id="0")
+    cluster_client.xreadgroup("fraud-learner", "c1", {stream: ">"})
+    cluster_client.set("velocity", 1, ex=600)
+    settings = _settings(data_dir=data, redis_url=cluster_url)
+    backup_dir = tmp_path / "backup"
+    assert create_backup(settings, backup_dir).keys == 302
+
+    cluster_client.flushall()
+    # One key, on a master other than the one a plain DBSIZE asks: still not empty.
+    default = cluster_client.get_default_node().name
+    stray = next(k for k in (f"someone:{n}" for n in range(100))
+                 if cluster_client.get_node_from_key(k).name != default)
+    cluster_client.set(stray, "1")
+    with pytest.raises(BackupError, match="holds 1 keys"):
+        restore_backup(backup_dir, settings.with_(data_dir=tmp_path / "restored"))
+    cluster_client.delete(stray)
+
+    report = restore_backup(backup_dir, settings.with_(data_dir=tmp_path / "restored"))
+    assert report.keys == 302
+    assert [cluster_client.get(f"k{n}") for n in range(300)] == \
+        [str(n).encode() for n in range(300)]
+    group = cluster_client.xinfo_groups(stream)[0]
+    assert (group["name"], group["pending"]) == (b"fraud-learner", 1)
+    assert 0 < cluster_client.ttl("velocity") <= 600
+    assert (tmp_path / "restored" / "models" / "note.txt").read_text() == "a model"
