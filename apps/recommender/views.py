@@ -11,13 +11,12 @@ worker turns the update stream into Feast pushes and snapshots the reads swap in
 from __future__ import annotations
 
 import json
-import math
 import time
-from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
 
+from mlplatform import openapi
 from mlplatform.errors import APIError, BadRequest, NotFound
 from mlplatform.experiments import ExperimentDefinition, ExperimentStore, report_for
 from mlplatform.http import (
@@ -28,10 +27,29 @@ from mlplatform.http import (
     query_int,
     query_str,
     request_id,
+    typed_body,
 )
+from mlplatform.openapi import operation, timestamp_seconds
 from mlplatform.security import may, requires
 from recommender.attribution import ExposureLog
-from recommender.data import EVENT_TYPES
+from recommender.contract import (
+    MAX_N,
+    RECOMMEND_PARAMS,
+    SIMILAR_PARAMS,
+    BatchRecommendations,
+    BatchRequest,
+    EventBatch,
+    EventsAccepted,
+    ItemUpdate,
+    ModelInfo,
+    Queued,
+    Recommendations,
+    Similar,
+    UserUpdate,
+)
+from recommender.contract import (
+    Event as EventBody,
+)
 from recommender.engine import Engine, ServingModel, UserRecommendations
 from recommender.history import Event
 from recommender.updates import parse_update
@@ -40,7 +58,6 @@ __all__ = ["EXPERIMENTS", "EXPOSURES", "MAX_N", "bp", "get_engine"]
 
 bp = Blueprint("recommender", __name__, url_prefix="/v1")
 
-MAX_N = 100
 EXPOSURES = "recommender.exposures"  # app.extensions key: the ExposureLog (or absent)
 EXPERIMENTS = "recommender.experiments"  # name -> ExperimentDefinition, for the reports
 FUTURE_TOLERANCE_SECONDS = 300  # clock skew we accept on client timestamps
@@ -67,6 +84,8 @@ def _user_result(r: UserRecommendations) -> dict[str, Any]:
 
 @bp.get("/users/<user_id>/recommendations")
 @requires("recommend")
+@operation("A user's recommendations", params=RECOMMEND_PARAMS,
+           responses={200: Recommendations}, tags=("recommendations",))
 def user_recommendations(user_id: str) -> Response:
     user_id = check_id(user_id, "user_id")
     n = query_int("n", 10, 1, MAX_N)
@@ -82,25 +101,16 @@ def user_recommendations(user_id: str) -> Response:
 
 @bp.post("/recommendations/batch")
 @requires("recommend")
+@operation("Recommendations for several users", body=BatchRequest,
+           responses={200: BatchRecommendations}, tags=("recommendations",))
 def batch_recommendations() -> Response:
-    body = json_body()
-    if not isinstance(body, dict):
-        raise BadRequest(f"body must be a JSON object, got {type(body).__name__}", field="body")
+    body = typed_body(BatchRequest)
     limit = current_app.config["RECOMMENDER_MAX_BATCH_USERS"]
-    user_ids = body.get("user_ids")
-    if not isinstance(user_ids, list) or not 1 <= len(user_ids) <= limit:
-        got = f"{len(user_ids)} ids" if isinstance(user_ids, list) else type(user_ids).__name__
-        raise BadRequest(f"user_ids must be a list of 1 to {limit} user ids, got {got}",
-                         field="user_ids")
-    ids = [check_id(u, f"user_ids[{i}]") for i, u in enumerate(user_ids)]
-    n = _int_field(body, "n", 10, 1, MAX_N)
-    exclude_seen = _bool_field(body, "exclude_seen", True)
-    category = body.get("category")
-    if category is not None and not isinstance(category, str):
-        raise BadRequest(f"category must be a string or null, got {type(category).__name__}",
-                         field="category")
+    if len(body.user_ids) > limit:
+        raise BadRequest(f"user_ids must be a list of 1 to {limit} user ids, got "
+                         f"{len(body.user_ids)} ids", field="user_ids")
     serving, results, degraded = _recommend(
-        ids, n=n, exclude_seen=exclude_seen, category=category or None)
+        body.user_ids, n=body.n, exclude_seen=body.exclude_seen, category=body.category or None)
     return _json({"model": serving.version.label, "degraded": degraded,
                   "results": [_user_result(r) for r in results]})
 
@@ -135,6 +145,8 @@ def _recommend(user_ids: list[str], **options: Any
 
 @bp.get("/experiments/<name>")
 @requires("recommend")
+@operation("An experiment's A/B report", responses={200: dict[str, Any]},
+           tags=("experiments",), errors=(404,))
 def experiment_report(name: str) -> Response:
     """The A/B report of experiment ``name`` (``mlplatform.experiments.report``): per
     variant users, exposures, conversions, lift vs the control with a 95% CI and p-value,
@@ -151,6 +163,8 @@ def experiment_report(name: str) -> Response:
 
 @bp.get("/items/<item_id>/similar")
 @requires("recommend")
+@operation("Items similar to an item", params=SIMILAR_PARAMS, responses={200: Similar},
+           tags=("recommendations",))
 def similar_items(item_id: str) -> Response:
     item_id = check_id(item_id, "item_id")
     n = query_int("n", 10, 1, MAX_N)
@@ -163,19 +177,27 @@ def similar_items(item_id: str) -> Response:
 
 @bp.post("/events")
 @requires("events")
+@operation("Record shopper events (one, a list, or {events: [...]})",
+           body=(EventBody, EventBatch, list[EventBody]), responses={201: EventsAccepted},
+           tags=("events",))
 def post_events() -> tuple[Response, int]:
     body = json_body()
-    if isinstance(body, dict) and "events" in body:
-        raw, prefix = body["events"], "events"
-    elif isinstance(body, list):
-        raw, prefix = body, "events"
-    else:
-        raw, prefix = [body], ""
     limit = current_app.config["RECOMMENDER_MAX_EVENTS_PER_REQUEST"]
-    if not isinstance(raw, list) or not 1 <= len(raw) <= limit:
-        got = f"{len(raw)} events" if isinstance(raw, list) else type(raw).__name__
-        raise BadRequest(f"events must be a list of 1 to {limit} events, got {got}",
-                         field="events")
+    # Three shapes, told apart by their JSON type: msgspec cannot decode a union of two
+    # object types, so the document is decoded once and then converted.
+    if isinstance(body, dict) and "events" in body:
+        raw: list[EventBody] = openapi.convert(body, EventBatch).events
+        prefix = "events"
+    elif isinstance(body, list):
+        if not body:
+            raise BadRequest(f"events must be a list of 1 to {limit} events, got 0 events",
+                             field="events")
+        raw, prefix = openapi.convert(body, list[EventBody], root="events"), "events"
+    else:
+        raw, prefix = [openapi.convert(body, EventBody)], ""
+    if len(raw) > limit:
+        raise BadRequest(f"events must be a list of 1 to {limit} events, got {len(raw)} "
+                         "events", field="events")
     now = time.time()
     events = [_event(e, f"{prefix}[{i}]." if prefix else "", now) for i, e in enumerate(raw)]
     ids = get_engine().record(events, request_id=request_id())
@@ -184,6 +206,8 @@ def post_events() -> tuple[Response, int]:
 
 @bp.put("/items/<item_id>")
 @requires("catalogue")
+@operation("Update an item's catalogue entry (partial)", body=ItemUpdate,
+           responses={202: Queued}, tags=("catalogue",))
 def put_item(item_id: str) -> tuple[Response, int]:
     """Update an item's catalogue entry: ``{"category": str, "price": number >= 0,
     "in_stock": bool}``.
@@ -202,6 +226,8 @@ def put_item(item_id: str) -> tuple[Response, int]:
 
 @bp.put("/users/<user_id>")
 @requires("catalogue")
+@operation("Update a user's profile (partial)", body=UserUpdate, responses={202: Queued},
+           tags=("catalogue",))
 def put_user(user_id: str) -> tuple[Response, int]:
     """Update a user's profile: ``{"segment": str, "country": "DE"}`` (2 upper-case
     letters, ISO 3166).
@@ -218,6 +244,7 @@ def put_user(user_id: str) -> tuple[Response, int]:
 
 @bp.get("/model")
 @requires("recommend")
+@operation("The model bundle in service", responses={200: ModelInfo}, tags=("model",))
 def model_info() -> Response:
     info = get_engine().describe()
     if info.get("experiment") and not may("admin"):  # the salt would let a client pick its variant
@@ -227,56 +254,19 @@ def model_info() -> Response:
 
 # -- parsing helpers ---------------------------------------------------------------------
 
-def _int_field(body: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
-    value = body.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise BadRequest(f"{name} must be an integer in [{lo}, {hi}], got {value!r}", field=name)
-    return value
+def _event(body: EventBody, prefix: str, now: float) -> Event:
+    return Event(body.user_id, body.item_id, body.event_type,
+                 _timestamp(body.timestamp, prefix + "timestamp", now))
 
 
-def _bool_field(body: dict[str, Any], name: str, default: bool) -> bool:
-    value = body.get(name, default)
-    if not isinstance(value, bool):
-        raise BadRequest(f"{name} must be true or false, got {value!r}", field=name)
-    return value
-
-
-def _event(raw: Any, prefix: str, now: float) -> Event:
-    if not isinstance(raw, dict):
-        field = prefix.rstrip(".") or "body"
-        raise BadRequest(f"{field} must be an event object with user_id, item_id and "
-                         f"event_type, got {type(raw).__name__}", field=field)
-    for name in ("user_id", "item_id", "event_type"):
-        if raw.get(name) is None:
-            raise BadRequest(f"{prefix}{name} is required", field=prefix + name)
-    user_id = check_id(raw["user_id"], prefix + "user_id")
-    item_id = check_id(raw["item_id"], prefix + "item_id")
-    event_type = raw["event_type"]
-    if event_type not in EVENT_TYPES:
-        raise BadRequest(f"{prefix}event_type must be one of {', '.join(EVENT_TYPES)}, "
-                         f"got {event_type!r}", field=prefix + "event_type")
-    timestamp = _timestamp(raw.get("timestamp"), prefix + "timestamp", now)
-    return Event(user_id, item_id, event_type, timestamp)
-
-
-def _timestamp(value: Any, field: str, now: float) -> float:
-    """Epoch seconds or ISO-8601 with a zone; default now; not in the future."""
+def _timestamp(value: float | str | None, field: str, now: float) -> float:
+    """The one timestamp rule (``mlplatform.openapi.timestamp_seconds``); default now;
+    not in the future beyond the clock skew we accept."""
     if value is None:
         return now
-    if isinstance(value, bool):
-        ts = math.nan
-    elif isinstance(value, int | float):
-        ts = float(value)
-    elif isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value)
-            ts = moment.timestamp() if moment.tzinfo is not None else math.nan
-        except ValueError:
-            ts = math.nan
-    else:
-        ts = math.nan
-    if not math.isfinite(ts) or ts < 0 or ts > now + FUTURE_TOLERANCE_SECONDS:
-        raise BadRequest(
-            f"{field} must be epoch seconds or an ISO-8601 time with a zone, not in the "
-            f"future, got {value!r}", field=field)
+    ts = timestamp_seconds(value, field)
+    if ts > now + FUTURE_TOLERANCE_SECONDS:
+        raise BadRequest(f"{field} must not be in the future (beyond "
+                         f"{FUTURE_TOLERANCE_SECONDS} s of clock skew), got {value!r}",
+                         field=field)
     return ts

@@ -1,0 +1,162 @@
+"""The recommender's HTTP contract: the request and response types of every endpoint
+(msgspec Structs), as ``/openapi.json`` publishes them.
+
+Events and batch requests are decoded with these types; item and user updates are
+checked by ``recommender.updates`` (partial updates, per-field rules), whose rules
+``ItemUpdate`` and ``UserUpdate`` state for clients. Responses are built as dicts on the
+request path; the contract test checks each one against its type.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from mlplatform.openapi import Id, Param, Timestamp
+from recommender.data import EVENT_TYPES
+
+__all__ = [
+    "BatchRecommendations", "BatchRequest", "Event", "EventBatch", "EventsAccepted",
+    "ItemUpdate", "ModelInfo", "Queued", "Recommendations", "Similar", "UserUpdate",
+    "MAX_N", "RECOMMEND_PARAMS", "SIMILAR_PARAMS",
+]
+
+MAX_N = 100
+N = Annotated[int, msgspec.Meta(ge=1, le=MAX_N, description=f"an integer in [1, {MAX_N}]")]
+EventType = Annotated[Literal["view", "add_to_cart", "purchase"], msgspec.Meta(
+    description="one of " + ", ".join(EVENT_TYPES))]
+assert EVENT_TYPES == ("view", "add_to_cart", "purchase"), "EventType drifted from EVENT_TYPES"
+
+
+class Event(msgspec.Struct):
+    """A shopper's interaction; ``timestamp`` defaults to now and may not be in the future
+    (5 minutes of clock skew are accepted)."""
+
+    user_id: Id
+    item_id: Id
+    event_type: EventType
+    timestamp: Timestamp | None = None
+
+
+class EventBatch(msgspec.Struct):
+    """Several events, all checked before any is recorded."""
+
+    events: Annotated[list[Event], msgspec.Meta(min_length=1)]
+
+
+class EventsAccepted(msgspec.Struct):
+    """The events are in Redis: their stream ids, in request order."""
+
+    accepted: int
+    ids: list[str]
+
+
+class BatchRequest(msgspec.Struct):
+    """Recommendations for several users at once."""
+
+    user_ids: Annotated[list[Id], msgspec.Meta(min_length=1)]
+    n: N = 10
+    exclude_seen: bool = True
+    category: str | None = None
+
+
+class RecommendedItem(msgspec.Struct):
+    item_id: str | int
+    score: float | None = None
+
+
+class Recommendations(msgspec.Struct):
+    """A user's recommendations, the model and variant that made them, and whether a
+    fallback (popularity) or a degraded dependency was involved."""
+
+    model: str
+    user_id: str
+    variant: str | None
+    strategy: str
+    fallback: bool
+    items: list[RecommendedItem]
+    degraded: list[str]
+
+
+class UserResult(msgspec.Struct):
+    user_id: str
+    model: str | None
+    variant: str | None
+    strategy: str
+    fallback: bool
+    items: list[RecommendedItem]
+
+
+class BatchRecommendations(msgspec.Struct):
+    """Each user's recommendations, in request order."""
+
+    model: str
+    degraded: list[str]
+    results: list[UserResult]
+
+
+class Similar(msgspec.Struct):
+    """Items like an item (by the model's item factors)."""
+
+    model: str
+    item_id: str
+    strategy: str
+    fallback: bool
+    items: list[RecommendedItem]
+    degraded: list[str]
+
+
+class ItemUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    """A partial update of an item's catalogue entry: any non-empty subset of the fields."""
+
+    category: str | msgspec.UnsetType = msgspec.UNSET
+    price: Annotated[float, msgspec.Meta(ge=0)] | msgspec.UnsetType = msgspec.UNSET
+    in_stock: bool | msgspec.UnsetType = msgspec.UNSET
+
+
+class UserUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    """A partial update of a user's profile: any non-empty subset of the fields."""
+
+    segment: str | msgspec.UnsetType = msgspec.UNSET
+    country: Annotated[str, msgspec.Meta(
+        pattern=r"^[A-Z]{2}$", description="an ISO 3166 code of 2 upper-case letters")] \
+        | msgspec.UnsetType = msgspec.UNSET
+
+
+class Queued(msgspec.Struct):
+    """The update is durably on the updates stream; every replica reflects it within
+    about a second."""
+
+    queued: str
+
+
+class ModelInfo(msgspec.Struct):
+    """The model bundle in service (the experiment's salt: admin keys only)."""
+
+    model: str
+    name: str
+    version: int
+    variants: Any
+    metrics: dict[str, Any]
+    params: dict[str, Any]
+    catalogue_size: int
+    known_users: int
+    data_cutoff: str
+    alias: str | None = None
+    created_at: str | float | None = None
+    experiment: dict[str, Any] | None = None
+    data_fingerprint: str | None = None
+    rollout: dict[str, Any] | None = None
+
+
+_N_PARAM = Param("n", {"type": "integer", "minimum": 1, "maximum": MAX_N, "default": 10},
+                 "how many items")
+_CATEGORY = Param("category", {"type": "string"}, "only items of this category")
+RECOMMEND_PARAMS = (
+    _N_PARAM,
+    Param("exclude_seen", {"type": "boolean", "default": True},
+          "leave out items the user has interacted with"),
+    _CATEGORY,
+)
+SIMILAR_PARAMS = (_N_PARAM, _CATEGORY)
