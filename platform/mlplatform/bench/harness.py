@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlplatform.bench.loadgen import LoadResult, Progress, run_load
-from mlplatform.bench.payloads import Endpoint, endpoints_for
+from mlplatform.bench.loadgen import UNIQUE, LoadResult, Progress, run_load
+from mlplatform.bench.payloads import NEEDS, Endpoint, endpoints_for
 from mlplatform.bench.report import add_ratios, build_report, format_row, format_table, write_json
 from mlplatform.config import Settings
 from mlplatform.stack import Stack
@@ -93,10 +93,37 @@ class _Bar:
             self.bar.close()
 
 
+def preflight(endpoint: Endpoint, host: str, port: int,
+              headers: Mapping[str, str] | None = None) -> None:
+    """Send the endpoint's first request once and refuse to measure a failing one: the load
+    generator counts statuses only, and GraphQL answers its errors with a 200."""
+    import http.client
+    import json
+    import secrets
+
+    path, body = endpoint.requests[0]
+    if body is not None:
+        body = body.replace(UNIQUE.encode(), secrets.token_hex(8).encode())
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        conn.request(endpoint.method, path, body,
+                     {**(headers or {}), **({"Content-Type": "application/json"} if body else {})})
+        response = conn.getresponse()
+        raw = response.read()
+    finally:
+        conn.close()
+    answer = json.loads(raw) if raw[:1] in (b"{", b"[") else None
+    errors = answer.get("errors") if isinstance(answer, dict) else None
+    if not 200 <= response.status < 300 or errors:
+        raise RuntimeError(f"{endpoint.name}: {endpoint.route} answered {response.status} "
+                           f"{(errors or raw.decode(errors='replace'))!s:.300}; not measuring it")
+
+
 def measure_endpoint(endpoint: Endpoint, host: str, port: int, opts: BenchOptions,
                      say: Callable[[str], None] = print,
                      headers: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Saturation, then half of its peak: one report row (``headers``: the API key)."""
+    preflight(endpoint, host, port, headers)
     target = endpoint.target(host, port, headers)
     bar = _Bar(f"{endpoint.name} saturation", opts.warmup + opts.duration, opts.progress, say)
     try:
@@ -165,7 +192,9 @@ def run_bench(settings: Settings, opts: BenchOptions, say: Callable[[str], None]
     loadavg = os.getloadavg() if hasattr(os, "getloadavg") else None
     settings = settings.with_(threads=opts.threads)
     rows: list[dict[str, Any]] = []
-    with Stack(settings, opts.services, server=opts.server, workers=opts.workers,
+    # Services measured, and those they need running behind them (GraphQL's upstreams).
+    needed = [n for s in opts.services for n in NEEDS.get(s, ()) if n not in opts.services]
+    with Stack(settings, [*needed, *opts.services], server=opts.server, workers=opts.workers,
                name="bench", say=say) as stack:
         endpoints = endpoints_for(opts.services, stack.settings.data_dir,
                                   batch_size=opts.batch_size, seed=settings.seed)

@@ -21,11 +21,13 @@ from typing import Any
 from mlplatform.bench.loadgen import UNIQUE, Target
 from mlplatform.errors import MLSuiteError
 
-__all__ = ["SERVICES", "Endpoint", "endpoints_for", "pool_size"]
+__all__ = ["SERVICES", "NEEDS", "Endpoint", "endpoints_for", "pool_size"]
 
 # "baseline-conventions" (opt-in) is the baseline plus mlsuite's HTTP conventions (JSON
 # errors, request ids, metrics): between it and the baseline is what the platform costs.
-SERVICES = ("baseline", "baseline-conventions", "recommender", "fraud")
+SERVICES = ("baseline", "baseline-conventions", "recommender", "fraud", "graphql")
+# What GraphQL needs running behind it (its resolvers call these over HTTP).
+NEEDS = {"graphql": ("recommender", "fraud")}
 EVENT_MIX = (("view", 0.80), ("add_to_cart", 0.15), ("purchase", 0.05))
 
 
@@ -71,8 +73,10 @@ def endpoints_for(services: Sequence[str], data_dir: Path, *, batch_size: int = 
                                 "requests", 1, (("/v1/ping", None),)))
         elif service == "recommender":
             out += _recommender(Path(data_dir) / "shop", rng, batch_size)
-        else:
+        elif service == "fraud":
             out += _fraud(Path(data_dir) / "payments", rng, batch_size)
+        else:
+            out += _graphql(Path(data_dir), rng)
     return out
 
 
@@ -152,4 +156,30 @@ def _fraud(payments: Path, rng: random.Random, batch_size: int) -> list[Endpoint
         Endpoint("fraud.batch", "fraud", "POST",
                  f"POST /v1/transactions/score/batch ({batch_size} transactions)",
                  "transactions", batch_size, tuple(batches)),
+    ]
+
+
+# The same work as recommender.recommendations and fraud.score, asked through GraphQL:
+# the report sets each row's ratio to its REST twin (``report.REST_TWIN``).
+_GQL_RECOMMEND = ("query R($u: ID!) { user(id: $u) { recommendations(n: 10) "
+                  "{ model items { itemId score } } } }")
+_GQL_SCORE = ("mutation S($t: TransactionInput!) { scoreTransaction(transaction: $t) "
+              "{ transactionId score decision reasons { code text } modelVersion } }")
+_CAMEL = {"card_id": "cardId", "merchant_id": "merchantId", "device_id": "deviceId"}
+
+
+def _graphql(data_dir: Path, rng: random.Random) -> list[Endpoint]:
+    users = _column(data_dir / "shop" / "users.parquet", "user_id")
+    rng.shuffle(users)
+    txs = _transactions(data_dir / "payments", rng, 4000)
+    recommend = tuple(("/graphql", _json({"query": _GQL_RECOMMEND, "variables": {"u": u}}))
+                      for u in users[:pool_size(len(users))])
+    score = tuple(("/graphql", _json({"query": _GQL_SCORE, "variables": {"t": {
+        "transactionId": f"bench-gql-{UNIQUE}", **{_CAMEL.get(k, k): v for k, v in t.items()}}}}))
+        for t in txs)
+    return [
+        Endpoint("graphql.recommendations", "graphql", "POST",
+                 "POST /graphql user.recommendations(n: 10)", "requests", 1, recommend),
+        Endpoint("graphql.score", "graphql", "POST", "POST /graphql scoreTransaction",
+                 "requests", 1, score),
     ]

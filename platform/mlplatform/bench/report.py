@@ -8,6 +8,11 @@ prints the same figures for people.
 >>> add_ratios(rows)
 >>> [r["ratio_to_baseline"] for r in rows]
 [1.0, 0.4]
+>>> rows.append({"name": "graphql.score", "unit": "requests",
+...              "saturation": {"requests_per_s": 300.0}})
+>>> add_ratios(rows)
+>>> rows[-1]["ratio_to_baseline"], rows[-1]["ratio_to_rest"]
+(0.3, 0.75)
 """
 
 from __future__ import annotations
@@ -46,13 +51,24 @@ TARGETS: tuple[tuple[str, str, str, float], ...] = (
 GENERATOR_LATE_MS = 2.0
 
 
+# A GraphQL row's REST twin: the same work asked of the service directly. Its
+# ``ratio_to_rest`` is what going through GraphQL leaves of the REST throughput.
+REST_TWIN = {"graphql.recommendations": "recommender.recommendations",
+             "graphql.score": "fraud.score"}
+
+
 def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """Set each row's ``ratio_to_baseline``: its peak requests/s over the baseline's."""
+    """Set each row's ``ratio_to_baseline`` (its peak requests/s over the baseline's) and,
+    for a GraphQL row whose REST twin was measured, ``ratio_to_rest``."""
     base = next((r for r in rows if r["name"] == "baseline.ping"), None)
     base_rps = base["saturation"]["requests_per_s"] if base else 0.0
+    by_name = {r["name"]: r for r in rows}
     for r in rows:
         rps = r["saturation"]["requests_per_s"]
         r["ratio_to_baseline"] = round(rps / base_rps, 3) if base_rps else None
+        twin = by_name.get(REST_TWIN.get(r["name"], ""))
+        if twin is not None and twin["saturation"]["requests_per_s"]:
+            r["ratio_to_rest"] = round(rps / twin["saturation"]["requests_per_s"], 3)
 
 
 def _figure(row: dict[str, Any], path: str) -> Any:
@@ -144,6 +160,10 @@ def format_table(report: dict[str, Any]) -> str:
     ]
     lines += [format_row(r) for r in report["endpoints"]]
     lines.append("")
+    for r in report["endpoints"]:
+        if r.get("ratio_to_rest") is not None:
+            lines.append(f"  {r['name']}: {r['ratio_to_rest']:.0%} of "
+                         f"{REST_TWIN[r['name']]}'s peak throughput (GraphQL's overhead)")
     for t in report["targets"]:
         mark = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
         got = t["measured"]
