@@ -26,20 +26,24 @@ the leftovers answered ``/readyz``. Three pieces stop that:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import logging
 import os
 import secrets
 import signal
 import socket
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from mlplatform.errors import MLSuiteError
 
-__all__ = ["INSTANCE_VAR", "PortInUse", "Backoff", "new_instance", "instance",
+__all__ = ["INSTANCE_VAR", "PortInUse", "Backoff", "new_instance", "instance", "file_lock",
            "die_with_parent", "preexec_die_with_parent", "guard_server_worker",
            "check_port_free", "port_listeners"]
 
@@ -66,6 +70,19 @@ def _load_prctl() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
 # Resolved once in the parent: the child between fork and exec should do as little as
 # possible (no library loading there).
 _PRCTL = _load_prctl()
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) while inside: processes on
+    this machine, or on several sharing the folder, take turns."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def new_instance() -> str:

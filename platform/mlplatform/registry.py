@@ -17,7 +17,6 @@ share of units (``set_rollout``). Running services hold a ``LiveModel`` (or a
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -37,6 +36,7 @@ from typing import Any, Generic, TypeVar
 from mlplatform.assignment import in_rollout
 from mlplatform.config import source_root
 from mlplatform.errors import BadRequest, NotFound, Unavailable
+from mlplatform.lifecycle import file_lock
 
 __all__ = ["ModelRegistry", "ModelVersion", "LiveModel", "RolloutModel", "fingerprint",
            "code_version"]
@@ -235,13 +235,8 @@ class ModelRegistry:
     def _lock(self, name: str) -> Iterator[None]:
         # A file lock, so trainers and operators on several machines sharing the
         # folder never hand out one version number twice or lose an alias move.
-        lock_path = self._model_dir(name, create=True) / ".lock"
-        with open(lock_path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with file_lock(self._model_dir(name, create=True) / ".lock"):
+            yield
 
     def _read_aliases(self, name: str) -> dict[str, Any]:
         try:

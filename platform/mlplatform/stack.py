@@ -31,7 +31,7 @@ import redis
 
 from mlplatform import serving
 from mlplatform.config import Settings
-from mlplatform.lifecycle import Backoff, PortInUse, check_port_free
+from mlplatform.lifecycle import Backoff, PortInUse, check_port_free, file_lock
 from mlplatform.redisdb import EmbeddedRedis, connect, free_port
 from mlplatform.serving import sigterm_interrupts
 
@@ -283,10 +283,18 @@ class Stack:
 
     def _prepare_features(self, *, private_redis: bool) -> None:
         try:
-            from mlplatform.features import FeatureStoreAdapter
+            import mlplatform.features  # noqa: F401
         except ImportError:  # a platform without Feast support: the apps do without
             return
         self.say("feast: apply and materialize")
+        # Two runs starting on one data folder (`mlsuite serve recommender` and `... fraud`)
+        # take turns: concurrent applies left the registry empty for one of them.
+        with file_lock(self.settings.data_dir / ".feast.lock"):
+            self._apply_and_materialize(private_redis=private_redis)
+
+    def _apply_and_materialize(self, *, private_redis: bool) -> None:
+        from mlplatform.features import FeatureStoreAdapter
+
         store = FeatureStoreAdapter.from_settings(self.settings)
         store.apply()
         # A Redis online store on a fresh private server holds nothing yet, whatever the

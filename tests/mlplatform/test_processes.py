@@ -161,3 +161,28 @@ def test_serve_restarts_a_killed_server_which_answers_again(
         assert supervisor.wait(timeout=30) == 0
     with pytest.raises(OSError):  # SIGTERM stopped the restarted server too
         urllib.request.urlopen(url + "/healthz", timeout=2)
+
+
+def test_file_lock_makes_runs_on_one_folder_take_turns(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from mlplatform.lifecycle import file_lock
+
+    order: list[str] = []
+    inside = threading.Event()
+
+    def first() -> None:
+        with file_lock(tmp_path / ".feast.lock"):
+            order.append("first in")
+            inside.set()
+            time.sleep(0.3)  # hold it while the second one asks (not a wait for a condition)
+            order.append("first out")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert inside.wait(5)
+    with file_lock(tmp_path / ".feast.lock"):
+        order.append("second in")
+    thread.join(5)
+    assert order == ["first in", "first out", "second in"]
