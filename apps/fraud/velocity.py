@@ -7,6 +7,10 @@ card, device and merchant; two stores of that history with the same semantics:
   history of each transaction of a request and records it, in order and atomically (one
   command per request up to ``CHUNK`` transactions; larger batches pipeline the chunks),
   so concurrent replicas see a consistent serial order.
+  On a Redis Cluster the card's, merchant's and device's keys live on different masters:
+  the store claims each transaction's guard first, then runs one script per entity (see
+  ``RedisVelocityStore._observe_cluster``); the card keys carry the card id as their hash
+  tag (``v:c:{<card>}``, ``v:ch:{<card>}``) so the card's window and stats stay one script.
 - ``MemoryVelocityStore``: in process, for replaying history offline (training, replay).
 
 Both return the same ``History`` for the same sequence of transactions, so online and
@@ -32,12 +36,15 @@ result does not depend on the order Redis returns ties in.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
+
+from mlplatform.redisdb import is_cluster
 
 __all__ = [
     "Event",
@@ -428,6 +435,148 @@ if ARGV[4] ~= '' then restore(ARGV[4], ARGV[12]) end
 if g ~= '' then redis.call('DEL', g) end
 return 1
 """
+# ------------------------------------------------------------------- Redis Cluster path
+#
+# A cluster runs a script only on keys of one slot, so a transaction's velocity update is
+# split: its guard (the decision key, in the decision partition's slot) is claimed first
+# with SET NX GET, then one script per entity (card: window + stats under the card's hash
+# tag; merchant; device), pipelined without MULTI (one round trip per master). Each script
+# validates its arguments before writing, and they all get the same ones (made by Python
+# from the same Event), so one fails only on a Redis error.
+#
+# Idempotency and partial failure:
+# - The guard is claimed before anything is counted, so a retried or concurrent request
+#   for one id finds it (pending marker, then the decision) and counts nothing: never
+#   double-counted while the claiming process lives.
+# - If an entity script fails (or its reply is lost), the entities already applied are
+#   undone (per-entity undo scripts) and the guards this call claimed are freed, so the
+#   request fails with nothing counted and a retry counts once.
+# - If the process dies between the guard and the scripts (or between the scripts), the
+#   pending guard expires after its TTL (service.PENDING_TTL_SECONDS); a retry after that
+#   may count the entities that were applied twice. That is the single-server path's rule
+#   for a process that dies before recording its decision, and the same trade: a payment
+#   is never refused for longer than the TTL.
+# - A card's window and stats are one script, so a card's state is never half updated.
+
+# KEYS: card window, card stats. ARGV: window ttl, card ttl, ts, 24h lower bound, trim
+# bound, card member, amount (milli), device field ('' = none), country field.
+# Reply: card window, previous stats, amount added, what the trim removed.
+_CARD = """
+for j = 3, 5 do
+  if not tonumber(ARGV[j]) then
+    return redis.error_reply('velocity: argument ' .. j .. ' must be a number')
+  end
+end
+local cap = 9007199254740991
+local milli = tonumber(ARGV[7])
+if not milli or milli < 0 or milli > cap or milli ~= math.floor(milli) then
+  return redis.error_reply('velocity: amount must be an integer in [0, 2^53), got ' .. ARGV[7])
+end
+local ts, lo, bound = ARGV[3], ARGV[4], '(' .. ARGV[5]
+local card = redis.call('ZRANGEBYSCORE', KEYS[1], lo, ts, 'WITHSCORES')
+redis.call('ZADD', KEYS[1], ts, ARGV[6])
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', bound, 'WITHSCORES')
+if #gone > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', bound) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+local stats
+if ARGV[8] ~= '' then
+  stats = redis.call('HMGET', KEYS[2], 'n', 'amt', 'last', ARGV[9], ARGV[8])
+  redis.call('HSET', KEYS[2], 'last', ts, ARGV[9], ts, ARGV[8], ts)
+else
+  stats = redis.call('HMGET', KEYS[2], 'n', 'amt', 'last', ARGV[9])
+  redis.call('HSET', KEYS[2], 'last', ts, ARGV[9], ts)
+end
+local total = tonumber(stats[2]) or 0
+local add = milli
+if total + add > cap then add = cap - total end
+if add < 0 then add = 0 end
+redis.call('HINCRBY', KEYS[2], 'n', 1)
+redis.call('HINCRBY', KEYS[2], 'amt', string.format('%d', add))
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return {card, stats, add, gone}
+"""
+
+# KEYS: a merchant's or a device's window. ARGV: window ttl, ts, 24h, 1h, 1m lower
+# bounds, trim bound, member, 'm' (reply the 1m/1h/24h counts) or 'd' (reply the window).
+# Reply: counts or window, what the trim removed.
+_WINDOW = """
+for j = 2, 6 do
+  if not tonumber(ARGV[j]) then
+    return redis.error_reply('velocity: argument ' .. j .. ' must be a number')
+  end
+end
+local ts, lo, bound = ARGV[2], ARGV[3], '(' .. ARGV[6]
+local seen
+if ARGV[8] == 'm' then
+  seen = {redis.call('ZCOUNT', KEYS[1], ARGV[5], ts), redis.call('ZCOUNT', KEYS[1], ARGV[4], ts),
+          redis.call('ZCOUNT', KEYS[1], lo, ts)}
+else
+  seen = redis.call('ZRANGEBYSCORE', KEYS[1], lo, ts, 'WITHSCORES')
+end
+redis.call('ZADD', KEYS[1], ts, ARGV[7])
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', bound, 'WITHSCORES')
+if #gone > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', bound) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return {seen, gone}
+"""
+
+# Undo of _CARD (as _UNDO's card part). KEYS: card window, card stats. ARGV: member, ts,
+# amount added, previous n, amt, last, country value, device value ('' = absent), device
+# field, country field, then a count and that many (member, score) pairs the trim removed.
+_CARD_UNDO = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+local p = 12
+for _ = 1, tonumber(ARGV[11]) do
+  redis.call('ZADD', KEYS[1], ARGV[p + 1], ARGV[p])
+  p = p + 2
+end
+local h, ts = KEYS[2], ARGV[2]
+local n = redis.call('HINCRBY', h, 'n', -1)
+redis.call('HINCRBY', h, 'amt', '-' .. ARGV[3])
+if ARGV[4] == '' and n <= 0 then redis.call('HDEL', h, 'n', 'amt') end
+local function restore(field, previous)
+  if redis.call('HGET', h, field) == ts then
+    if previous == '' then redis.call('HDEL', h, field)
+    else redis.call('HSET', h, field, previous) end
+  end
+end
+restore('last', ARGV[6])
+restore(ARGV[10], ARGV[7])
+if ARGV[9] ~= '' then restore(ARGV[9], ARGV[8]) end
+return 1
+"""
+
+# Undo of _WINDOW. KEYS: the window. ARGV: member, then a count and that many (member,
+# score) pairs the trim removed.
+_WINDOW_UNDO = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+local p = 3
+for _ = 1, tonumber(ARGV[2]) do
+  redis.call('ZADD', KEYS[1], ARGV[p + 1], ARGV[p])
+  p = p + 2
+end
+return 1
+"""
+
+# Claims a guard: nil when it was free (now set to ARGV[1] for ARGV[2] seconds), else its
+# value. (SET NX GET needs Redis 7; the bundled server is 6.2.) KEYS: guard.
+_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held then return held end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
+"""
+
+# Frees a guard only while it still holds this request's pending marker (its decision
+# was not recorded meanwhile). KEYS: guard. ARGV: marker.
+_FREE_GUARD = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_CLUSTER_SCRIPTS = {"claim": _CLAIM, "card": _CARD, "window": _WINDOW,
+                    "card_undo": _CARD_UNDO, "window_undo": _WINDOW_UNDO,
+                    "free": _FREE_GUARD}
+
 # Transactions per script call: bounds how long one call holds Redis (~50 us each).
 CHUNK = 256
 _TTLS = (str(WINDOW_KEY_TTL), str(CARD_KEY_TTL))
@@ -443,6 +592,9 @@ class RedisVelocityStore:
         self._prefix = prefix
         self._sha = client.register_script(_OBSERVE).sha
         self._undo = client.register_script(_UNDO)
+        self._cluster = is_cluster(client)
+        self._shas = {name: hashlib.sha1(src.encode()).hexdigest()
+                      for name, src in _CLUSTER_SCRIPTS.items()}
 
     def observe(self, events: Sequence[Event]) -> list[History]:
         return self.observe_guarded(events, None)  # type: ignore[return-value]
@@ -458,6 +610,8 @@ class RedisVelocityStore:
 
         All or nothing: if a chunk fails (e.g. a bad argument), the chunks already
         applied are undone and the error raised."""
+        if self._cluster:
+            return self._observe_cluster(events, guards, markers, guard_ttl)
         commands = []
         for start in range(0, len(events), CHUNK):
             keys: list[str] = []
@@ -493,6 +647,8 @@ class RedisVelocityStore:
 
         A transaction whose guard no longer holds its marker (its decision was recorded)
         is kept. The windows' and stats' expiry times stay as the observe refreshed them."""
+        if self._cluster:
+            return self._undo_cluster(events, observed, guards, markers)
         pipe = self._redis.pipeline(transaction=False)
         count = 0
         for i in reversed(range(len(events))):
@@ -523,6 +679,164 @@ class RedisVelocityStore:
         if count:
             return sum(int(r) for r in pipe.execute())
         return 0
+
+    # -- Redis Cluster (the note above _CARD) --------------------------------------------
+
+    def _entity_keys(self, e: Event) -> tuple[str, str, str, str | None]:
+        """Card window, card stats, merchant window, device window (None: no device) on a
+        cluster: the card's two keys share the card id as hash tag (one script)."""
+        p = self._prefix
+        return (f"{p}v:c:{{{e.card_id}}}", f"{p}v:ch:{{{e.card_id}}}",
+                f"{p}v:m:{e.merchant_id}",
+                None if e.device_id is None else f"{p}v:d:{e.device_id}")
+
+    def _observe_cluster(
+        self, events: Sequence[Event], guards: Sequence[str] | None,
+        markers: Sequence[str] | None, guard_ttl: int,
+    ) -> list[History | Claimed]:
+        n = len(events)
+        held: list[Any] = [None] * n
+        claimed = [bool(guards and guards[i]) for i in range(n)]
+        if guards and any(claimed):
+            # The guards first, in order: a transaction id twice in one request finds the
+            # first one's marker, as on a single server.
+            ttl = str(int(guard_ttl))
+            held = self._run([("claim", [guards[i]], [markers[i] if markers else "1", ttl])
+                              if claimed[i] else None for i in range(n)])
+            failed = next((r for r in held if isinstance(r, Exception)), None)
+            if failed is not None:
+                self._free([(guards[i], markers[i] if markers else "1")
+                            for i in range(n) if claimed[i] and held[i] is None])
+                raise failed
+        fresh = [i for i in range(n) if held[i] is None]
+        wttl, cttl = _TTLS
+        commands: list[tuple[str, list[str], list[str]] | None] = []
+        for i in fresh:
+            e = events[i]
+            card, stats, merchant, device = self._entity_keys(e)
+            ts = e.timestamp
+            bounds = [repr(ts), repr(ts - HORIZON), repr(ts - _W1H), repr(ts - _W1M),
+                      repr(ts - TRIM)]
+            commands.append(("card", [card, stats], [
+                wttl, cttl, bounds[0], bounds[1], bounds[4], _card_member(e),
+                str(_milli(e.amount)), "" if device is None else f"d:{e.device_id}",
+                f"c:{e.country}"]))
+            commands.append(("window", [merchant], [wttl, *bounds, e.transaction_id, "m"]))
+            commands.append(None if device is None else
+                            ("window", [device], [wttl, *bounds, _device_member(e), "d"]))
+        replies = self._run(commands) if commands else []
+        failed = next((r for r in replies if isinstance(r, Exception)), None)
+        if failed is not None:
+            self._take_back(events, fresh, commands, replies)
+            if guards:
+                self._free([(guards[i], markers[i] if markers else "1")
+                            for i in fresh if claimed[i]])
+            raise failed
+        out: list[History | Claimed] = []
+        k = 0
+        for i in range(n):
+            if held[i] is not None:
+                out.append(Claimed(_text(held[i])))
+                continue
+            card_r, merchant_r, device_r = replies[k], replies[k + 1], replies[k + 2]
+            k += 3
+            dev, gone_dev = device_r if device_r is not None else ([], [])
+            # The single-server script's reply shape, so one decoder reads both.
+            out.append(self._decode([card_r[0], card_r[1], merchant_r[0], dev, card_r[2],
+                                     card_r[3], merchant_r[1], gone_dev]))
+        return out
+
+    def _take_back(self, events: Sequence[Event], fresh: Sequence[int],
+                   commands: Sequence[tuple[str, list[str], list[str]] | None],
+                   replies: Sequence[Any]) -> None:
+        """Undo the entity scripts that succeeded in a failed ``_observe_cluster``."""
+        undo: list[tuple[str, list[str], list[str]] | None] = []
+        for k, (command, reply) in enumerate(zip(commands, replies)):
+            if command is None or reply is None or isinstance(reply, Exception):
+                continue
+            e = events[fresh[k // 3]]
+            name, keys, args = command
+            if name == "card":
+                undo.append(("card_undo", keys, self._card_undo_args(e, reply[2], reply[1],
+                                                                      reply[3])))
+            else:
+                undo.append(("window_undo", keys, [args[6], *_gone_args(reply[1])]))
+        self._run(list(reversed(undo)))
+
+    def _card_undo_args(self, e: Event, added: Any, stats: Sequence[Any],
+                        gone: Sequence[Any]) -> list[Any]:
+        device = stats[4] if len(stats) > 4 else None
+        return [_card_member(e), repr(e.timestamp), str(int(added)),
+                *(b"" if v is None else v for v in (*stats[:4], device)),
+                f"d:{e.device_id}" if e.device_id is not None else "", f"c:{e.country}",
+                *_gone_args(gone)]
+
+    def _undo_cluster(self, events: Sequence[Event], observed: Sequence[History | Claimed],
+                      guards: Sequence[str] | None, markers: Sequence[str] | None) -> int:
+        """``undo`` on a cluster: the transactions whose guard still holds their marker
+        (or that have none) are taken back entity by entity, then their guards freed."""
+        todo = [i for i in range(len(events))
+                if isinstance(observed[i], History) and observed[i].undo is not None]  # type: ignore[union-attr]
+        if guards:
+            wanted = [guards[i] for i in todo if guards[i]]
+            # MGET serves one slot on a cluster; the non-atomic one asks each node.
+            client: Any = self._redis
+            values: list[Any] = client.mget_nonatomic(wanted) if wanted else []
+            current = iter(values)
+            mine = []
+            for i in todo:
+                if not guards[i]:
+                    mine.append(i)
+                elif _text(next(current) or b"") == (markers[i] if markers else "1"):
+                    mine.append(i)
+            todo = mine
+        commands: list[tuple[str, list[str], list[str]] | None] = []
+        for i in reversed(todo):
+            e, h = events[i], observed[i]
+            added, stats, gone_card, gone_merchant, gone_device = h.undo  # type: ignore[union-attr,misc]
+            card, cstats, merchant, device = self._entity_keys(e)
+            commands.append(("card_undo", [card, cstats],
+                             self._card_undo_args(e, added, stats, gone_card)))
+            commands.append(("window_undo", [merchant],
+                             [e.transaction_id, *_gone_args(gone_merchant)]))
+            if device is not None:
+                commands.append(("window_undo", [device],
+                                 [_device_member(e), *_gone_args(gone_device)]))
+        failed = next((r for r in self._run(commands) if isinstance(r, Exception)), None)
+        if failed is not None:
+            raise failed
+        if guards:
+            self._free([(guards[i], markers[i] if markers else "1") for i in todo
+                        if guards[i]])
+        return len(todo)
+
+    def _free(self, guards: Sequence[tuple[str, str]]) -> None:
+        """Free ``guards`` (key, marker) still holding their marker."""
+        if guards:
+            self._run([("free", [key], [marker]) for key, marker in guards])
+
+    def _run(self, commands: Sequence[tuple[str, list[str], list[Any]] | None]) -> list[Any]:
+        """Run cluster ``commands`` (script name, keys, args; None = skipped, reply None)
+        in one non-transactional pipeline; replies in order, errors as exceptions.
+
+        A node that lost its scripts (restarted) answers NOSCRIPT without running
+        anything: the scripts are loaded on every master and only those commands resent,
+        so nothing runs twice."""
+        replies: list[Any] = [None] * len(commands)
+        todo = [k for k, c in enumerate(commands) if c is not None]
+        for attempt in range(2):
+            pipe = self._redis.pipeline(transaction=False)
+            for k in todo:
+                name, keys, args = commands[k]  # type: ignore[misc]
+                pipe.execute_command("EVALSHA", self._shas[name], len(keys), *keys, *args)
+            for k, reply in zip(todo, pipe.execute(raise_on_error=False)):
+                replies[k] = reply
+            todo = [k for k in todo if isinstance(replies[k], redis.exceptions.NoScriptError)]
+            if not todo or attempt:
+                break
+            for name in {commands[k][0] for k in todo}:  # type: ignore[index]
+                self._redis.script_load(_CLUSTER_SCRIPTS[name])
+        return replies
 
     def _eval(self, keys: list[str], args: list[str]) -> Any:
         try:
@@ -590,6 +904,15 @@ class RedisVelocityStore:
             ],
             undo=(reply[4], stats, reply[5], reply[6], reply[7]),
         )
+
+
+def _gone_args(gone: Sequence[Any]) -> list[Any]:
+    """What a trim removed (flat member, score pairs) as undo arguments: count, pairs."""
+    return [str(len(gone) // 2), *gone]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def seed(store: VelocityStore, events: Sequence[Event], chunk: int = 2000) -> int:
