@@ -92,6 +92,10 @@ TIMESTAMP_RULE = ("an ISO 8601 time with a timezone or epoch seconds between 200
 Id = Annotated[str, msgspec.Meta(pattern=ID_REGEX, description=ID_RULE)]
 Timestamp = Annotated[float | str, msgspec.Meta(
     description=TIMESTAMP_RULE, examples=["2025-01-20T12:00:00Z", 1737374400])]
+# What msgspec cannot say of a union (it writes a bare number | string): set in the
+# document by _refine.
+_TIMESTAMP_ANY_OF = [{"type": "number", "minimum": MIN_EPOCH, "exclusiveMaximum": MAX_EPOCH},
+                     {"type": "string", "format": "date-time"}]
 
 
 def timestamp_seconds(value: Any, name: str = "timestamp") -> float:
@@ -363,6 +367,7 @@ def build_spec(app: Flask, *, title: str, version: str, description: str = "") -
     schemas, components = msgspec.json.schema_components(
         _unique(types), ref_template="#/components/schemas/{name}")
     schema_of = dict(zip(_unique(types), schemas))
+    _refine(components)
     for entry, op, view, bodies in pending:
         scope = _scope_of(view, entry["operationId"])
         if scope != _OPEN_SCOPE:
@@ -408,6 +413,18 @@ def build_spec(app: Flask, *, title: str, version: str, description: str = "") -
                                "the scope its key needs"}},
         },
     }
+
+
+def _refine(node: Any) -> None:
+    """Give every Timestamp its bounds and format (see ``_TIMESTAMP_ANY_OF``)."""
+    if isinstance(node, dict):
+        if node.get("description") == TIMESTAMP_RULE and "anyOf" in node:
+            node["anyOf"] = _TIMESTAMP_ANY_OF
+        for value in node.values():
+            _refine(value)
+    elif isinstance(node, list):
+        for value in node:
+            _refine(value)
 
 
 def _parameters(arguments: Iterable[str], params: Sequence[Param]) -> list[dict[str, Any]]:
