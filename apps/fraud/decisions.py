@@ -13,6 +13,17 @@ to the lake and trims them after ``stream_retention_seconds``. The per-transacti
 lives as long as its entry (the retention plus a margin for the archiver's schedule):
 while it exists a retried transaction gets its stored decision. A label for a decision
 already trimmed from Redis joins it from the lake, up to ``decision_ttl_seconds``.
+
+On a Redis Cluster the stream is partitioned by transaction id (``mlplatform.streams``:
+``{p<k>}:<prefix>decisions``, ``CLUSTER_PARTITIONS`` of them), and a transaction's key
+and the open review cases of its partition carry the same hash tag
+(``{p<k>}:<prefix>tx:<id>``, ``{p<k>}:<prefix>reviews:open``), so one script still
+appends a decision, points its key at it and opens its case. A request's decisions are
+then one script call per partition (pipelined): atomic per partition, not per request.
+If one partition's call fails, the service takes back the velocity of every transaction
+whose key still holds its pending marker and answers an error; the retry finds the
+recorded ones by their key (answered as duplicates, never counted twice) and scores the
+others. On a single server there is one partition under the plain names: nothing changes.
 """
 
 from __future__ import annotations
@@ -27,8 +38,10 @@ import msgspec
 import redis
 
 from mlplatform.lake import Lake, id_ms
+from mlplatform.redisdb import is_cluster, partition
+from mlplatform.streams import partition_count, partition_key, partition_keys, partition_tag
 
-__all__ = ["Decision", "DecisionLog", "PENDING", "fingerprint_of", "stream_id"]
+__all__ = ["Decision", "DecisionLog", "PENDING", "fingerprint_of", "mget", "stream_id"]
 
 # The per-transaction key holds "?<fingerprint>" while a request scores the transaction
 # (claimed by the velocity script), then "<stream id>/<fingerprint>" (written by _APPEND).
@@ -146,37 +159,98 @@ class DecisionLog:
                  lake: Lake | None = None) -> None:
         self._redis = client
         self.prefix = prefix
+        # The stream's name (its partitions' base name on a cluster: ``stream_key``).
         self.stream = f"{prefix}decisions"
+        self.partitions = partition_count(client)
         self._key_prefix = f"{prefix}tx:"
-        # A review decision opens a case here (fraud.reviews.ReviewQueue.open_key).
+        # A review decision opens a case in its partition's set (``reviews_open_key``,
+        # fraud.reviews.ReviewQueue).
         self.reviews_open = f"{prefix}reviews:open"
         self.key_ttl_seconds = int(key_ttl_seconds)
         self._ttl = str(self.key_ttl_seconds)
         self._lake = lake
         self._sha = client.register_script(_APPEND).sha
 
+    def partition_of(self, transaction_id: str) -> int:
+        return partition(transaction_id, self.partitions)
+
+    def tag(self, transaction_id: str) -> str:
+        """The key prefix of the transaction's partition ("" on a single server)."""
+        return partition_tag(self.partition_of(transaction_id), self.partitions)
+
     def key(self, transaction_id: str) -> str:
-        return self._key_prefix + transaction_id
+        return self.tag(transaction_id) + self._key_prefix + transaction_id
+
+    def stream_key(self, transaction_id: str) -> str:
+        """The stream (partition) holding the transaction's decision."""
+        return partition_key(self.stream, self.partition_of(transaction_id), self.partitions)
+
+    @property
+    def stream_keys(self) -> list[str]:
+        """Every partition of the stream (its one name on a single server)."""
+        return partition_keys(self.stream, self.partitions)
+
+    def reviews_open_key(self, part: int) -> str:
+        return partition_tag(part, self.partitions) + self.reviews_open
 
     def record(self, decisions: Sequence[Decision]) -> list[str]:
-        """Append ``decisions`` atomically (one script call: all or, on failure, none);
-        their stream ids."""
+        """Append ``decisions`` atomically (one script call: all or, on failure, none;
+        on a cluster one per partition, see the module's note); their stream ids."""
         if not decisions:
             return []
-        kp = self._key_prefix
-        keys = [self.stream, self.reviews_open]
-        args = [self._ttl]
-        for d in decisions:
-            keys.append(kp + d.transaction_id)
-            args += (d.transaction_id, d.to_record(),
-                     repr(d.scored_at) if d.decision == "review" else "")
+        groups: dict[int, list[int]] = {}
+        for n, d in enumerate(decisions):
+            groups.setdefault(self.partition_of(d.transaction_id), []).append(n)
+        calls = []
+        for part, members in groups.items():
+            keys = [partition_key(self.stream, part, self.partitions),
+                    self.reviews_open_key(part)]
+            args: list[Any] = [self._ttl]
+            for n in members:
+                d = decisions[n]
+                keys.append(self.key(d.transaction_id))
+                args += (d.transaction_id, d.to_record(),
+                         repr(d.scored_at) if d.decision == "review" else "")
+            calls.append((members, keys, args))
+        if len(calls) == 1:
+            replies = [self._eval(calls[0][1], calls[0][2])]
+        else:
+            replies = self._eval_many([(keys, args) for _, keys, args in calls])
+        out = [""] * len(decisions)
+        for (members, _, _), ids in zip(calls, replies):
+            for n, i in zip(members, ids):
+                out[n] = i.decode() if isinstance(i, bytes) else str(i)
+        return out
+
+    def _eval(self, keys: list[str], args: list[Any]) -> Any:
         try:
-            ids = self._redis.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+            return self._redis.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
             # A restarted Redis lost its scripts: nothing was applied.
             self._sha = self._redis.script_load(_APPEND)
-            ids = self._redis.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
-        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+            return self._redis.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+
+    def _eval_many(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """One script call per partition, pipelined (one round trip per master). Calls
+        that met NOSCRIPT (a restarted node: nothing ran) are sent again after a load;
+        any other error is raised once the others ran (see the module's note)."""
+        replies: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            pipe = self._redis.pipeline(transaction=False)
+            for k in todo:
+                keys, args = calls[k]
+                pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+            for k, reply in zip(todo, pipe.execute(raise_on_error=False)):
+                replies[k] = reply
+            todo = [k for k in todo if isinstance(replies[k], redis.exceptions.NoScriptError)]
+            if not todo or attempt:
+                break
+            self._redis.script_load(_APPEND)
+        failed = next((r for r in replies if isinstance(r, Exception)), None)
+        if failed is not None:
+            raise failed
+        return replies
 
     def fetch(self, transaction_ids: Sequence[str]) -> list[bytes | None]:
         """The stored records (JSON bytes) of transactions whose key still exists (a
@@ -199,15 +273,15 @@ class DecisionLog:
         lake when that entry was trimmed, or (``archived_too``) when the key is gone."""
         if not transaction_ids:
             return []
-        values: list[Any] = self._redis.mget([self.key(t) for t in transaction_ids])
+        values = mget(self._redis, [self.key(t) for t in transaction_ids])
         ids: list[str | None] = [None if v is None else stream_id(v.decode())
                                  for v in values]
         out: list[tuple[str, bytes] | None] = [None] * len(ids)
         found = [(n, i) for n, i in enumerate(ids) if i is not None]
         if found:
             pipe = self._redis.pipeline(transaction=False)
-            for _, entry in found:
-                pipe.xrange(self.stream, entry, entry, count=1)
+            for n, entry in found:
+                pipe.xrange(self.stream_key(transaction_ids[n]), entry, entry, count=1)
             for (n, entry), hit in zip(found, pipe.execute()):
                 if hit:
                     out[n] = (entry, hit[0][1][b"record"])
@@ -216,11 +290,29 @@ class DecisionLog:
         if archived and self._lake is not None:
             # Only the days that can hold them: a key lives key_ttl_seconds at most.
             oldest = since if since is not None else time.time() - self.key_ttl_seconds
-            rows = self._lake.find(self.stream, "transaction_id",
-                                   [transaction_ids[n] for n in archived],
-                                   since=datetime.fromtimestamp(oldest, UTC))
+            # Each partition is archived under its own key (mlplatform.worker.retain).
+            by_stream: dict[str, list[str]] = {}
+            for n in archived:
+                by_stream.setdefault(self.stream_key(transaction_ids[n]), []).append(
+                    transaction_ids[n])
+            rows: dict[str, dict[str, str]] = {}
+            for stream, wanted in by_stream.items():
+                rows.update(self._lake.find(stream, "transaction_id", wanted,
+                                            since=datetime.fromtimestamp(oldest, UTC)))
             for n in archived:
                 row = rows.get(transaction_ids[n])
                 if row is not None and row.get("record") is not None:
                     out[n] = (str(row["stream_id"]), str(row["record"]).encode())
         return out
+
+
+def mget(client: redis.Redis, keys: Sequence[str]) -> list[Any]:
+    """The values of ``keys`` in order: one MGET on a single server; on a cluster, where
+    an MGET serves one slot, one per node (``mget_nonatomic``: not one snapshot, which
+    no reader here needs)."""
+    if not keys:
+        return []
+    if is_cluster(client):
+        cluster: Any = client
+        return list(cluster.mget_nonatomic(list(keys)))
+    return list(client.mget(list(keys)))

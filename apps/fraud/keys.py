@@ -7,6 +7,8 @@ Request workers and the fraud worker must agree on every name; they all come fro
 ('fraud:labels', 'fraud:dead-letters', 'fraud:model:fraud-online')
 >>> k.checkpoint(3)
 'fraud:checkpoint:fraud-online:v3'
+>>> Keys("fraud:", "fraud-online", cluster=True).checkpoint(3)
+'{fraud:labels}:checkpoint:fraud-online:v3'
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ class Keys:
 
     prefix: str
     model: str
+    # On a Redis Cluster the learner's lease and checkpoints share the label stream's slot
+    # (a key tagged ``{<prefix>labels}`` hashes like the stream itself), so its fenced
+    # checkpoint and the label acks stay one MULTI; the stream keeps its name.
+    cluster: bool = False
+
+    def _learner_tag(self) -> str:
+        return f"{{{self.labels}}}:" if self.cluster else self.prefix
 
     @property
     def decisions(self) -> str:
@@ -50,7 +59,7 @@ class Keys:
 
     @property
     def learner_lease(self) -> str:
-        return f"{self.prefix}learner-lease:{self.model}"
+        return f"{self._learner_tag()}learner-lease:{self.model}"
 
     @property
     def profile_overrides(self) -> str:
@@ -59,7 +68,7 @@ class Keys:
 
     def checkpoint(self, version: int) -> str:
         """The learner's signed checkpoint of the model built on registry ``version``."""
-        return f"{self.prefix}checkpoint:{self.model}:v{version}"
+        return f"{self._learner_tag()}checkpoint:{self.model}:v{version}"
 
     @property
     def streams(self) -> tuple[str, ...]:

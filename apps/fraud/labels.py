@@ -20,6 +20,12 @@ changed. A repeated identical label is ignored; a changed one is appended with
 ``correction=1`` (the learner learns it like any entry; the metric
 ``mlsuite_fraud_label_corrections_total`` counts them). Within one request, a transaction
 labelled several times keeps its last label (the others count as ignored).
+
+On a Redis Cluster the label stream stays one stream (the learner applies labels in one
+global order and checkpoints one offset; labels arrive at a chargeback's pace, not a
+payment's), and the "labelled" keys take the stream's name as their hash tag
+(``{<prefix>labels}:labelled:<id>``): a key ``{x}...`` hashes like the key ``x``, so they
+share the stream's slot and the append stays one script without renaming the stream.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from fraud.decisions import DecisionLog
 from fraud.schema import parse_timestamp
 from mlplatform.errors import BadRequest, NotFound
 from mlplatform.http import check_id
+from mlplatform.redisdb import is_cluster
 
 __all__ = ["Appended", "Label", "LabelEntry", "LabelStream", "parse_labels", "decode_label"]
 
@@ -150,7 +157,9 @@ class LabelStream:
         self._decisions = decisions
         self._max_age = decision_ttl_seconds
         self.stream = f"{decisions.prefix}labels"
-        self._labelled = f"{decisions.prefix}labelled:"
+        # In the stream's slot on a cluster (module docstring); the plain name otherwise.
+        self._labelled = (f"{{{self.stream}}}:labelled:" if is_cluster(client)
+                          else f"{decisions.prefix}labelled:")
         self._ttl = str(int(decision_ttl_seconds))
         self._script = client.register_script(_APPEND)
 

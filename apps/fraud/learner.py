@@ -45,6 +45,7 @@ from mlplatform.config import Settings
 from mlplatform.errors import Unavailable
 from mlplatform.lease import Lease
 from mlplatform.metrics import set_model_info
+from mlplatform.redisdb import is_cluster
 from mlplatform.registry import LiveModel, ModelRegistry, ModelVersion
 from mlplatform.retention import id_before
 from mlplatform.snapshots import (
@@ -61,6 +62,15 @@ __all__ = ["Learner", "LearnerState", "LearnerReset", "thresholds_of"]
 
 log = logging.getLogger(__name__)
 _REPLAY_CHUNK = 1000
+# The checkpoint write of a learner on a cluster, fenced by its lease in the same script.
+# KEYS: lease, checkpoint. ARGV: lease token, blob, offset, labels, at.
+_FENCED_CHECKPOINT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('learner: lost the lease ' .. KEYS[1] .. '; checkpoint not written')
+end
+redis.call('HSET', KEYS[2], 'blob', ARGV[2], 'offset', ARGV[3], 'labels', ARGV[4], 'at', ARGV[5])
+return 1
+"""
 
 
 class LearnerReset(redis.RedisError):
@@ -98,7 +108,8 @@ class Learner:
                  name: str | None = None, claim_idle_ms: int | None = None) -> None:
         self.client = client
         self.config = config
-        self.keys = Keys(config.key_prefix, config.model_name)
+        self._cluster = is_cluster(client)
+        self.keys = Keys(config.key_prefix, config.model_name, cluster=self._cluster)
         self.lease = Lease(client, self.keys.learner_lease,
                            ttl_seconds=config.learner_lease_seconds)
         self.live: LiveModel[Artifact] = ModelRegistry(settings.data_dir / "models").live(
@@ -173,7 +184,9 @@ class Learner:
         if state is None:
             raise LearnerReset("no model state loaded")
         try:
-            self._fence(tx)
+            # On a cluster the consumer's pipeline is a plain one (mlplatform.streams).
+            plain = self._cluster
+            self._fence(tx, plain)
             fresh = [e for e in entries if id_before(state.offset, e.id)]
             if not fresh:
                 return {}
@@ -185,7 +198,7 @@ class Learner:
                 except Exception as exc:  # noqa: BLE001 - the entry's reason as a dead letter
                     rejected[entry.id] = f"{type(exc).__name__}: {exc}"
                 state.offset = entry.id
-            self._checkpoint(state, tx)
+            self._checkpoint(state, tx, plain)
             return rejected
         except BaseException:
             # The model may hold effects that will not be committed: reload the checkpoint.
@@ -193,8 +206,18 @@ class Learner:
             tx.reset()
             raise
 
-    def _fence(self, tx: Any) -> None:
-        """Watch the lease: the MULTI fails if another worker took it meanwhile."""
+    def _fence(self, tx: Any, plain: bool = False) -> None:
+        """Watch the lease: the MULTI fails if another worker took it meanwhile.
+
+        A ``plain`` pipeline (the consumer's, on a cluster) has no WATCH: the lease is
+        checked now, and the checkpoint itself is written by a script that checks it again
+        (``_FENCED_CHECKPOINT``, one slot with the lease and the stream)."""
+        if plain:
+            holder: Any = self.client.get(self.lease.key)
+            if holder is None or holder.decode() != self.lease.token:
+                self.lease.held = False
+                raise LearnerReset(f"lost the learner lease {self.lease.key}")
+            return
         tx.watch(self.lease.key)
         holder = tx.get(self.lease.key)
         if holder is None or holder.decode() != self.lease.token:
@@ -223,16 +246,24 @@ class Learner:
 
     # -- checkpoints -----------------------------------------------------------------------
 
-    def _checkpoint(self, state: LearnerState, tx: Any) -> None:
+    def _checkpoint(self, state: LearnerState, tx: Any, plain: bool = False) -> None:
         """What labels changed (the online model's state, not the trees the registry
         holds) + monitor + offset as one signed pickle, in one HSET (never one without
         the other). Batch base models are not copied: the registry holds them."""
         online = None if state.model is None else state.model.online_state()
         blob = dumps_signed((online, state.monitor, state.offset, state.labels,
                              state.calibration), self._key)
-        tx.hset(self.keys.checkpoint(state.version.version), mapping={
-            "blob": blob, "offset": state.offset, "labels": state.labels,
-            "at": f"{time.time():.3f}"})
+        key = self.keys.checkpoint(state.version.version)
+        at = f"{time.time():.3f}"
+        if plain:  # no WATCH (``_fence``): the script checks the lease as it writes.
+            # A holder that lost its lease writes nothing; its acks may still commit, and
+            # that is safe: the next holder replays from its own checkpoint up to the
+            # group's last delivered entry (``_replay``), acked or not.
+            tx.execute_command("EVAL", _FENCED_CHECKPOINT, 2, self.lease.key, key,
+                               self.lease.token, blob, state.offset, state.labels, at)
+            return
+        tx.hset(key, mapping={"blob": blob, "offset": state.offset, "labels": state.labels,
+                              "at": at})
 
     def load_checkpoint(self, version: int
                         ) -> tuple[Any, DriftMonitor, str, int, Recalibrator] | None:

@@ -17,6 +17,12 @@ atomic, so two analysts cannot both close a case); the verdict is then appended 
 label stream (``FraudService.add_labels(..., where="review")``). If that append fails,
 the case is opened again, so a verdict is never lost between the two.
 
+On a Redis Cluster each of the decision stream's partitions has its own sets and case
+keys, tagged like the transaction's decision key (``{p<k>}:<prefix>reviews:open``,
+``{p<k>}:<prefix>review:<id>``), so the scorer's script and ``_CLOSE`` stay in one slot;
+counts and listings read every partition and merge them. A single server has one
+partition under the plain names.
+
 >>> ReviewQueue.open_key("fraud:"), ReviewQueue.closed_key("fraud:")
 ('fraud:reviews:open', 'fraud:reviews:closed')
 >>> parse_verdict({"outcome": "fraud", "analyst": "ana"})
@@ -42,6 +48,7 @@ from fraud.decisions import DecisionLog
 from fraud.labels import Label
 from mlplatform.errors import BadRequest, Conflict, NotFound
 from mlplatform.http import check_id
+from mlplatform.streams import partition_tag
 
 __all__ = ["ReviewQueue", "OUTCOMES", "STATUSES", "parse_verdict"]
 
@@ -119,6 +126,11 @@ class ReviewQueue:
         self.max_age_seconds = max_age_seconds
         self.open_set = self.open_key(prefix)
         self.closed_set = self.closed_key(prefix)
+        # Per partition of the decision stream (one on a single server: the plain names).
+        self._tags = [partition_tag(p, decisions.partitions)
+                      for p in range(decisions.partitions)]
+        self.open_sets = [t + self.open_set for t in self._tags]
+        self.closed_sets = [t + self.closed_set for t in self._tags]
         self._close = client.register_script(_CLOSE)
         self._reopen = client.register_script(_REOPEN)
 
@@ -132,11 +144,16 @@ class ReviewQueue:
         return f"{prefix}reviews:closed"
 
     def case_key(self, transaction_id: str) -> str:
-        return f"{self.prefix}review:{transaction_id}"
+        return f"{self.decisions.tag(transaction_id)}{self.prefix}review:{transaction_id}"
+
+    def _keys(self, transaction_id: str) -> list[str]:
+        """The open set, closed set and case key of the transaction's partition."""
+        part = self.decisions.partition_of(transaction_id)
+        return [self.open_sets[part], self.closed_sets[part], self.case_key(transaction_id)]
 
     def open(self, transaction_id: str, scored_at: float) -> None:
         """Open a case (what the scorer's decision script does for a review decision)."""
-        self.client.zadd(self.open_set, {transaction_id: scored_at}, nx=True)
+        self.client.zadd(self._keys(transaction_id)[0], {transaction_id: scored_at}, nx=True)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -144,10 +161,11 @@ class ReviewQueue:
         """(open cases, open cases older than ``max_age_seconds``): one round trip."""
         now = time.time() if now is None else now
         pipe = self.client.pipeline(transaction=False)
-        pipe.zcard(self.open_set)
-        pipe.zcount(self.open_set, "-inf", f"({now - self.max_age_seconds}")
-        n_open, overdue = pipe.execute()
-        return int(n_open), int(overdue)
+        for key in self.open_sets:
+            pipe.zcard(key)
+            pipe.zcount(key, "-inf", f"({now - self.max_age_seconds}")
+        replies = pipe.execute()
+        return sum(int(r) for r in replies[0::2]), sum(int(r) for r in replies[1::2])
 
     def update_metrics(self) -> None:
         """Set the open and overdue gauges (on a /metrics scrape)."""
@@ -163,14 +181,23 @@ class ReviewQueue:
                              field="status")
         now = time.time() if now is None else now
         n_open, overdue = self.counts(now)
-        reply: Any
+        # The first ``limit`` of each partition, merged: enough for the first ``limit``.
+        pipe = self.client.pipeline(transaction=False)
         if status == "open":
-            reply = self.client.zrange(self.open_set, 0, limit - 1, withscores=True)
-            total = n_open
+            for key in self.open_sets:
+                pipe.zrange(key, 0, limit - 1, withscores=True)
         else:
-            reply = self.client.zrevrange(self.closed_set, 0, limit - 1, withscores=True)
-            total = int(self.client.zcard(self.closed_set))  # type: ignore[arg-type]
-        rows: list[tuple[str, float]] = [(_text(m), float(at)) for m, at in reply]
+            for key in self.closed_sets:
+                pipe.zrevrange(key, 0, limit - 1, withscores=True)
+                pipe.zcard(key)
+        replies: list[Any] = pipe.execute()
+        if status == "open":
+            total, parts = n_open, replies
+        else:
+            total, parts = sum(int(r) for r in replies[1::2]), replies[0::2]
+        merged = [(_text(m), float(at)) for part in parts for m, at in part]
+        merged.sort(key=lambda row: row[1], reverse=status == "closed")
+        rows: list[tuple[str, float]] = merged[:limit]
         ids = [tid for tid, _ in rows]
         records = self.decisions.lookup(ids, self.decision_ttl_seconds, now=now)
         closed: Sequence[dict[bytes, bytes]] = []
@@ -199,7 +226,7 @@ class ReviewQueue:
         outcome, analyst, note = parse_verdict(body)
         now = time.time()
         ttl = int(self.decision_ttl_seconds)
-        reply = self._close(keys=[self.open_set, self.closed_set, self.case_key(tid)],
+        reply = self._close(keys=self._keys(tid),
                             args=[tid, outcome, analyst, note, repr(now), ttl])
         state = _text(reply[0])
         if state == "unknown":
@@ -226,8 +253,7 @@ class ReviewQueue:
 
     def _undo_close(self, tid: str, opened_at: float) -> None:
         try:
-            self._reopen(keys=[self.open_set, self.closed_set, self.case_key(tid)],
-                         args=[tid, repr(opened_at)])
+            self._reopen(keys=self._keys(tid), args=[tid, repr(opened_at)])
             log.warning("review of %s opened again: its label could not be appended", tid)
         except redis.RedisError as exc:
             log.error("review of %s is closed without its label (redis: %s); post the "

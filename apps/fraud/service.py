@@ -44,7 +44,7 @@ from prometheus_client import Counter
 
 from fraud import metrics
 from fraud.config import FraudConfig
-from fraud.decisions import PENDING, Decision, DecisionLog, fingerprint_of
+from fraud.decisions import PENDING, Decision, DecisionLog, fingerprint_of, mget
 from fraud.features import assemble, event_of
 from fraud.keys import Keys
 from fraud.labels import Appended, Label, LabelStream
@@ -391,8 +391,8 @@ class FraudService:
                 raise Conflict(f"transaction {txs[pending[0]].transaction_id!r} is being "
                                "scored concurrently; retry", field="transaction_id")
             time.sleep(DUPLICATE_POLL_SECONDS)
-            values: list[Any] = self.redis.mget([self.decisions.key(txs[i].transaction_id)
-                                                 for i in pending])
+            values = mget(self.redis, [self.decisions.key(txs[i].transaction_id)
+                                       for i in pending])
             for i, v in zip(pending, values):
                 held[i] = None if v is None else v.decode()
         records = self.decisions.fetch([txs[i].transaction_id for i in missing])

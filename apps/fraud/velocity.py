@@ -680,6 +680,11 @@ class RedisVelocityStore:
             return sum(int(r) for r in pipe.execute())
         return 0
 
+    def card_stats_key(self, card_id: str) -> str:
+        """The key of a card's stats hash (tagged with the card id on a cluster)."""
+        return f"{self._prefix}v:ch:{{{card_id}}}" if self._cluster \
+            else f"{self._prefix}v:ch:{card_id}"
+
     # -- Redis Cluster (the note above _CARD) --------------------------------------------
 
     def _entity_keys(self, e: Event) -> tuple[str, str, str, str | None]:

@@ -26,6 +26,7 @@ from fraud.learner import Learner
 from fraud.profile_push import ProfilePusher
 from fraud.rollout import label_consumer
 from mlplatform.config import Settings
+from mlplatform.streams import partition_count
 from mlplatform.worker import Worker
 
 __all__ = ["build", "FraudJobs"]
@@ -56,5 +57,9 @@ def build(settings: Settings, worker: Worker, config: FraudConfig | None = None
     worker.consume(label_consumer(worker.client, config))
     # Labels -> business outcomes per model version (metrics in the service's folder).
     worker.consume(business_consumer(worker.client, config))
-    worker.retain(*Keys(config.key_prefix, config.model_name).streams)
+    keys = Keys(config.key_prefix, config.model_name)
+    # The decision stream is partitioned on a cluster (fraud.decisions); the others are
+    # one stream each.
+    worker.retain(keys.decisions, partitions=partition_count(worker.client))
+    worker.retain(*(s for s in keys.streams if s != keys.decisions))
     return FraudJobs(worker, learner, pusher)

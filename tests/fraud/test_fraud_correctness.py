@@ -28,7 +28,7 @@ def _features(app: Flask, transaction_id: str) -> dict[str, float]:
 
 def _velocity_state(client: redis.Redis) -> dict[bytes, Any]:
     """Every velocity and per-transaction key with its DUMP (members, fields, values)."""
-    keys = sorted([*client.scan_iter("fraud:v:*"), *client.scan_iter("fraud:tx:*")])
+    keys = sorted([*client.scan_iter("*fraud:v:*"), *client.scan_iter("*fraud:tx:*")])
     return {k: client.dump(k) for k in keys}
 
 
@@ -98,7 +98,7 @@ def test_an_amount_above_the_maximum_is_a_400_naming_amount(app: Flask, amount: 
                            json=make_tx("huge", card_id="c-huge", amount=amount))
     assert response.status_code == 400, response.get_json()
     assert "amount" in json.dumps(response.get_json())
-    assert get_service(app).redis.exists("fraud:v:ch:c-huge") == 0, "nothing was counted"
+    assert get_service(app).redis.exists(get_service(app).velocity.card_stats_key("c-huge")) == 0, "nothing was counted"
 
 
 def test_an_amount_at_the_maximum_is_scored(app: Flask) -> None:
@@ -136,15 +136,15 @@ def test_the_file_reader_refuses_a_row_above_the_maximum(tmp_path: Path) -> None
 def test_a_card_total_near_the_cap_keeps_scoring(app: Flask) -> None:
     # The card's stored total is already close to int64 (history from before the cap).
     service = get_service(app)
-    service.redis.hset("fraud:v:ch:c-full", mapping={"n": 3, "amt": 2**63 - 1000})
+    service.redis.hset(service.velocity.card_stats_key("c-full"), mapping={"n": 3, "amt": 2**63 - 1000})
     client = app.test_client()
     for i in range(3):
         body = make_tx(f"full-{i}", card_id="c-full", amount=1_000_000.0,
                        timestamp=f"2025-01-20T12:0{i}:00Z")
         response = client.post("/v1/transactions/score", json=body)
         assert response.status_code == 200, response.get_json()
-    assert int(service.redis.hget("fraud:v:ch:c-full", "amt")) <= 2**63 - 1
-    assert int(service.redis.hget("fraud:v:ch:c-full", "n")) == 6
+    assert int(service.redis.hget(service.velocity.card_stats_key("c-full"), "amt")) <= 2**63 - 1
+    assert int(service.redis.hget(service.velocity.card_stats_key("c-full"), "n")) == 6
 
 
 # ------------------------------------------------------------ a score that fails half-way
