@@ -49,6 +49,7 @@ from fraud import metrics
 from fraud.schema import parse_timestamp
 from mlplatform.errors import BadRequest, Conflict, NotFound, Unavailable
 from mlplatform.http import check_id
+from mlplatform.redisdb import is_cluster
 from mlplatform.snapshots import Follower, Snapshot, SnapshotStore
 
 __all__ = ["LISTS", "ListSpec", "Entry", "ListSet", "Lists", "check_list", "check_value",
@@ -206,6 +207,10 @@ class Lists:
             name="fraud-lists", on_swap=self._swapped)
 
     def key(self, name: str) -> str:
+        # On a Redis Cluster the lists take the snapshot key's name as hash tag (a key
+        # ``{x}...`` hashes like ``x``), so a change and its snapshot stay one MULTI.
+        if is_cluster(self.client):
+            return f"{{{self.store.key}}}:list:{name}"
         return f"{self.prefix}list:{name}"
 
     # -- request path --------------------------------------------------------------------

@@ -17,7 +17,16 @@ from fraud.reviews import ReviewQueue
 from fraud.worker import FraudJobs
 
 Tx = Callable[..., dict[str, Any]]
-OPEN = ReviewQueue.open_key("fraud:")
+
+
+def _open(app: Flask, transaction_id: str) -> str:
+    """The open-cases set of the transaction's partition (the plain name on one server)."""
+    decisions = get_service(app).decisions
+    return decisions.reviews_open_key(decisions.partition_of(transaction_id))
+
+
+def _closed(app: Flask, transaction_id: str) -> str:
+    return get_service(app).decisions.tag(transaction_id) + ReviewQueue.closed_key("fraud:")
 
 
 def _review(app: Flask, tx: Tx, i: int | str, redis_client: Any, age: float = 0.0,
@@ -28,7 +37,8 @@ def _review(app: Flask, tx: Tx, i: int | str, redis_client: Any, age: float = 0.
     assert app.test_client().post("/v1/transactions/score", json=body).status_code == 200
     [record] = get_service(app).decisions.fetch([body["transaction_id"]])
     decision: dict[str, Any] = json.loads(record or b"{}")
-    redis_client.zadd(OPEN, {body["transaction_id"]: decision["scored_at"] - age})
+    redis_client.zadd(_open(app, body["transaction_id"]),
+                      {body["transaction_id"]: decision["scored_at"] - age})
     return decision
 
 
@@ -136,13 +146,13 @@ def test_an_unknown_case_is_not_found(app: Flask, tx: Tx, redis_client: Any) -> 
 def test_a_case_whose_label_cannot_be_appended_stays_open(
         app: Flask, redis_client: Any) -> None:
     # A case without a decision record (e.g. older than the decision retention).
-    redis_client.zadd(OPEN, {"t-lost": time.time()})
+    redis_client.zadd(_open(app, "t-lost"), {"t-lost": time.time()})
     response = app.test_client().post("/v1/reviews/t-lost",
                                       json={"outcome": "fraud", "analyst": "ana"})
     assert response.status_code == 404
     assert "no decision to label" in response.get_json()["error"]["message"]
-    assert redis_client.zscore(OPEN, "t-lost") is not None, "the case is open again"
-    assert redis_client.zcard(ReviewQueue.closed_key("fraud:")) == 0
+    assert redis_client.zscore(_open(app, "t-lost"), "t-lost") is not None, "the case is open again"
+    assert redis_client.zcard(_closed(app, "t-lost")) == 0
 
 
 @pytest.mark.parametrize(("body", "field", "says"), [
@@ -162,7 +172,7 @@ def test_a_bad_verdict_names_the_field(app: Flask, tx: Tx, redis_client: Any, bo
     assert response.status_code == 400
     error = response.get_json()["error"]
     assert error["field"] == field and says in error["message"]
-    assert redis_client.zscore(OPEN, "t-test-rv1") is not None, "the case is still open"
+    assert redis_client.zscore(_open(app, "t-test-rv1"), "t-test-rv1") is not None, "the case is still open"
 
 
 @pytest.mark.parametrize(("query", "field"), [
