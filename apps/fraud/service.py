@@ -11,6 +11,10 @@ Per request, whatever its size, the hot path costs:
 
 The two round trips cannot be merged without giving something up: the decision depends
 on the velocity the first call returns, and it must be durable before the caller sees it.
+On a Redis Cluster a request costs three pipelines, each one round trip per master: the
+transaction ids' claims, then one velocity script per card, merchant and device
+(``fraud.velocity``), then the decisions, one script per partition (``fraud.decisions``),
+with the same guarantees for a retried id.
 
 A transaction id already decided is not scored again: its velocity is left untouched
 and the stored decision comes back, flagged ``duplicate`` (safe client retries).

@@ -57,10 +57,15 @@ def _services(value: str) -> list[str]:
 @click.option("--half-rate-runs", type=click.IntRange(1, 50), default=1, show_default=True,
               help="Half-rate measurements per endpoint; the one with the median p99 is "
                    "reported (use 5 or more on a noisy machine).")
+@click.option("--redis", "redis_kind", type=click.Choice(["server", "cluster"]), default="server",
+              show_default=True,
+              help="cluster: measure every endpoint on the usual Redis, then again on a "
+                   "private three-master Redis Cluster (rows <name>@cluster), in one run.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (logs, CI).")
 def bench(duration: float, warmup: float, json_path: Path | None, services: str, only: str,
           server: str | None, workers: int | None, threads: int | None, connections: int,
-          processes: int, batch_size: int, half_rate_runs: int, no_progress: bool) -> None:
+          processes: int, batch_size: int, half_rate_runs: int, redis_kind: str,
+          no_progress: bool) -> None:
     """Measure the services against a bare Flask endpoint on this machine.
 
     Starts the baseline (GET /ping, no conventions), the recommender and the fraud scorer
@@ -84,7 +89,7 @@ def bench(duration: float, warmup: float, json_path: Path | None, services: str,
         duration=duration, warmup=warmup,
         connections=connections, processes=processes, batch_size=batch_size,
         only=tuple(o.strip() for o in only.split(",") if o.strip()), json_path=json_path,
-        half_rate_runs=half_rate_runs,
+        half_rate_runs=half_rate_runs, redis=redis_kind,
         progress="none" if no_progress else "bar" if sys.stderr.isatty() else "lines",
     )
     from mlplatform.stack import sigterm_interrupts

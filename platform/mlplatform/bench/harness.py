@@ -51,13 +51,16 @@ class BenchOptions:
     # shared 2-core machine's p99 swings from run to run; the median of several holds).
     half_rate_runs: int = 1
     progress: str = "bar"  # "bar" (a terminal), "lines" or "none"
+    # "server": the stack's Redis (private unless MLSUITE_REDIS_URL); "cluster": that
+    # pass, then the same endpoints again on a private three-master Redis Cluster.
+    redis: str = "server"
 
     def as_dict(self) -> dict[str, Any]:
         return {"server": self.server, "workers": self.workers, "threads": self.threads,
                 "duration_s": self.duration,
                 "warmup_s": self.warmup, "connections": self.connections,
                 "batch_size": self.batch_size, "services": list(self.services),
-                "half_rate_runs": self.half_rate_runs,
+                "half_rate_runs": self.half_rate_runs, "redis": self.redis,
                 "generator": {"kind": "mlplatform.bench.loadgen", "processes": self.processes}}
 
 
@@ -186,12 +189,10 @@ def _wait_for_idle_workers(stack: Stack, say: Callable[[str], None],
         client.close()
 
 
-def run_bench(settings: Settings, opts: BenchOptions, say: Callable[[str], None] = print
-              ) -> dict[str, Any]:
-    """Everything ``mlsuite bench`` does; returns the report (also written as JSON)."""
-    loadavg = os.getloadavg() if hasattr(os, "getloadavg") else None
-    settings = settings.with_(threads=opts.threads)
-    rows: list[dict[str, Any]] = []
+def _run_pass(settings: Settings, opts: BenchOptions, say: Callable[[str], None],
+              rows: list[dict[str, Any]], suffix: str = "") -> None:
+    """Start the stack on ``settings``' Redis and measure every endpoint into ``rows``;
+    a ``suffix`` pass (another Redis) leaves out the baseline, which does not touch it."""
     # Services measured, and those they need running behind them (GraphQL's upstreams).
     needed = [n for s in opts.services for n in NEEDS.get(s, ()) if n not in opts.services]
     with Stack(settings, [*needed, *opts.services], server=opts.server, workers=opts.workers,
@@ -201,17 +202,43 @@ def run_bench(settings: Settings, opts: BenchOptions, say: Callable[[str], None]
         if opts.only:
             endpoints = [e for e in endpoints if e.name == "baseline.ping"
                          or any(o in e.name for o in opts.only)]
+        if suffix:
+            endpoints = [e for e in endpoints if e.service != "baseline"]
         say("")
         for endpoint in endpoints:
             _wait_for_idle_workers(stack, say)
             row = measure_endpoint(endpoint, "127.0.0.1", stack.ports[endpoint.service], opts, say,
                                    stack.auth_headers)
+            row["name"] += suffix
             rows.append(row)
             dead = [s for s in opts.services if s not in stack.alive()]
             if dead:
                 raise RuntimeError(f"{', '.join(dead)} exited during the bench")
             add_ratios(rows)
             say(format_row(row))
+
+
+def run_bench(settings: Settings, opts: BenchOptions, say: Callable[[str], None] = print
+              ) -> dict[str, Any]:
+    """Everything ``mlsuite bench`` does; returns the report (also written as JSON).
+
+    With ``opts.redis == "cluster"`` the endpoints are measured twice in one run: on the
+    stack's Redis, then on a private ``EmbeddedCluster`` (rows named ``<name>@cluster``,
+    their ratio to the same baseline), so the two figures share the machine's state."""
+    loadavg = os.getloadavg() if hasattr(os, "getloadavg") else None
+    settings = settings.with_(threads=opts.threads)
+    rows: list[dict[str, Any]] = []
+    _run_pass(settings, opts, say, rows)
+    if opts.redis == "cluster":
+        import tempfile
+
+        from mlplatform.redisdb import EmbeddedCluster
+
+        with tempfile.TemporaryDirectory(prefix="mlsuite-bench-cluster-") as folder, \
+                EmbeddedCluster(Path(folder)) as cluster:
+            say(f"\nredis: private three-master cluster {cluster.url}")
+            _run_pass(settings.with_(redis_url=cluster.url), opts, say, rows,
+                      suffix="@cluster")
     report = build_report(rows, settings=opts.as_dict(), loadavg_before=loadavg)
     if opts.json_path is not None:
         write_json(report, opts.json_path)
