@@ -40,7 +40,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import redis
 
@@ -448,10 +448,12 @@ return 1
 # - The guard is claimed before anything is counted, so a retried or concurrent request
 #   for one id finds it (pending marker, then the decision) and counts nothing: never
 #   double-counted while the claiming process lives.
-# - If an entity script fails (or its reply is lost), the entities already applied are
-#   undone (per-entity undo scripts) and the guards this call claimed are freed, so the
-#   request fails with nothing counted and a retry counts once.
-# - If the process dies between the guard and the scripts (or between the scripts), the
+# - If an entity script answers an error (raised before its first write), the ones that
+#   succeeded are undone (per-entity undo scripts) and the guards this call claimed are
+#   freed, so the request fails with nothing counted and a retry counts once.
+# - If the process dies between the guard and the scripts (or between the scripts), or a
+#   connection drops so that which scripts ran is unknown (the error is raised, nothing is
+#   taken back: taking back a script that did not run would corrupt the counts), the
 #   pending guard expires after its TTL (service.PENDING_TTL_SECONDS); a retry after that
 #   may count the entities that were applied twice. That is the single-server path's rule
 #   for a process that dies before recording its decision, and the same trade: a payment
@@ -780,8 +782,8 @@ class RedisVelocityStore:
                       guards: Sequence[str] | None, markers: Sequence[str] | None) -> int:
         """``undo`` on a cluster: the transactions whose guard still holds their marker
         (or that have none) are taken back entity by entity, then their guards freed."""
-        todo = [i for i in range(len(events))
-                if isinstance(observed[i], History) and observed[i].undo is not None]  # type: ignore[union-attr]
+        todo = [i for i, h in enumerate(observed[:len(events)])
+                if isinstance(h, History) and h.undo is not None]
         if guards:
             wanted = [guards[i] for i in todo if guards[i]]
             # MGET serves one slot on a cluster; the non-atomic one asks each node.
@@ -797,8 +799,8 @@ class RedisVelocityStore:
             todo = mine
         commands: list[tuple[str, list[str], list[str]] | None] = []
         for i in reversed(todo):
-            e, h = events[i], observed[i]
-            added, stats, gone_card, gone_merchant, gone_device = h.undo  # type: ignore[union-attr,misc]
+            e, h = events[i], cast(History, observed[i])
+            added, stats, gone_card, gone_merchant, gone_device = cast(tuple[Any, ...], h.undo)
             card, cstats, merchant, device = self._entity_keys(e)
             commands.append(("card_undo", [card, cstats],
                              self._card_undo_args(e, added, stats, gone_card)))
