@@ -215,8 +215,13 @@ class RedisCollector:
 
     def _read(self) -> Iterable[Metric]:
         streams = self.streams()
+        # INFO outside the pipeline: a cluster pipeline refuses it, and on a cluster it
+        # answers per node (summed here: the memory of the whole cluster).
+        info: Any = self.client.info("memory")
+        used = (sum(float(i["used_memory"]) for i in info.values() if isinstance(i, dict))
+                if "used_memory" not in info else float(info["used_memory"]))
         pipe = self.client.pipeline(transaction=False)
-        pipe.info("memory")
+        pipe.execute_command("PING")  # keeps the replies' layout: stream i at 1 + 2i
         for stream in streams:
             pipe.xlen(stream)
             pipe.xinfo_groups(stream)
@@ -226,7 +231,7 @@ class RedisCollector:
             raise replies[0]
         memory = GaugeMetricFamily("mlsuite_redis_used_memory_bytes",
                                    "Memory Redis uses (INFO memory used_memory)")
-        memory.add_metric([], float(replies[0]["used_memory"]))
+        memory.add_metric([], used)
         length = GaugeMetricFamily("mlsuite_stream_length", "Entries in each Redis stream",
                                    labels=["stream"])
         backlog = GaugeMetricFamily(

@@ -31,6 +31,8 @@ from typing import Any
 
 import redis
 
+from mlplatform.redisdb import is_cluster
+
 __all__ = ["SCOPES", "ApiKey", "KeyStore", "new_key", "key_id", "digest", "parse_scopes", "bearer",
            "run_key", "local_key", "KEY_FILE"]
 
@@ -129,9 +131,12 @@ class KeyStore:
         record = ApiKey(id=key_id(key), name=name.strip(), scopes=scopes,
                         created_at=time.time(), rate_per_second=max(rate_per_second, 0.0))
         sha = digest(key)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(KEYS_HASH, sha, record.to_json())
+        # One MULTI on a single server. On a cluster the two hashes may sit on different
+        # masters: the id goes first, so a crash between leaves an id naming no key
+        # (ignored by listing and revoking), never a key that cannot be revoked by id.
+        pipe = self.client.pipeline(transaction=not is_cluster(self.client))
         pipe.hset(IDS_HASH, record.id, sha)
+        pipe.hset(KEYS_HASH, sha, record.to_json())
         pipe.execute()
         return key, record
 
