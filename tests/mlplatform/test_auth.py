@@ -148,7 +148,7 @@ def test_a_key_over_its_rate_gets_429_with_retry_after_shared_by_replicas(
 def test_keys_are_stored_hashed(store: KeyStore, redis_client: redis.Redis) -> None:
     key, record = store.create("hash check", ("score",))
     dump = b"".join(k + v for k, v in redis_client.hgetall("mlsuite:auth:keys").items())
-    assert key.encode() not in dump and key.split("_")[2].encode() not in dump
+    assert key.encode() not in dump and key.split("_", 2)[2].encode() not in dump
     assert record.id.encode() in dump
 
 
@@ -188,7 +188,7 @@ def test_keys_command_creates_lists_and_revokes(settings: Settings, redis_url: s
     assert listed.returncode == 0, listed.stderr
     rows = json.loads(listed.stdout)
     assert [(r["name"], r["scopes"]) for r in rows] == [("payments team", ["label", "score"])]
-    assert key not in listed.stdout and key.split("_")[2] not in listed.stdout
+    assert key not in listed.stdout and key.split("_", 2)[2] not in listed.stdout
 
     assert _mlsuite(redis_url, "revoke", "payments team").returncode == 0
     assert _mlsuite(redis_url, "list", "--json").stdout.strip() == "[]"
