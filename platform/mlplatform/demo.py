@@ -42,7 +42,7 @@ def run_demo(settings: Settings, services: list[str]) -> int:
     # starts faster.
     stack = Stack(settings, services, server=settings.server, workers=settings.workers,
                   name="demo", ports=ports, private_redis=False, say=log.info,
-                  workers_for={"graphql": 1})
+                  workers_for={"graphql": 1}, wait_workers=False)
     try:
         with sigterm_interrupts():
             urls = stack.start()

@@ -50,7 +50,8 @@ class Stack:
                  name: str = "bench", say: Callable[[str], None] = print,
                  ports: Mapping[str, int] | None = None, private_redis: bool = True,
                  background: bool = True, restart: bool = False, client_key: bool = True,
-                 workers_for: Mapping[str, int] | None = None) -> None:
+                 workers_for: Mapping[str, int] | None = None,
+                 wait_workers: bool = True) -> None:
         for service in services:
             serving.service_target(service)  # unknown names fail before any work
         # Measurements stay on loopback; demo and serve keep the configured address.
@@ -76,6 +77,10 @@ class Stack:
         # With API keys on and no MLSUITE_API_KEY, a run makes a key for its own clients
         # (console, bench, load tests, the traffic simulator) and revokes it when it stops.
         self.client_key = client_key
+        # Whether start() returns only once the background workers run (bench and tests
+        # measure with them); the demo returns when the servers answer, and says when
+        # each worker runs: they read durable streams, so nothing waits on them meanwhile.
+        self.wait_workers = wait_workers
         self._key_id = ""
         # Per process ("fraud", "fraud worker"): successful restarts, the backoff, and
         # when a dead one is due to start again.
@@ -137,8 +142,20 @@ class Stack:
             n = self.workers_for.get(service, self.workers)
             self.say(f"{service}: {self.urls[service]} ({self.server}, {n} "
                      f"worker{'s' if n > 1 else ''})")
-        self._wait_workers(redis_url)
+        if self.wait_workers:
+            self._wait_workers(redis_url)
+        elif self._workers:
+            import threading
+
+            threading.Thread(target=self._report_workers, args=(redis_url,), daemon=True,
+                             name="wait-workers").start()
         return dict(self.urls)
+
+    def _report_workers(self, redis_url: str) -> None:
+        try:
+            self._wait_workers(redis_url)
+        except Exception as exc:  # noqa: BLE001 - a supervisor's loop sees a dead worker too
+            log.warning("background workers: %s", exc)
 
     @property
     def api_key(self) -> str | None:
