@@ -25,21 +25,12 @@ _PATHS = {"graphql": "/graphql"}
 
 
 def prepare_models(settings: Settings, services: list[str]) -> None:
-    """Run each app's ``ensure_model`` hook (entry points "mlsuite.prepare"), side by
-    side: the apps' trainings share nothing, and their libraries (implicit, numpy,
-    scikit-learn) release the GIL, so two cores train both in about the time of one."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """Run each app's ``ensure_model`` hook (entry points "mlsuite.prepare")."""
     hooks = {ep.name: ep for ep in entry_points(group="mlsuite.prepare")}
-    todo = [s for s in services if s in hooks]
-
-    def prepare(service: str) -> None:
-        log.info("%s: making sure a production model exists", service)
-        hooks[service].load()(settings)
-
-    with ThreadPoolExecutor(max(1, len(todo)), thread_name_prefix="prepare") as pool:
-        for done in [pool.submit(prepare, s) for s in todo]:
-            done.result()  # the first failure, named by its service's own error
+    for service in services:
+        if service in hooks:
+            log.info("%s: making sure a production model exists", service)
+            hooks[service].load()(settings)
 
 
 def run_demo(settings: Settings, services: list[str]) -> int:
