@@ -132,16 +132,18 @@ class Stack:
             check_port_free(self.settings.host, self.ports[service])
         for service in self.services:
             self._spawn_server(service, fresh_metrics=True)
-        if self.background:
-            from mlplatform.worker import worker_names
-
-            for service in [s for s in self.services if s in worker_names()]:
-                self._spawn_worker(service)
         for service, proc in self._procs.items():
             self._wait(service, proc)
             n = self.workers_for.get(service, self.workers)
             self.say(f"{service}: {self.urls[service]} ({self.server}, {n} "
                      f"worker{'s' if n > 1 else ''})")
+        # The background workers after the servers: starting, the servers have the CPU
+        # (the workers would only queue behind them at their lower priority).
+        if self.background:
+            from mlplatform.worker import worker_names
+
+            for service in [s for s in self.services if s in worker_names()]:
+                self._spawn_worker(service)
         if self.wait_workers:
             self._wait_workers(redis_url)
         elif self._workers:
