@@ -10,7 +10,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +22,8 @@ from mlplatform.worker import heartbeats
 pytestmark = pytest.mark.slow
 
 
-def test_demo_serves_both_services_and_stops_cleanly(sim_data_dir: Path, tmp_path: Path) -> None:
+def test_demo_serves_both_services_and_stops_cleanly(sim_data_dir: Path, tmp_path: Path,
+                                                     wait_for: Callable[..., Any]) -> None:
     data_dir = tmp_path / "data"
     shutil.copytree(sim_data_dir, data_dir)
     env = {**os.environ, "MLSUITE_DATA_DIR": str(data_dir), "MLSUITE_REDIS_URL": "",
@@ -44,9 +47,12 @@ def test_demo_serves_both_services_and_stops_cleanly(sim_data_dir: Path, tmp_pat
         for url in urls.values():
             with urllib.request.urlopen(f"{url}/readyz", timeout=10) as resp:
                 assert resp.status == 200
-        # One background worker per service is running beside the servers.
+        # One background worker per service runs beside the servers: the demo is ready
+        # when the servers answer, and the workers report a few seconds later.
         client = connect((data_dir / "redis" / "redis.url").read_text().strip())
-        assert {b["service"] for b in heartbeats(client)} == {"recommender", "fraud"}
+        wait_for("a background worker per service",
+                 lambda: {b["service"] for b in heartbeats(client)} == {"recommender", "fraud"},
+                 timeout=120)
         client.close()
     finally:
         proc.send_signal(signal.SIGTERM)
