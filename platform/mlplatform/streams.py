@@ -399,7 +399,7 @@ class Consumer:
                 tx.pipeline_execute_command(*args, **options)
             if letters and client.keyslot(self.dead_letters) != slot:
                 letters_apart = client.pipeline(transaction=False)
-                for letter in letters:
+                for letter in letters:  # unbounded on purpose, as above: archive, then trim
                     letters_apart.xadd(self.dead_letters, letter)
                 letters_apart.execute()
                 letters.clear()
@@ -409,7 +409,7 @@ class Consumer:
             log.info("%s/%s: effects span %d cluster slots: applied before the ack "
                      "(at-least-once if a worker dies in between)", self.stream,
                      self.group, len(slots) + 1)
-        for letter in letters:
+        for letter in letters:  # unbounded on purpose, as above: archive, then trim
             effects.xadd(self.dead_letters, letter)
         letters.clear()
         effects.execute()

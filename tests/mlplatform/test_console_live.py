@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -206,7 +205,10 @@ def test_page_loads_plots_fill_and_injected_drift_shows(
     live = browser.find_element(By.ID, "alert-list").get_attribute("aria-live")
     assert live == "polite"
     browser.set_window_size(1440, 2600)  # the whole page in one picture
-    time.sleep(1.0)  # let plots redraw at the new size before the picture (not an assertion)
+    # One more refresh of the page after the resize, so the picture shows it settled.
+    stamp = browser.find_element(By.ID, "updated").text
+    wait_for("the page to refresh after the resize",
+             lambda: browser.find_element(By.ID, "updated").text != stamp, timeout=30)
     browser.save_screenshot(str(SCREENSHOT))
     browser.set_window_size(1440, 1000)
     assert _js_errors(browser) == []

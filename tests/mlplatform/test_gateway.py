@@ -395,7 +395,9 @@ def test_a_killed_replica_costs_no_request_and_takes_traffic_again_once_back(
                  lambda: show_stat(scale.stats_socket)["fraud-2"].status.startswith("DOWN"),
                  timeout=15)
         down_after = time.monotonic() - killed_at
-        time.sleep(2.0)  # steady load on the one replica left
+        left_alone = time.monotonic()  # steady load on the one replica left: 2 s of it
+        wait_for("2 s of requests on the one replica left",
+                 lambda: load.count(since=left_alone) >= 2 * RATE, timeout=30)
         restarting_at = time.monotonic()
         scale.restart_replica("fraud-2")
         wait_for("HAProxy to mark fraud-2 up again",
