@@ -100,6 +100,9 @@ class Settings:
     lake_dir: Path | None = None
     # Signing key of pickled model checkpoints (HMAC); unset: <data_dir>/secret.key.
     secret_key: str | None = field(default=None, repr=False)
+    # Key of the HMAC tokens that replace card, device and user ids at the edge
+    # (mlplatform.security.pii); unset: <data_dir>/pii.key.
+    pii_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -235,7 +238,7 @@ def _parse(name: str, text: str) -> Any:
             return integer(0)
         case "worker_nice":
             return integer(0, 19)
-        case "secret_key":
+        case "secret_key" | "pii_key":
             if text and len(text) < 16:
                 raise ConfigError(f"{var} must be at least 16 characters (a random secret)")
             return text or None

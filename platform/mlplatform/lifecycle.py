@@ -72,6 +72,24 @@ def _load_prctl() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
 _PRCTL = _load_prctl()
 
 
+def local_secret(path: Path) -> bytes:
+    """A random secret kept in ``path`` (mode 0600): created once by whichever process
+    asks first, then read by every other (the embedded setup's signing and PII keys)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = os.urandom(32).hex().encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first: use theirs
+        return path.read_bytes()
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key)
+    return key
+
+
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if missing) while inside: processes on

@@ -47,6 +47,7 @@ import numpy as np
 import redis
 
 from mlplatform.errors import MLSuiteError
+from mlplatform.lifecycle import local_secret
 
 if TYPE_CHECKING:
     from mlplatform.config import Settings
@@ -276,17 +277,4 @@ def secret_key(settings: Settings) -> bytes:
     once in ``<data_dir>/secret.key`` (mode 0600) for the embedded setup."""
     if settings.secret_key:
         return settings.secret_key.encode()
-    path = Path(settings.data_dir) / "secret.key"
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = os.urandom(32).hex().encode()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process created it first: use theirs
-        return path.read_bytes()
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(key)
-    return key
+    return local_secret(Path(settings.data_dir) / "secret.key")

@@ -6,5 +6,6 @@ Keys live hashed in Redis (every replica sees them); a request sends
 
 from mlplatform.security.auth import init_app, may, requires
 from mlplatform.security.keys import SCOPES, ApiKey, KeyStore
+from mlplatform.security.pii import Tokeniser, tokeniser
 
-__all__ = ["SCOPES", "ApiKey", "KeyStore", "init_app", "may", "requires"]
+__all__ = ["SCOPES", "ApiKey", "KeyStore", "init_app", "may", "requires", "Tokeniser", "tokeniser"]
