@@ -250,6 +250,7 @@ def _init_request_hooks(app: Flask, service: str) -> None:
     # Metric children cached per (route, method, status): prometheus-client's labels()
     # costs more than the observation itself, and this runs on every request.
     timers: dict[tuple[str, str], Any] = {}
+    access = logging.getLogger(f"{service}.access")
     counters: dict[tuple[str, str, int], Any] = {}
 
     @app.before_request
@@ -286,6 +287,14 @@ def _init_request_hooks(app: Flask, service: str) -> None:
         if status >= 400:
             code = getattr(response, "mlsuite_error_code", f"http_{status}")
             metrics.ERRORS.labels(service, rule, code).inc()
+        # One line per refused or failed request (every request at DEBUG): who asked (the
+        # key's id, never its secret), what, the answer and the time, under the request id
+        # the client holds in X-Request-ID.
+        if status >= 400 or access.isEnabledFor(logging.DEBUG):
+            access.log(logging.INFO if status >= 400 else logging.DEBUG,
+                       "%s %s %d %.1f ms request=%s key=%s", method, req.path, status,
+                       elapsed * 1000, environ.get("mlsuite.request_id", ""),
+                       environ.get("mlsuite.key_id", "") or "-")
         return response
 
 

@@ -93,6 +93,23 @@ def test_a_key_without_the_scope_gets_403_naming_it(on: Settings, store: KeyStor
     assert client.post("/v1/score", headers=bearer(admin_key)).status_code == 200
 
 
+def test_a_refused_request_is_logged_with_its_key_id_never_the_key(
+        on: Settings, store: KeyStore, caplog: pytest.LogCaptureFixture) -> None:
+    client = _app(on).test_client()
+    key, record = store.create("labels-only", ("label",))
+    with caplog.at_level(logging.INFO, logger="authdemo.access"):
+        response = client.post("/v1/score", headers={**bearer(key), "X-Request-ID": "r-1"})
+        client.post("/v1/score")  # no key at all
+        client.post("/v1/score", headers=bearer(store.create("s", ("score",))[0]))
+    lines = [r.getMessage() for r in caplog.records if r.name == "authdemo.access"]
+    assert response.status_code == 403
+    assert lines[0].startswith("POST /v1/score 403 ")
+    assert "request=r-1" in lines[0] and f"key={record.id}" in lines[0]
+    assert lines[1].startswith("POST /v1/score 401 ") and lines[1].endswith("key=-")
+    assert len(lines) == 2  # an answered request is logged at DEBUG only
+    assert not any(key in r.getMessage() for r in caplog.records)
+
+
 def test_health_readiness_and_open_views_need_no_key_and_metrics_is_a_setting(
         on: Settings, store: KeyStore) -> None:
     client = _app(on).test_client()
