@@ -49,6 +49,7 @@ from graphapi.types import (
     recommendations_of,
 )
 from mlplatform.config import Settings
+from mlplatform.security.pii import tokeniser
 
 __all__ = ["EVENTS_STREAM", "build_schema", "decisions_stream", "schema"]
 
@@ -235,6 +236,9 @@ class Subscription:
         params: dict[str, Any] = {"n": n, "exclude_seen": str(exclude_seen).lower()}
         if category:
             params["category"] = category
+        # The events stream names users by their PII token (mlplatform.security.pii), not
+        # as the caller does; the raw id too, for entries written before tokenisation.
+        names = {user, tokeniser(info.context.settings).token("user", user)}
         # Listen first, then read: an event between the two still triggers a refresh.
         async with _tails(info).subscribe(EVENTS_STREAM) as queue:
             last: list[str] | None = None
@@ -247,7 +251,7 @@ class Subscription:
                 if items != last:
                     last = items
                     yield found
-                await _next_event_of(queue, user)
+                await _next_event_of(queue, names)
 
 
 def _tails(info: Info) -> StreamTails:
@@ -258,10 +262,10 @@ def _tails(info: Info) -> StreamTails:
     return tails
 
 
-async def _next_event_of(queue: asyncio.Queue[Any], user: str) -> None:
-    """Wait for an event of ``user``; then skip the ones already queued (one refresh for
-    a burst of events)."""
-    while (await queue.get())[1].get("user_id") != user:
+async def _next_event_of(queue: asyncio.Queue[Any], names: set[str]) -> None:
+    """Wait for an event whose ``user_id`` is one of ``names`` (one user's); then skip the
+    ones already queued (one refresh for a burst of events)."""
+    while (await queue.get())[1].get("user_id") not in names:
         pass
     while not queue.empty():
         queue.get_nowait()

@@ -9,6 +9,11 @@ A tail starts at the stream's newest entry when its first subscriber arrives (wh
 ``XREAD ... $`` means, but fixed once with ``XREVRANGE``, so an entry added between two
 reads is never skipped) and stops when the last one leaves. A subscriber whose queue is
 full (a client too slow to read) loses the oldest entries, never blocks the others.
+
+On a Redis Cluster the writers append to the stream's partitions (``{p<k>}:<stream>``,
+``mlplatform.streams``), each in its own slot, so one XREAD cannot read them all: the tail
+runs one blocking reader per partition, all feeding the same subscribers. Entries keep
+their order within a partition; between partitions they arrive as they are read.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from prometheus_client import Gauge
+
+from mlplatform.redisdb import connect_async
+from mlplatform.streams import stream_keys
 
 __all__ = ["Entry", "StreamTails"]
 
@@ -39,30 +47,37 @@ class _Tail:
     def __init__(self, client: aioredis.Redis, stream: str, block_ms: int) -> None:
         self.client = client
         self.stream = stream
+        self.keys = stream_keys(client, stream)  # its partitions on a cluster
         self.block_ms = block_ms
         self.queues: set[asyncio.Queue[Entry]] = set()
         self.task: asyncio.Task[None] | None = None
         self.started = asyncio.Event()
 
     async def run(self) -> None:
-        last = "0-0"
-        while True:
-            try:
-                newest = await self.client.xrevrange(self.stream, count=1)
-                last = newest[0][0] if newest else "0-0"
-                break
-            except Exception as exc:  # noqa: BLE001 - retried: Redis may come back
-                log.warning("graphql: cannot read stream %s, retrying: %s", self.stream, exc)
-                await asyncio.sleep(1.0)
+        starts = [await self._newest(key) for key in self.keys]
         self.started.set()
+        await asyncio.gather(*(self._follow(key, last) for key, last in zip(self.keys, starts)))
+
+    async def _newest(self, key: str) -> str:
+        """The id the tail of ``key`` starts after: its newest entry's now."""
         while True:
             try:
-                replies = await self.client.xread({self.stream: last}, block=self.block_ms,
-                                                  count=500)
+                newest = await self.client.xrevrange(key, count=1)
+                return str(newest[0][0]) if newest else "0-0"
+            except Exception as exc:  # noqa: BLE001 - retried: Redis may come back
+                log.warning("graphql: cannot read stream %s, retrying: %s", key, exc)
+                await asyncio.sleep(1.0)
+
+    async def _follow(self, key: str, last: str) -> None:
+        """Hand every entry of ``key`` after ``last`` to the subscribers, until cancelled."""
+        while True:
+            try:
+                replies: Any = await self.client.xread({key: last}, block=self.block_ms,
+                                                       count=500)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a Redis outage pauses, never ends, a tail
-                log.warning("graphql: reading stream %s failed, retrying: %s", self.stream, exc)
+                log.warning("graphql: reading stream %s failed, retrying: %s", key, exc)
                 await asyncio.sleep(1.0)
                 continue
             for _, entries in replies or []:
@@ -79,8 +94,8 @@ class StreamTails:
 
     def __init__(self, redis_url: str, *, block_ms: int = 5000) -> None:
         # Blocking reads hold a connection for block_ms: a socket timeout above that.
-        self.client = aioredis.Redis.from_url(redis_url, decode_responses=True,
-                                              socket_timeout=block_ms / 1000 + 5)
+        self.client = connect_async(redis_url, decode_responses=True,
+                                    socket_timeout=block_ms / 1000 + 5)
         self.block_ms = block_ms
         self._tails: dict[str, _Tail] = {}
 

@@ -15,6 +15,13 @@ Columns: ``stream_id`` ("<ms>-<seq>", str), ``stream_time`` (UTC timestamp of th
 milliseconds), then one column per stream field, as text (the streams hold bytes;
 typing them is the reader's job, e.g. the pipeline's ETL).
 
+On a Redis Cluster a stream is partitioned (``mlplatform.streams``: ``{p3}:fraud:decisions``)
+and each partition is archived to its own folder (``p3.fraud.decisions``). Reading a
+stream by its plain name (``read``, ``partitions``, ``find``, ``count``) reads every
+partition's folder with its own as one table, in id order; reading a partition key reads
+that partition only. Ids are unique within a partition only (each is made by the
+partition's master), so duplicates are dropped per folder.
+
 >>> import tempfile
 >>> lake = Lake(Path(tempfile.mkdtemp()))
 >>> [p.name for p in lake.write("demo:events", [("1700000000000-0", {"a": "1"}),
@@ -24,11 +31,15 @@ typing them is the reader's job, e.g. the pipeline's ETL).
 [['1700000000000-0', '1'], ['1700000000001-0', '2']]
 >>> [(p.date, p.rows) for p in lake.partitions("demo:events")]
 [('2023-11-14', 2)]
+>>> _ = lake.write("{p1}:demo:events", [("1700000000000-5", {"a": "3"})])
+>>> lake.read("demo:events")["a"].tolist(), lake.read("{p1}:demo:events")["a"].tolist()
+(['1', '3', '2'], ['3'])
 """
 
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -92,6 +103,18 @@ class Lake:
     def stream_dir(self, stream: str) -> Path:
         return self.root / stream_dir_name(stream)
 
+    def stream_dirs(self, stream: str) -> list[Path]:
+        """The folders holding ``stream``'s archive: its own, and for a plain stream name
+        each partition's (``p<k>.<name>``, written on a cluster). A partition key (with a
+        hash tag) has its own folder only."""
+        own = self.stream_dir(stream)
+        if "{" in stream or not self.root.is_dir():
+            return [own]
+        pattern = re.compile(r"p\d+\." + re.escape(own.name))
+        parts = sorted((d for d in self.root.iterdir() if pattern.fullmatch(d.name)),
+                       key=lambda d: int(d.name[1:d.name.index(".")]))
+        return [own, *parts]
+
     # -- writing -----------------------------------------------------------------------
 
     def write(self, stream: str, entries: Sequence[tuple[str | bytes, Fields]]) -> list[Path]:
@@ -143,50 +166,61 @@ class Lake:
     # -- reading -----------------------------------------------------------------------
 
     def partitions(self, stream: str) -> list[Partition]:
-        """Every part file of ``stream``, oldest day first."""
+        """Every part file of ``stream`` (of each of its partitions), oldest day first
+        (within a day, by first id)."""
         import pyarrow.parquet as pq
 
-        base = self.stream_dir(stream)
-        if not base.is_dir():
-            return []
         out = []
-        for day_dir in sorted(base.glob("date=*")):
-            for path in sorted(day_dir.glob("part-*.parquet")):
-                out.append(Partition(stream, day_dir.name.removeprefix("date="), path,
-                                     pq.ParquetFile(path).metadata.num_rows))
-        return out
+        for base in self.stream_dirs(stream):
+            if not base.is_dir():
+                continue
+            for day_dir in base.glob("date=*"):
+                for path in day_dir.glob("part-*.parquet"):
+                    out.append(Partition(stream, day_dir.name.removeprefix("date="), path,
+                                         pq.ParquetFile(path).metadata.num_rows))
+        return sorted(out, key=lambda p: (p.date, _first_id(p.path), str(p.path)))
 
     def read(self, stream: str, *, since: datetime | None = None, until: datetime | None = None,
              columns: Sequence[str] | None = None) -> pd.DataFrame:
         """The archived entries of ``stream`` (optionally appended in [since, until)),
-        de-duplicated by ``stream_id`` and in stream order."""
+        de-duplicated by ``stream_id`` within each partition, in id order."""
         import pandas as pd
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        files = [p.path for p in self.partitions(stream)
-                 if _day_in(p.date, since, until)]
         wanted = None if columns is None else list(dict.fromkeys(
             ["stream_id", "stream_time", *columns]))
-        tables = []
-        for path in files:
-            table = pq.read_table(path)
-            if wanted is not None:
-                table = table.select([c for c in wanted if c in table.column_names])
-            tables.append(table)
-        if not tables:
+        frames = []
+        by_folder: dict[Path, list[Path]] = {}
+        for p in self.partitions(stream):
+            if _day_in(p.date, since, until):
+                by_folder.setdefault(p.path.parent.parent, []).append(p.path)
+        for paths in by_folder.values():
+            tables = []
+            for path in paths:
+                table = pq.read_table(path)
+                if wanted is not None:
+                    table = table.select([c for c in wanted if c in table.column_names])
+                tables.append(table)
+            # A crash between a part file and the archive cursor writes entries twice, in
+            # the same folder: dropped here, before partitions (whose ids may meet) merge.
+            frame = pa.concat_tables(tables, promote_options="default").to_pandas()
+            frames.append(frame.drop_duplicates("stream_id"))
+        if not frames:
             return pd.DataFrame({"stream_id": pd.Series(dtype=str),
                                  "stream_time": pd.Series(dtype="datetime64[ms, UTC]"),
                                  **{c: pd.Series(dtype=object) for c in (columns or [])}})
-        frame = pa.concat_tables(tables, promote_options="default").to_pandas()
+        frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
         if since is not None:
             frame = frame[frame["stream_time"] >= pd.Timestamp(since)]
         if until is not None:
             frame = frame[frame["stream_time"] < pd.Timestamp(until)]
+        if frame.empty:  # nothing in [since, until): no ids to split (no columns 0, 1)
+            return frame.reset_index(drop=True)
         key = frame["stream_id"].str.split("-", n=1, expand=True).astype("int64")
-        frame = frame.assign(_ms=key[0], _seq=key[1]).sort_values(["_ms", "_seq"])
-        frame = frame.drop_duplicates("stream_id").drop(columns=["_ms", "_seq"])
-        return frame.reset_index(drop=True)
+        frame = frame.assign(_ms=key[0], _seq=key[1]).sort_values(["_ms", "_seq"],
+                                                                  kind="stable")
+        return frame.drop(columns=["_ms", "_seq"]).reset_index(drop=True)
 
     def find(self, stream: str, column: str, values: Sequence[str], *,
              since: datetime | None = None) -> dict[str, dict[str, str]]:
@@ -219,6 +253,13 @@ class Lake:
     def count(self, stream: str) -> int:
         """Archived entries of ``stream`` (duplicates from a crashed run counted once)."""
         return len(self.read(stream, columns=[]))
+
+
+def _first_id(path: Path) -> tuple[int, int]:
+    """The first stream id of a part file, from its name (``part-<first>--<last>``)."""
+    first = path.name.removeprefix("part-").partition("--")[0]
+    ms, _, seq = first.partition("-")
+    return (int(ms), int(seq or 0)) if ms.isdigit() and seq.isdigit() else (0, 0)
 
 
 def _pa_strings(values: set[str]) -> object:

@@ -29,11 +29,14 @@ from typing import Any, cast
 from urllib.parse import parse_qs, unquote
 
 import redis
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterNode, RedisCluster
 
 from mlplatform.errors import ConfigError, Unavailable
 
-__all__ = ["connect", "EmbeddedRedis", "EmbeddedCluster", "redis_server_binary", "free_port",
+__all__ = ["connect", "connect_async", "EmbeddedRedis", "EmbeddedCluster", "redis_server_binary", "free_port",
            "ping", "services_url", "redact_url", "is_cluster", "is_cluster_url", "cluster_nodes",
            "partition", "CLUSTER_SCHEMES"]
 
@@ -66,8 +69,29 @@ def is_cluster_url(url: str | None) -> bool:
 
 
 def is_cluster(client: Any) -> bool:
-    """Whether ``client`` (from ``connect``) talks to a Redis Cluster."""
-    return isinstance(client, RedisCluster)
+    """Whether ``client`` (from ``connect`` or ``connect_async``) talks to a Redis Cluster."""
+    return isinstance(client, (RedisCluster, AsyncRedisCluster))
+
+
+def connect_async(url: str, *, socket_timeout: float = 2.0,
+                  decode_responses: bool = False) -> aioredis.Redis:
+    """An asyncio client for ``url`` (``connect``'s twin, for the async services): a
+    ``redis.asyncio.RedisCluster`` for a cluster URL. It connects on first use."""
+    if not is_cluster_url(url):
+        return aioredis.Redis.from_url(url, socket_timeout=socket_timeout,
+                                       socket_connect_timeout=socket_timeout,
+                                       decode_responses=decode_responses)
+    nodes, options = cluster_nodes(url)
+    ssl = options.pop("ssl", "") == "true"
+    client = AsyncRedisCluster(
+        startup_nodes=[AsyncClusterNode(h, p) for h, p in nodes],
+        socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+        decode_responses=decode_responses, ssl=ssl,
+        **options,  # type: ignore[arg-type]
+    )
+    # As in connect: the same commands as redis.asyncio.Redis, keys of one command in
+    # one slot.
+    return cast(aioredis.Redis, client)
 
 
 def cluster_nodes(url: str) -> tuple[list[tuple[str, int]], dict[str, str]]:

@@ -37,13 +37,15 @@ that dies between the two may apply it twice (at-least-once, logged once per con
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +69,10 @@ __all__ = [
     "partition_key",
     "partition_keys",
     "partition_tag",
+    "stream_keys",
+    "read_recent",
+    "first_ids",
+    "id_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -115,6 +121,66 @@ def partition_key(stream: str, part: int, partitions: int) -> str:
 def partition_keys(stream: str, partitions: int) -> list[str]:
     """Every partition key of ``stream``, in partition order."""
     return [partition_key(stream, p, partitions) for p in range(partitions)]
+
+
+def stream_keys(client: Any, stream: str) -> list[str]:
+    """The keys ``stream`` is written to on ``client``: its partitions on a cluster, its
+    own name on a single server. Every reader of a partitioned stream reads these."""
+    return partition_keys(stream, partition_count(client))
+
+
+def id_key(stream_id: str | bytes) -> tuple[int, int]:
+    """A stream id as a sortable (milliseconds, sequence) pair.
+
+    >>> id_key("1700000000000-7") < id_key(b"1700000000001-0"), id_key("5")
+    (True, (5, 0))
+    """
+    ms, _, seq = _s(stream_id).partition("-")
+    return int(ms), int(seq or 0)
+
+
+def read_recent(client: Any, stream: str, count: int, *, since_ms: int | None = None,
+                until_ms: int | None = None, chunk: int = 1000) -> list[Entry]:
+    """The newest ``count`` entries of ``stream`` with ids in [``since_ms``, ``until_ms``]
+    (milliseconds, both optional), over every partition, oldest first.
+
+    Each partition is read newest first, ``chunk`` entries per ``XREVRANGE`` (a reply of
+    thousands of records would hold the server, and every request, for milliseconds),
+    and the partitions are merged by id, lazily: at most ``count`` plus one chunk per
+    partition is read, however long the streams are. Ids of two partitions are
+    independent (two masters' clocks), so entries with the same id both stay; their order
+    between partitions is by id, the only order a partitioned stream has.
+    """
+    if count <= 0:
+        return []
+    newest = "+" if until_ms is None else str(until_ms)
+    oldest = "-" if since_ms is None else str(since_ms)
+    step = max(1, min(chunk, count))
+
+    def newest_first(key: str) -> Iterator[Entry]:
+        cursor = newest
+        while True:
+            raw: Any = client.xrevrange(key, max=cursor, min=oldest, count=step)
+            for sid, fields in raw:
+                yield Entry(key, _s(sid), fields)
+            if len(raw) < step:
+                return
+            cursor = "(" + _s(raw[-1][0])  # exclusive: continue below the last one read
+
+    merged = heapq.merge(*(newest_first(k) for k in stream_keys(client, stream)),
+                         key=lambda e: id_key(e.id), reverse=True)
+    return list(itertools.islice(merged, count))[::-1]
+
+
+def first_ids(client: Any, stream: str) -> dict[str, str | None]:
+    """Per partition key of ``stream``: the id of its oldest entry still in Redis (None
+    when it is empty). What is older was archived to the lake and trimmed."""
+    keys = stream_keys(client, stream)
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.xrange(key, "-", "+", count=1)
+    return {key: _s(reply[0][0]) if reply else None
+            for key, reply in zip(keys, pipe.execute())}
 
 
 class Retry(Exception):  # noqa: N818 - an instruction to the consumer, not a failure kind

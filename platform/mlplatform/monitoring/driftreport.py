@@ -36,7 +36,7 @@ from prometheus_client import Gauge
 
 from mlplatform.config import Settings
 from mlplatform.errors import NotFound
-from mlplatform.lake import Lake, id_ms
+from mlplatform.lake import Lake
 from mlplatform.monitoring.drift import (
     DATASET_DRIFT_SHARE,
     LARGE_REFERENCE,
@@ -47,6 +47,7 @@ from mlplatform.monitoring.drift import (
 )
 from mlplatform.monitoring.reference import category_key, featurise, served_reference
 from mlplatform.registry import ModelRegistry
+from mlplatform.streams import first_ids, id_key, read_recent
 
 __all__ = ["drift_report", "live_rows", "LiveWindow", "publish", "latest", "report_key",
            "format_window", "drift_job",
@@ -180,29 +181,31 @@ def live_rows(client: redis.Redis | None, lake: Lake, source: Mapping[str, Any],
     lookback = max((float(c["seconds"]) for c in (source.get("counts") or {}).values()),
                    default=0.0)
     stream, start_ms = source["stream"], int((since - lookback) * 1000)
-    newest_first: list[tuple[int, dict[str, Any]]] = []
-    oldest_ms: int | None = None
+    until_ms = int(until * 1000)
+    entries: list[tuple[int, int, dict[str, Any]]] = []  # (ms, seq, fields)
+    # Per partition key: the first id Redis still holds (None: nothing there). Without a
+    # client the whole window comes from the lake (every partition's folder).
+    firsts: dict[str, str | None] = {stream: None}
     if client is not None:
-        cursor = f"{int(until * 1000)}"
-        while len(newest_first) < max_rows:
-            raw: Any = client.xrevrange(stream, max=cursor, min=f"{start_ms}",
-                                        count=min(CHUNK, max_rows - len(newest_first)))
-            for sid, fields in raw:
-                newest_first.append((id_ms(sid), {_text(k): _text(v) for k, v in fields.items()}))
-            if len(raw) < CHUNK:
-                break
-            cursor = "(" + _text(raw[-1][0])  # exclusive: continue below the last one read
-        first: Any = client.xrange(stream, count=1)
-        oldest_ms = id_ms(first[0][0]) if first else None
-    entries = newest_first[::-1]
-    if len(entries) < max_rows and (oldest_ms is None or oldest_ms > start_ms):
-        # The worker archived and trimmed the start of the window: the lake holds it.
-        entries = _from_lake(lake, stream, start_ms, oldest_ms, until)[-(max_rows - len(entries)):] \
-            + entries
+        # Every partition of the stream (on a cluster the writers append to {p<k>}:...).
+        for entry in read_recent(client, stream, max_rows, since_ms=start_ms,
+                                 until_ms=until_ms, chunk=CHUNK):
+            entries.append((*id_key(entry.id), {_text(k): _text(v)
+                                                for k, v in entry.fields.items()}))
+        firsts = first_ids(client, stream)
+    if len(entries) < max_rows:
+        # The worker archived and trimmed the start of the window: the lake holds it, in
+        # the folder of each partition key, up to that partition's first entry in Redis.
+        for key, first in firsts.items():
+            before_ms = None if first is None else id_key(first)[0]
+            if before_ms is None or before_ms > start_ms:
+                entries.extend(_from_lake(lake, key, start_ms, before_ms, until))
+        entries.sort(key=lambda e: (e[0], e[1]))
+        entries = entries[-max_rows:]
     json_field = source.get("json_field")
     window_ms = since * 1000
     window = LiveWindow([], [], truncated=len(entries) >= max_rows, skipped=0)
-    for ms, fields in entries:
+    for ms, _, fields in entries:
         try:
             row = json.loads(fields[json_field]) if json_field else fields
         except (KeyError, ValueError):
@@ -214,16 +217,17 @@ def live_rows(client: redis.Redis | None, lake: Lake, source: Mapping[str, Any],
 
 
 def _from_lake(lake: Lake, stream: str, start_ms: int, before_ms: int | None,
-               until: float) -> list[tuple[int, dict[str, Any]]]:
-    """Archived entries of ``stream`` from ``start_ms`` up to (not incl.) ``before_ms``."""
+               until: float) -> list[tuple[int, int, dict[str, Any]]]:
+    """Archived entries of ``stream`` (a partition key: that partition's folder) from
+    ``start_ms`` up to (not incl.) ``before_ms``, as (ms, seq, fields)."""
     end = until * 1000 if before_ms is None else before_ms
     frame = lake.read(stream, since=datetime.fromtimestamp(start_ms / 1000, UTC))
     out = []
     for record in frame.to_dict("records"):
-        ms = id_ms(record.pop("stream_id"))
+        ms, seq = id_key(record.pop("stream_id"))
         record.pop("stream_time", None)
         if start_ms <= ms < end:
-            out.append((ms, {k: v for k, v in record.items() if isinstance(v, str)}))
+            out.append((ms, seq, {k: v for k, v in record.items() if isinstance(v, str)}))
     return out
 
 
