@@ -122,7 +122,8 @@ def score() -> Any:
     config = service.config
     try:
         tx = decode_transaction(body_bytes(), extra_fields=config.extra_fields,
-                                max_amount=config.max_amount, max_amounts=config.max_amounts)
+                                max_amount=config.max_amount, max_amounts=config.max_amounts,
+                                pii=service.pii)
     except BadRequest as exc:
         if exc.field == "transactions":
             raise BadRequest("transactions belongs on /v1/transactions/score/batch; this "
@@ -142,7 +143,7 @@ def score_batch() -> Any:
     config = service.config
     txs = decode_transactions(body_bytes(), extra_fields=config.extra_fields,
                               max_items=config.max_batch, max_amount=config.max_amount,
-                              max_amounts=config.max_amounts)
+                              max_amounts=config.max_amounts, pii=service.pii)
     decisions = service.score(txs)
     state = service.model.state()
     return jsonify({"results": [d.to_response() for d in decisions],

@@ -11,9 +11,10 @@ from typing import Any
 import click
 
 from mlplatform.config import Settings, get_settings
-from mlplatform.errors import MLSuiteError
+from mlplatform.errors import MLSuiteError, Unavailable
 
-__all__ = ["cli", "ensure_model", "ensure_trained", "seed_velocity", "ignored_columns"]
+__all__ = ["cli", "ensure_model", "ensure_trained", "seed_velocity", "ignored_columns",
+           "tokenise_profiles"]
 
 log = logging.getLogger(__name__)
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -32,10 +33,12 @@ def _settings() -> Settings:
 
 
 def ensure_model(settings: Settings) -> None:
-    """Make the service ready to score (``make demo``): train and promote a production
-    model unless one exists, and seed Redis velocity state from the history once."""
+    """Make the service ready to score (``make demo``): card profiles keyed by token in
+    Feast, a production model (trained and promoted unless one exists), and the Redis
+    velocity state seeded from the history once."""
     from fraud.config import FraudConfig
 
+    tokenise_profiles(settings)
     config = FraudConfig.from_env()
     path = _default_transactions(settings)
     if not (settings.redis_url and path.is_file()):
@@ -52,10 +55,35 @@ def ensure_model(settings: Settings) -> None:
         seeding.result()
 
 
+def tokenise_profiles(settings: Settings) -> bool:
+    """Tokenise the card profile file Feast reads (``fraud.pii``) and, when it changed,
+    load it into the online store again, so profile reads by token find it. True when
+    the file changed (once per simulated data folder).
+
+    Best run before Feast's first materialisation; run after it, the online store also
+    keeps the rows of the ids as they were until they expire."""
+    from fraud.pii import tokenise_profile_file
+    from mlplatform.security.pii import tokeniser
+
+    if not tokenise_profile_file(settings.data_dir, tokeniser(settings)):
+        return False
+    log.info("fraud: card ids of payments/cards.parquet replaced by their tokens")
+    try:
+        from mlplatform.features import FeatureStoreAdapter
+    except ImportError:  # a platform without Feast: training reads the file itself
+        return True
+    try:  # the views were materialised from the ids as they were: load the tokens
+        FeatureStoreAdapter.from_settings(settings).materialize(full=True)
+    except Unavailable as exc:  # not applied yet: the first materialisation reads tokens
+        log.info("fraud: feast not materialised again (%s)", exc.message)
+    return True
+
+
 def ensure_trained(settings: Settings, config: Any) -> None:
     """Train and promote the models unless the served one has a production version."""
     from fraud.training import load_dataset, train
     from mlplatform.registry import ModelRegistry
+    from mlplatform.security.pii import tokeniser
 
     registry = ModelRegistry(settings.data_dir / "models")
     if config.model_alias in registry.aliases(config.model_name):
@@ -64,7 +92,8 @@ def ensure_trained(settings: Settings, config: Any) -> None:
     path = _default_transactions(settings)
     if not path.is_file():
         raise MLSuiteError(f"no transactions at {path}: run `mlsuite simulate` first")
-    data = load_dataset(path, extra_fields=config.extra_fields, progress=True)
+    data = load_dataset(path, extra_fields=config.extra_fields, progress=True,
+                        pii=tokeniser(settings))
     # Only the served model: the batch baseline (`mlsuite fraud train`) serves nobody, and
     # `make demo` should be up in seconds, not wait for it.
     train(data, registry, config, promote=True, batch=False, progress=True)
@@ -78,6 +107,7 @@ def seed_velocity(settings: Settings, config: Any, path: Path, *, force: bool) -
     from fraud.velocity import RedisVelocityStore, seed
     from mlplatform.redisdb import connect
     from mlplatform.registry import fingerprint
+    from mlplatform.security.pii import tokeniser
 
     client = connect(settings.redis_url or "")
     marker = f"{config.key_prefix}velocity:seeded"
@@ -85,7 +115,8 @@ def seed_velocity(settings: Settings, config: Any, path: Path, *, force: bool) -
     if not force and client.get(marker) == digest.encode():
         log.info("fraud: velocity state already seeded from %s", path.name)
         return 0
-    events = [event_of(t) for t in transactions_from_frame(read_transactions(path))]
+    frame = read_transactions(path, pii=tokeniser(settings))  # velocity keys by token
+    events = [event_of(t) for t in transactions_from_frame(frame)]
     n = seed(RedisVelocityStore(client, config.key_prefix), events)
     client.set(marker, digest)
     log.info("fraud: velocity state seeded with %d transactions from %s", n, path.name)
@@ -117,7 +148,7 @@ def train_command(path: Path | None, validation_fraction: float, promote: bool,
     settings = _settings()
     config = FraudConfig.from_env()
     path = path or _default_transactions(settings)
-    data = _load(path, config, progress=True)
+    data = _load(path, config, progress=True, settings=settings)
     versions = train(data, ModelRegistry(settings.data_dir / "models"), config,
                      validation_fraction=validation_fraction, promote=promote, batch=batch,
                      progress=True)
@@ -166,7 +197,8 @@ def replay_command(path: Path | None, label_delay: float | None, train_fraction:
 
     settings = _settings()
     config = FraudConfig.from_env()
-    data = _load(path or _default_transactions(settings), config, progress=not as_json)
+    data = _load(path or _default_transactions(settings), config, progress=not as_json,
+                 settings=settings)
     ignored = ignored_columns(data.frame.columns, config.extra_fields)
     if ignored:
         click.echo(f"note: ignoring the column(s) {', '.join(ignored)}: not in the documented "
@@ -198,12 +230,14 @@ def ignored_columns(columns: Any, declared: tuple[str, ...]) -> list[str]:
     return [str(c) for c in columns if str(c) not in known]
 
 
-def _load(path: Path, config: Any, progress: bool) -> Any:
+def _load(path: Path, config: Any, progress: bool, settings: Settings) -> Any:
     from fraud.schema import TransactionFileError
     from fraud.training import load_dataset
+    from mlplatform.security.pii import tokeniser
 
-    try:
-        return load_dataset(path, extra_fields=config.extra_fields, progress=progress)
+    try:  # the deployment's key, wherever the file lives
+        return load_dataset(path, extra_fields=config.extra_fields, progress=progress,
+                            pii=tokeniser(settings))
     except TransactionFileError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -46,10 +46,12 @@ from typing import Any
 import redis
 
 from fraud import metrics
+from fraud.pii import LIST_KINDS
 from fraud.schema import parse_timestamp
 from mlplatform.errors import BadRequest, Conflict, NotFound, Unavailable
 from mlplatform.http import check_id
 from mlplatform.redisdb import is_cluster
+from mlplatform.security.pii import Tokeniser
 from mlplatform.snapshots import Follower, Snapshot, SnapshotStore
 
 __all__ = ["LISTS", "ListSpec", "Entry", "ListSet", "Lists", "check_list", "check_value",
@@ -197,8 +199,11 @@ class Lists:
     reads ``current()``, the snapshot this process follows."""
 
     def __init__(self, client: redis.Redis, prefix: str, *, poll_seconds: float = 0.25,
-                 max_values: int = 100_000) -> None:
+                 max_values: int = 100_000, pii: Tokeniser | None = None) -> None:
         self.client = client
+        # Card and device lists hold tokens, as transactions carry them (``fraud.pii``);
+        # a token passed in (seen in a review case) stays as it is.
+        self.pii = pii
         self.prefix = prefix
         self.max_values = max_values
         self.store = SnapshotStore(client, f"{prefix}lists")
@@ -255,8 +260,7 @@ class Lists:
 
     def put(self, name: str, value: Any, body: Any = None) -> tuple[Entry, bool]:
         """Add (or replace) ``value`` on list ``name``; the entry and whether it is new."""
-        check_list(name)
-        value = check_value(name, value)
+        value = self._stored(name, check_value(name, value))
         now = time.time()
         entry = parse_entry(value, body, now)
         with self._lock():
@@ -277,8 +281,7 @@ class Lists:
 
     def delete(self, name: str, value: Any) -> Entry:
         """Remove ``value`` from list ``name`` (NotFound if it is not on it)."""
-        check_list(name)
-        value = check_value(name, value)
+        value = self._stored(name, check_value(name, value))
         now = time.time()
         with self._lock():
             lists = self._read_all()
@@ -289,6 +292,11 @@ class Lists:
         metrics.LIST_CHANGES.labels(name, "delete").inc()
         log.info("fraud lists: removed %s from %s", value, name)
         return held
+
+    def _stored(self, name: str, value: str) -> str:
+        """``value`` as list ``name`` holds it: a card's or device's token."""
+        kind = LIST_KINDS.get(LISTS[name].field)
+        return value if kind is None or self.pii is None else self.pii.token(kind, value)
 
     @contextmanager
     def _lock(self) -> Iterator[None]:

@@ -55,7 +55,7 @@ def init_app(app: Flask, service: FraudService) -> None:
     lists: Lists | None = getattr(service, "lists", None)
     if lists is None:
         lists = Lists(service.redis, config.key_prefix, poll_seconds=config.follow_seconds,
-                      max_values=config.list_max_values)
+                      max_values=config.list_max_values, pii=service.pii)
         lists.start()
         _close_with(service, lists)
     policy: Policy | None = getattr(service, "policy", None)

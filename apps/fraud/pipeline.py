@@ -45,6 +45,7 @@ from mlplatform.pipeline import (
     time_holdout,
 )
 from mlplatform.registry import ModelVersion, fingerprint
+from mlplatform.security.pii import tokeniser
 
 __all__ = ["FraudPipeline", "LABEL_RULES", "TRANSACTION_RULES", "parse_label_entries",
            "pipeline"]
@@ -179,7 +180,7 @@ class FraudPipeline:
             raise FileNotFoundError(f"no transactions at {path}: run `mlsuite simulate`")
         ctx.progress(f"extract: featurising {path.name} (same feature code as serving)")
         data = load_dataset(path, extra_fields=self.config.extra_fields,
-                            progress=sys.stderr.isatty())
+                            progress=sys.stderr.isatty(), pii=tokeniser(ctx.settings))
         frame = data.frame.reset_index(drop=True)
         base = pd.DataFrame({
             "transaction_id": frame["transaction_id"].astype(object),

@@ -27,7 +27,9 @@ from typing import Any, Protocol
 import pandas as pd
 from prometheus_client import Counter
 
+from fraud.pii import data_dir_of, folder_tokeniser, tokenise_columns
 from mlplatform.errors import Unavailable
+from mlplatform.security.pii import Tokeniser
 
 __all__ = [
     "CARD_FIELDS",
@@ -83,13 +85,15 @@ class FrameProfiles:
         }
 
     @classmethod
-    def from_dir(cls, folder: Path) -> FrameProfiles:
-        """``cards.parquet`` and ``merchants.parquet`` of ``folder`` (missing: no profiles)."""
+    def from_dir(cls, folder: Path, pii: Tokeniser | None = None) -> FrameProfiles:
+        """``cards.parquet`` and ``merchants.parquet`` of ``folder`` (missing: no profiles),
+        cards keyed by token (``pii``; default: the key of ``folder``'s data folder)."""
         cards, merchants = Path(folder) / "cards.parquet", Path(folder) / "merchants.parquet"
-        return cls(
-            pd.read_parquet(cards) if cards.is_file() else None,
-            pd.read_parquet(merchants) if merchants.is_file() else None,
-        )
+        card_frame = pd.read_parquet(cards) if cards.is_file() else None
+        if card_frame is not None:
+            tokenise_columns(card_frame, pii or folder_tokeniser(data_dir_of(cards)),
+                             {"card_id": "card"})
+        return cls(card_frame, pd.read_parquet(merchants) if merchants.is_file() else None)
 
     def get_many(self, kind: str, ids: Sequence[str]) -> dict[str, Profile]:
         table = self._tables[kind]
@@ -99,16 +103,19 @@ class FrameProfiles:
         return sum(len(t) for t in self._tables.values())
 
 
-def known_entities(folder: Path) -> dict[str, list[str]]:
+def known_entities(folder: Path, pii: Tokeniser | None = None) -> dict[str, list[str]]:
     """Entity ids per kind from the profile source files in ``folder`` (the files Feast
-    materialises from); kinds whose file is missing are left out. Only ids are read: the
-    profiles themselves still come from the online store."""
+    materialises from), cards as tokens; kinds whose file is missing are left out. Only
+    ids are read: the profiles themselves still come from the online store."""
     out: dict[str, list[str]] = {}
     for kind, file in (("card", "cards.parquet"), ("merchant", "merchants.parquet")):
         path = Path(folder) / file
         if path.is_file():
             key = _REFS[kind][0]
-            out[kind] = pd.read_parquet(path, columns=[key])[key].astype(str).tolist()
+            ids = pd.read_parquet(path, columns=[key])[key].astype(str).tolist()
+            if kind == "card":
+                ids = (pii or folder_tokeniser(data_dir_of(path))).tokens("card", ids)
+            out[kind] = ids
     return out
 
 

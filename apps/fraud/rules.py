@@ -49,6 +49,7 @@ from fraud import metrics
 from fraud.config import FraudConfig
 from fraud.features import BASE_FEATURES, CATEGORY_PREFIX
 from fraud.lists import EMPTY, LISTS, Entry, ListSet
+from fraud.pii import ID_COLUMNS, is_token
 from fraud.reasons import rule_reason
 from fraud.schema import Transaction
 from mlplatform.errors import ConfigError
@@ -223,6 +224,12 @@ def _condition(text: str, stage: str, where: str) -> Condition:
             raise ConfigError(f"{where}: {field} is text; compare it with == != in, not {op}")
         get = _attribute(field)
         typed: list[Any] = values
+        kind = ID_COLUMNS.get(field)
+        raw_ids = [v for v in values if kind is not None and not is_token(kind, v)]
+        if raw_ids:  # transactions carry tokens: a raw id would never match, and leaks
+            raise ConfigError(f"{where}: {field} is compared as a token ({kind}_...; the "
+                              f"value a review case or GET /v1/lists shows), got "
+                              f"{raw_ids[0][:4]}...")
     else:
         if field == "amount":
             get = _amount

@@ -49,10 +49,12 @@ import msgspec
 import numpy as np
 import pandas as pd
 
+from fraud.pii import data_dir_of, folder_tokeniser, tokenise_columns
 from mlplatform import openapi
 from mlplatform.errors import BadRequest, MLSuiteError
 from mlplatform.http import ID_PATTERN
 from mlplatform.openapi import Timestamp, timestamp_seconds
+from mlplatform.security.pii import Tokeniser
 
 __all__ = [
     "CHANNELS",
@@ -165,27 +167,30 @@ def batch_type(extra_fields: tuple[str, ...] = (), max_items: int = 1000) -> Any
 
 def decode_transaction(
     data: bytes, *, extra_fields: Sequence[str] = (), max_amount: float = DEFAULT_MAX_AMOUNT,
-    max_amounts: Mapping[str, float] = _NO_LIMITS,
+    max_amounts: Mapping[str, float] = _NO_LIMITS, pii: Tokeniser | None = None,
 ) -> Transaction:
-    """A request body (JSON bytes) as a ``Transaction``, or BadRequest naming the field."""
+    """A request body (JSON bytes) as a ``Transaction``, or BadRequest naming the field;
+    with ``pii``, its card and device ids are tokens (``fraud.pii``)."""
     body = openapi.decode(data, transaction_type(tuple(extra_fields)))
-    return _finish(body, extra_fields, max_amount, max_amounts, "")
+    return _finish(body, extra_fields, max_amount, max_amounts, "", pii)
 
 
 def decode_transactions(
     data: bytes, *, extra_fields: Sequence[str] = (), max_items: int,
     max_amount: float = DEFAULT_MAX_AMOUNT, max_amounts: Mapping[str, float] = _NO_LIMITS,
+    pii: Tokeniser | None = None,
 ) -> list[Transaction]:
     """A batch body as ``Transaction`` objects, all checked before any is used; the first
     bad item names itself (``transactions[3].amount``)."""
     body = openapi.decode(data, batch_type(tuple(extra_fields), max_items), root="transactions")
     items = body if isinstance(body, list) else body.transactions
-    return _finish_batch(items, extra_fields, max_amount, max_amounts, "transactions")
+    return _finish_batch(items, extra_fields, max_amount, max_amounts, "transactions", pii)
 
 
 def parse_transaction(
     body: Any, *, extra_fields: Sequence[str] = (), where: str = "",
     max_amount: float = DEFAULT_MAX_AMOUNT, max_amounts: Mapping[str, float] = _NO_LIMITS,
+    pii: Tokeniser | None = None,
 ) -> Transaction:
     """Validate one decoded JSON object into a ``Transaction`` (the rules of
     ``decode_transaction``); ``where`` prefixes field names in errors
@@ -200,21 +205,23 @@ def parse_transaction(
     mlplatform.errors.BadRequest: amount must be at most 1000000 EUR, got 1e+16
     """
     wire = openapi.convert(body, transaction_type(tuple(extra_fields)), where=where)
-    return _finish(wire, extra_fields, max_amount, max_amounts, where)
+    return _finish(wire, extra_fields, max_amount, max_amounts, where, pii)
 
 
 def parse_transactions(
     items: Any, *, extra_fields: Sequence[str] = (), max_items: int, name: str = "transactions",
     max_amount: float = DEFAULT_MAX_AMOUNT, max_amounts: Mapping[str, float] = _NO_LIMITS,
+    pii: Tokeniser | None = None,
 ) -> list[Transaction]:
     """Validate a whole decoded batch before anything is applied."""
     wire = openapi.convert(items, batch_type(tuple(extra_fields), max_items), root=name)
     wire = wire if isinstance(wire, list) else wire.transactions
-    return _finish_batch(wire, extra_fields, max_amount, max_amounts, name)
+    return _finish_batch(wire, extra_fields, max_amount, max_amounts, name, pii)
 
 
 def _finish(body: Any, extra_fields: Sequence[str], max_amount: float,
-            max_amounts: Mapping[str, float], where: str) -> Transaction:
+            max_amounts: Mapping[str, float], where: str, pii: Tokeniser | None = None
+            ) -> Transaction:
     """The checks msgspec leaves to us (patterns: see ``_checked_here``; a time's range, a
     currency's limit) and the domain object."""
     tid, card, merchant, device = body.transaction_id, body.card_id, body.merchant_id, \
@@ -246,6 +253,10 @@ def _finish(body: Any, extra_fields: Sequence[str], max_amount: float,
     for name in extra_fields:
         value = getattr(body, name)
         extra[name] = 0.0 if value is None else value
+    if pii is not None:  # the edge: nothing after this sees the ids as sent
+        card = pii.token("card", card)
+        if device is not None:
+            device = pii.token("device", device)
     return Transaction(tid, ts, card, merchant, amount, currency, country, body.channel,
                        device, extra)
 
@@ -255,8 +266,9 @@ def _refuse(name: str, rule: str, value: str) -> NoReturn:
 
 
 def _finish_batch(items: Sequence[Any], extra_fields: Sequence[str], max_amount: float,
-                  max_amounts: Mapping[str, float], name: str) -> list[Transaction]:
-    out = [_finish(item, extra_fields, max_amount, max_amounts, f"{name}[{i}].")
+                  max_amounts: Mapping[str, float], name: str, pii: Tokeniser | None = None
+                  ) -> list[Transaction]:
+    out = [_finish(item, extra_fields, max_amount, max_amounts, f"{name}[{i}].", pii)
            for i, item in enumerate(items)]
     seen: set[str] = set()
     for i, t in enumerate(out):
@@ -306,11 +318,15 @@ FILE_MAX_AMOUNT = 1e12
 
 def read_transactions(path: Path, *, extra_fields: Sequence[str] = (),
                       max_amount: float = FILE_MAX_AMOUNT,
-                      max_amounts: Mapping[str, float] = _NO_LIMITS) -> pd.DataFrame:
+                      max_amounts: Mapping[str, float] = _NO_LIMITS,
+                      pii: Tokeniser | None = None) -> pd.DataFrame:
     """A transaction file (parquet or CSV) checked against the schema, sorted by time;
     a row beyond its currency's largest amount is refused like any other bad row.
 
     ``timestamp`` becomes a float column ``ts`` (epoch seconds) next to the original.
+    ``card_id`` and ``device_id`` become tokens (``pii``; default: the key of the data
+    folder holding ``path``, as its services use), so training, replay and the velocity
+    seed join with what the service stores.
     """
     path = Path(path)
     if not path.is_file():
@@ -351,6 +367,7 @@ def read_transactions(path: Path, *, extra_fields: Sequence[str] = (),
     for name in extra_fields:
         df[name] = pd.to_numeric(df[name], errors="coerce").fillna(0.0) if name in df else 0.0
     df["is_fraud"] = df["is_fraud"].astype(bool)
+    tokenise_columns(df, pii or folder_tokeniser(data_dir_of(path)))
     return df.sort_values("ts", kind="stable").reset_index(drop=True)
 
 

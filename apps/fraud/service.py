@@ -66,6 +66,7 @@ from fraud.velocity import Claimed, History, RedisVelocityStore, velocity_featur
 from mlplatform.config import Settings
 from mlplatform.errors import Conflict, Unavailable
 from mlplatform.lake import Lake
+from mlplatform.security.pii import tokeniser
 from mlplatform.snapshots import Follower, Snapshot, SnapshotStore
 
 __all__ = ["FraudService", "UnrecordedDecision", "UNRECORDED"]
@@ -128,6 +129,8 @@ class FraudService:
         self.redis = client
         self.profiles = profiles
         self.keys = Keys(config.key_prefix, config.model_name)
+        # Card and device ids are tokens from the request's parsing on (``fraud.pii``).
+        self.pii = tokeniser(settings)
         self.velocity = RedisVelocityStore(client, config.key_prefix)
         key_ttl = int(settings.stream_retention_seconds
                       + max(KEY_MARGIN_SECONDS, 2 * settings.archive_interval_seconds))
@@ -138,7 +141,7 @@ class FraudService:
         self.model = ModelView(settings, config, client, self.labels)
         # Lists (block / allow) and rules around the model; a canary's candidate.
         self.lists = Lists(client, config.key_prefix, poll_seconds=config.follow_seconds,
-                           max_values=config.list_max_values)
+                           max_values=config.list_max_values, pii=self.pii)
         self.policy = Policy.load(config, self.lists)
         self.rollout = FraudRollout(settings, config, client)
         self._typical: tuple[Any, dict[str, float]] | None = None
@@ -176,7 +179,7 @@ class FraudService:
         try:
             started = time.perf_counter()
             loaded = {kind: prefetch(kind, ids, chunk=2000) for kind, ids
-                      in known_entities(self.settings.data_dir / "payments").items()}
+                      in known_entities(self.settings.data_dir / "payments", self.pii).items()}
             if loaded:
                 log.info("fraud profiles prefetched %s in %.2fs", loaded,
                          time.perf_counter() - started)
@@ -426,9 +429,11 @@ class FraudService:
         return appended
 
     def put_profile(self, kind: str, entity_id: str, body: Any) -> dict[str, Any]:
-        """Validate a whole card or merchant profile and queue it for the worker."""
+        """Validate a whole card or merchant profile and queue it for the worker (a card
+        under its token: the stream, Feast and the cache never see the card id)."""
         profile = parse_profile(kind, entity_id, body)
-        queued = self.profile_updates.append(kind, entity_id, profile)
+        stored = self.pii.token("card", entity_id) if kind == "card" else entity_id
+        queued = self.profile_updates.append(kind, stored, profile)
         return {"queued": queued, "kind": kind, "id": entity_id, "profile": profile}
 
     def model_info(self) -> dict[str, Any]:

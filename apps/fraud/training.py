@@ -34,12 +34,14 @@ from fraud.config import FraudConfig
 from fraud.features import CATEGORY_PREFIX, offline_vectors
 from fraud.keys import Keys
 from fraud.models import Artifact, BatchGBM, feature_names_of, fit_model, make_model
+from fraud.pii import data_dir_of, folder_tokeniser
 from fraud.profiles import FrameProfiles, NoProfiles, ProfileSource
 from fraud.schema import read_transactions, transactions_from_frame
 from fraud.thresholds import Thresholds, choose_thresholds, false_positive_rate, recall_at_fpr
 from fraud.velocity import MemoryVelocityStore
 from mlplatform.monitoring.reference import build_profile, featurise, with_reference
 from mlplatform.registry import ModelRegistry, ModelVersion, fingerprint
+from mlplatform.security.pii import Tokeniser
 
 __all__ = ["Dataset", "load_dataset", "train", "evaluate", "drift_reference", "BATCH_MODEL_NAME"]
 
@@ -62,13 +64,17 @@ class Dataset:
 
 
 def load_dataset(path: Path, *, extra_fields: Sequence[str] = (),
-                 profiles: ProfileSource | None = None, progress: bool = False) -> Dataset:
-    """Read, validate and featurise ``path``; profiles default to its sibling files."""
+                 profiles: ProfileSource | None = None, progress: bool = False,
+                 pii: Tokeniser | None = None) -> Dataset:
+    """Read, validate and featurise ``path``; profiles default to its sibling files.
+    Card and device ids become tokens (``pii``; default: the key of ``path``'s data
+    folder), in the transactions and the profiles alike."""
     from tqdm import tqdm
 
-    frame = read_transactions(path, extra_fields=extra_fields)
+    pii = pii or folder_tokeniser(data_dir_of(path))
+    frame = read_transactions(path, extra_fields=extra_fields, pii=pii)
     if profiles is None:
-        found = FrameProfiles.from_dir(Path(path).parent)
+        found = FrameProfiles.from_dir(Path(path).parent, pii)
         profiles = found if len(found) else NoProfiles()
     txs = transactions_from_frame(frame, extra_fields)
     with tqdm(total=len(txs), desc="fraud features", unit="tx", disable=not progress) as bar:

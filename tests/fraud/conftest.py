@@ -13,6 +13,7 @@ from flask import Flask
 
 from fraud.app import create_app, get_service
 from fraud.config import FraudConfig
+from fraud.pii import tokenise_profile_file
 from fraud.training import Dataset, load_dataset, train
 from fraud.worker import FraudJobs, build
 from mlplatform.config import Settings
@@ -66,6 +67,8 @@ def fraud_data_dir(tmp_path_factory: pytest.TempPathFactory, payments_dir: Path,
     data_dir = tmp_path_factory.mktemp("fraud-data")
     shutil.copytree(payments_dir, data_dir / "payments")
     settings = Settings.from_env({}).with_(data_dir=data_dir, redis_url=redis_url)
+    # Feast holds the cards by token, as the service asks for them (fraud.pii).
+    assert tokenise_profile_file(data_dir)
     store = FeatureStoreAdapter.from_settings(settings)
     store.apply()
     store.materialize()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from flask import Flask
 
+from fraud.app import get_service
 from fraud.lists import LISTS, Lists
 from fraud.ops_views import get_lists, get_policy
 from fraud.schema import Transaction
@@ -18,7 +20,11 @@ TX = Transaction("t1", 1735732800.0, "c-listed", "m-listed", 50.0, "EUR", "FR", 
 
 
 def _final(app: Flask, decision: str = "approve", score: float = 0.1) -> tuple[str, list[str]]:
-    [(final, reasons)] = get_policy(app).apply([TX], [{}], [score], [decision])
+    # The policy sees transactions as parsed: card and device as tokens (fraud.pii).
+    pii = get_service(app).pii
+    tx = replace(TX, card_id=pii.token("card", TX.card_id),
+                 device_id=pii.token("device", TX.device_id or ""))
+    [(final, reasons)] = get_policy(app).apply([tx], [{}], [score], [decision])
     return final, [r["code"] for r in reasons]
 
 
@@ -133,4 +139,6 @@ def test_expired_entries_do_not_match_and_are_dropped(make_app: Callable[..., Fl
     _until(lambda: _final(app)[0] == "approve", "the expiry", timeout=2.0)
     assert app.test_client().get("/v1/lists").get_json()["lists"]["blocked_cards"]["count"] == 0
     lists.put("blocked_cards", "c-other")  # the next change drops the expired entry
-    assert redis_client.hkeys(lists.key("blocked_cards")) == [b"c-other"]
+    # Redis holds the card's token, never the card id.
+    assert redis_client.hkeys(lists.key("blocked_cards")) == [
+        get_service(app).pii.token("card", "c-other").encode()]
