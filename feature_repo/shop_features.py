@@ -14,11 +14,14 @@ from feast.types import Bool, Float64, String
 
 # --- user_profile ---------------------------------------------------------------
 
+# User ids are personal: Feast reads the profiles with their ids tokenised (the shop's
+# users.parquet as recommender.pii writes it), so its entity keys are the tokens the
+# service looks users up by.
 users_source = FileSource(
     name="shop_users",
-    path="shop/users.parquet",
+    path="shop/users.tokenised.parquet",
     timestamp_field="event_timestamp",
-    description="One row per user profile version, written by the shop simulator.",
+    description="One row per user profile version, user ids tokenised (recommender.pii).",
 )
 
 # Profiles change when a user edits their account: the account service pushes the

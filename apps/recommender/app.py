@@ -43,6 +43,7 @@ from mlplatform.errors import ConfigError
 from mlplatform.experiments import ExperimentDefinition, load_definitions
 from mlplatform.http import add_readiness_check, create_service_app
 from mlplatform.registry import ModelRegistry
+from mlplatform.security.pii import tokeniser
 from recommender.attribution import ExposureLog
 from recommender.catalogue import FeatureReader, SegmentCache
 from recommender.engine import SERVICE, Engine
@@ -50,7 +51,7 @@ from recommender.history import HistoryStore
 from recommender.live import LiveState
 from recommender.models import limit_blas_threads
 from recommender.updates import UpdateQueue
-from recommender.views import EXPERIMENTS, EXPOSURES, bp
+from recommender.views import EXPERIMENTS, EXPOSURES, TOKENS, bp
 
 __all__ = ["EXPERIMENT", "MODEL_NAME", "create_app"]
 
@@ -109,6 +110,8 @@ def create_app(settings: Settings | None = None,
                     poll_seconds=settings.model_poll_seconds, rollouts=redis_client,
                     rollout_poll_seconds=float(cfg["RECOMMENDER_SNAPSHOT_POLL_SECONDS"]))
     app.extensions["recommender.engine"] = engine
+    # User ids become tokens in the views, before the engine, Redis or a log sees them.
+    app.extensions[TOKENS] = tokeniser(settings)
     definitions = _experiment_definitions(settings, engine.experiment)
     app.extensions[EXPERIMENTS] = definitions
     if redis_client is not None and engine.experiment is not None:

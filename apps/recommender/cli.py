@@ -25,9 +25,11 @@ from tqdm.auto import tqdm
 
 from mlplatform.config import Settings, get_settings
 from mlplatform.registry import ModelRegistry, ModelVersion, fingerprint
+from mlplatform.security.pii import tokeniser
 from recommender.bundle import ModelBundle
 from recommender.data import load_interactions, load_table, time_split
 from recommender.evaluation import metric_names
+from recommender.pii import prepare_profiles, tokenise_users
 from recommender.training import TrainConfig, evaluate_variants, fit_bundle, fold_in_items
 
 __all__ = ["MODEL_NAME", "cli", "ensure_model", "train_and_register"]
@@ -56,14 +58,23 @@ def _progress(total: int, desc: str, enabled: bool = True) -> Iterator[Callable[
         yield step
 
 
-def _entity_tables(interactions: Path, users: Path | None, items: Path | None
-                   ) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
-    """The users/items tables: given, else ``users.parquet``/``items.parquet`` beside the file."""
+def _interactions(settings: Settings, path: Path) -> pd.DataFrame:
+    """``load_interactions`` with the user ids tokenised, as requests arrive with them."""
+    return tokenise_users(load_interactions(path), tokeniser(settings))
+
+
+def _entity_tables(settings: Settings, interactions: Path, users: Path | None,
+                   items: Path | None) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """The users/items tables: given, else ``users.parquet``/``items.parquet`` beside the
+    file; user ids tokenised."""
     def pick(given: Path | None, name: str) -> pd.DataFrame | None:
         path = given or interactions.parent / f"{name}.parquet"
         return load_table(path) if path.is_file() else None
 
-    return pick(users, "users"), pick(items, "items")
+    users_df = pick(users, "users")
+    if users_df is not None:
+        users_df = tokenise_users(users_df, tokeniser(settings))
+    return users_df, pick(items, "items")
 
 
 def train_and_register(settings: Settings, *, interactions: Path | None = None,
@@ -76,8 +87,8 @@ def train_and_register(settings: Settings, *, interactions: Path | None = None,
     config = TrainConfig(variants=variants, seed=settings.seed)
     n_models = len(config.all_variants)
     with _progress(4 + 3 * n_models, "train recommender", progress) as step:
-        df = load_interactions(path)
-        users_df, items_df = _entity_tables(path, users, items)
+        df = _interactions(settings, path)
+        users_df, items_df = _entity_tables(settings, path, users, items)
         train, test = time_split(df, test_fraction)
         step("loaded")
         results = evaluate_variants(train, test, config, k=k, users=users_df, items=items_df,
@@ -96,7 +107,9 @@ def train_and_register(settings: Settings, *, interactions: Path | None = None,
 
 
 def ensure_model(settings: Settings) -> None:
-    """Train and promote a first version to "production" if none is there."""
+    """Train and promote a first version to "production" if none is there; Feast's user
+    profiles tokenised and loaded when they are not yet (``recommender.pii``)."""
+    prepare_profiles(settings)
     registry = ModelRegistry(settings.data_dir / "models")
     if "production" in registry.aliases(MODEL_NAME):
         return
@@ -108,6 +121,7 @@ def ensure_model(settings: Settings) -> None:
         simulate_shop(settings.data_dir, seed=settings.seed, n_users=DEFAULT_SIZES["n_users"],
                       n_items=DEFAULT_SIZES["n_items"],
                       n_interactions=DEFAULT_SIZES["n_interactions"])
+        prepare_profiles(settings)
     version = train_and_register(settings, alias="production")
     log.info("recommender: %s trained and promoted to production", version.label)
 
@@ -180,12 +194,12 @@ def evaluate(train_file: Path | None, test_file: Path | None, users: Path | None
     config = TrainConfig(variants=MODEL_CHOICES[model],
                          seed=settings.seed if seed is None else seed)
     try:
-        df = load_interactions(path)
+        df = _interactions(settings, path)
         if test_file is not None:
-            train_df, test_df = df, load_interactions(test_file)
+            train_df, test_df = df, _interactions(settings, test_file)
         else:
             train_df, test_df = time_split(df, test_fraction)
-        users_df, items_df = _entity_tables(path, users, items)
+        users_df, items_df = _entity_tables(settings, path, users, items)
         with _progress(1 + 2 * len(config.all_variants), "evaluate", not as_json) as step:
             results = evaluate_variants(train_df, test_df, config, k=k, users=users_df,
                                         items=items_df, progress=step)
@@ -223,7 +237,7 @@ def add_items(interactions: Path, items: Path | None, base: str, promote: bool) 
     source = registry.resolve(MODEL_NAME, base)
     bundle = ModelBundle.load(source.path)
     try:
-        df = load_interactions(interactions)
+        df = _interactions(settings, interactions)
         added = fold_in_items(bundle, df, items=load_table(items) if items else None)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None

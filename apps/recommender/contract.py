@@ -1,10 +1,10 @@
 """The recommender's HTTP contract: the request and response types of every endpoint
 (msgspec Structs), as ``/openapi.json`` publishes them.
 
-Events and batch requests are decoded with these types; item and user updates are
-checked by ``recommender.updates`` (partial updates, per-field rules), whose rules
-``ItemUpdate`` and ``UserUpdate`` state for clients. Responses are built as dicts on the
-request path; the contract test checks each one against its type.
+Every request body is decoded with these types (``mlplatform.openapi.decode``), item and
+user updates included (``recommender.updates.parse_update`` keeps the fields an update
+sets). Responses are built as dicts on the request path (one C encoder, no conversion);
+the contract test checks each one against its type.
 """
 
 from __future__ import annotations
@@ -107,21 +107,31 @@ class Similar(msgspec.Struct):
     degraded: list[str]
 
 
-class ItemUpdate(msgspec.Struct, forbid_unknown_fields=True):
-    """A partial update of an item's catalogue entry: any non-empty subset of the fields."""
+# The rules of the update fields; each description follows "must be" in a 400's message.
+Text = Annotated[str, msgspec.Meta(
+    min_length=1, max_length=64, pattern=r"^\S([\s\S]*\S)?$",
+    description="a non-empty string of at most 64 characters without surrounding spaces")]
+Price = Annotated[float, msgspec.Meta(ge=0, le=1e12, description="a number >= 0 (at most 1e12)")]
+Flag = Annotated[bool, msgspec.Meta(description="true or false")]
+Country = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}$",
+                                      description="2 upper-case letters (ISO 3166)")]
 
-    category: str | msgspec.UnsetType = msgspec.UNSET
-    price: Annotated[float, msgspec.Meta(ge=0)] | msgspec.UnsetType = msgspec.UNSET
-    in_stock: bool | msgspec.UnsetType = msgspec.UNSET
+
+class ItemUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    """A partial update of an item's catalogue entry: any non-empty subset of the fields
+    (the others keep their current values); null is not a value."""
+
+    category: Text | msgspec.UnsetType = msgspec.UNSET
+    price: Price | msgspec.UnsetType = msgspec.UNSET
+    in_stock: Flag | msgspec.UnsetType = msgspec.UNSET
 
 
 class UserUpdate(msgspec.Struct, forbid_unknown_fields=True):
-    """A partial update of a user's profile: any non-empty subset of the fields."""
+    """A partial update of a user's profile: any non-empty subset of the fields (the
+    others keep their current values); null is not a value."""
 
-    segment: str | msgspec.UnsetType = msgspec.UNSET
-    country: Annotated[str, msgspec.Meta(
-        pattern=r"^[A-Z]{2}$", description="an ISO 3166 code of 2 upper-case letters")] \
-        | msgspec.UnsetType = msgspec.UNSET
+    segment: Text | msgspec.UnsetType = msgspec.UNSET
+    country: Country | msgspec.UnsetType = msgspec.UNSET
 
 
 class Queued(msgspec.Struct):

@@ -35,11 +35,13 @@ from mlplatform.pipeline import (
     time_holdout,
 )
 from mlplatform.registry import ModelVersion
+from mlplatform.security.pii import tokeniser
 from recommender.bundle import ModelBundle
 from recommender.cli import MODEL_NAME
 from recommender.data import EVENT_TYPES, IdMap, load_table, user_item_matrix
 from recommender.evaluation import ranking_metrics
 from recommender.models import single_threaded_blas
+from recommender.pii import tokenise_users
 from recommender.ranking import exclude, top_n
 from recommender.training import TrainConfig, fit_bundle
 
@@ -108,6 +110,10 @@ class RecommenderPipeline:
     def split(self, ctx: RunContext, clean: Mapping[str, pd.DataFrame],
               production: ModelVersion) -> Split:
         frame = pd.concat([f[COLUMNS] for f in clean.values()], ignore_index=True)
+        # After the checks (a bad id must fail them, not become a good-looking token): the
+        # file's user ids become the tokens the service keys users by; the lake's events
+        # hold tokens already and pass unchanged.
+        frame = tokenise_users(frame, tokeniser(ctx.settings))
         return time_holdout(frame, "timestamp", self.cutoff_of(production), ctx.config)
 
     @staticmethod
@@ -126,6 +132,8 @@ class RecommenderPipeline:
         config = TrainConfig(seed=ctx.settings.seed)
         tables = {n: load_table(p) for n in ("users", "items")
                   if (p := self.shop_dir(ctx) / f"{n}.parquet").is_file()}
+        if "users" in tables:
+            tables["users"] = tokenise_users(tables["users"], tokeniser(ctx.settings))
         with single_threaded_blas():
             bundle = fit_bundle(split.train, config, users=tables.get("users"),
                                 items=tables.get("items"))

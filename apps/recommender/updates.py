@@ -1,8 +1,9 @@
 """Entity updates, the write side: validated, queued on a stream, pushed to Feast in batches.
 
-``PUT /v1/items/<id>`` and ``PUT /v1/users/<id>`` validate the body (``parse_update``:
-partial updates, unknown fields rejected, errors naming the field) and append it to
-``mlsuite:rec:updates`` (``UpdateQueue``): a 202 means durably queued. The worker's
+``PUT /v1/items/<id>`` and ``PUT /v1/users/<id>`` decode the body as its typed model
+(``recommender.contract.ItemUpdate``/``UserUpdate``: partial updates, unknown fields
+rejected, errors naming the field; ``parse_update`` keeps the fields it sets) and append
+it to ``mlsuite:rec:updates`` (``UpdateQueue``): a 202 means durably queued. The worker's
 "feast-push" consumer (``FeastPusher``) turns each batch into one Feast push per kind,
 fills the fields an update leaves out from Feast's current row, skips updates older than
 what Feast holds (redelivery, two workers: the online store keeps the newest), then
@@ -13,30 +14,33 @@ Feast down: the handler raises ``FeastUnavailable`` (a ``mlplatform.streams.Retr
 the entries' fault), nothing is acked, and the consumer retries the same entries.
 
 >>> parse_update("item", {"in_stock": False, "price": 12})
-{'in_stock': False, 'price': 12.0}
+{'price': 12.0, 'in_stock': False}
 >>> parse_update("user", {"country": "de"})
 Traceback (most recent call last):
 ...
-mlplatform.errors.BadRequest: country must be 2 upper-case letters (ISO 3166), got 'de'
+mlplatform.errors.BadRequest: country must be 2 upper-case letters (ISO 3166), got "de"
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 import redis
 
+from mlplatform import openapi
 from mlplatform.errors import BadRequest, Unavailable
 from mlplatform.snapshots import Snapshot, SnapshotStore
+from recommender.contract import ItemUpdate, UserUpdate
 
 __all__ = [
+    "FIELDS",
     "KINDS",
     "OVERRIDES_KEY",
+    "UPDATES",
     "UPDATES_STREAM",
     "UpdateQueue",
     "decode_overrides",
@@ -52,41 +56,12 @@ OVERRIDES_HASH = "mlsuite:rec:user-overrides"
 # 300 s by default): once one is dropped, a cache entry older than the edit has expired.
 OVERRIDE_SECONDS = 900.0
 MAX_OVERRIDES = 20_000
-_COUNTRY = re.compile(r"^[A-Z]{2}$")
 
-
-def _text(value: Any, name: str) -> str:
-    if not isinstance(value, str) or not 1 <= len(value) <= 64 or value != value.strip():
-        raise BadRequest(f"{name} must be a non-empty string of at most 64 characters without "
-                         f"surrounding spaces, got {value!r}", field=name)
-    return value
-
-
-def _price(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) \
-            or not math.isfinite(value) or value < 0:
-        raise BadRequest(f"{name} must be a number >= 0, got {value!r}", field=name)
-    return float(value)
-
-
-def _flag(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise BadRequest(f"{name} must be true or false, got {value!r}", field=name)
-    return value
-
-
-def _country(value: Any, name: str) -> str:
-    if not isinstance(value, str) or not _COUNTRY.match(value):
-        raise BadRequest(f"{name} must be 2 upper-case letters (ISO 3166), got {value!r}",
-                         field=name)
-    return value
-
-
-# kind -> field -> validator; also the Feast push source and view of each kind.
-FIELDS: dict[str, dict[str, Callable[[Any, str], Any]]] = {
-    "item": {"category": _text, "price": _price, "in_stock": _flag},
-    "user": {"segment": _text, "country": _country},
-}
+# kind -> the typed body of its PUT (recommender.contract: the rules per field).
+UPDATES: dict[str, type[ItemUpdate] | type[UserUpdate]] = {"item": ItemUpdate,
+                                                           "user": UserUpdate}
+# kind -> its fields, in the Feast view's order.
+FIELDS: dict[str, tuple[str, ...]] = {kind: t.__struct_fields__ for kind, t in UPDATES.items()}
 KINDS: dict[str, tuple[str, str, str]] = {  # kind -> (join key, push source, feature view)
     "item": ("item_id", "item_catalogue_push", "item_catalogue"),
     "user": ("user_id", "user_profile_push", "user_profile"),
@@ -94,18 +69,16 @@ KINDS: dict[str, tuple[str, str, str]] = {  # kind -> (join key, push source, fe
 
 
 def parse_update(kind: str, body: Any) -> dict[str, Any]:
-    """The validated fields of a PUT body for ``kind``; BadRequest names the bad field."""
-    fields = FIELDS[kind]
-    if not isinstance(body, dict):
-        raise BadRequest(f"body must be a JSON object with some of {', '.join(fields)}, "
-                         f"got {type(body).__name__}", field="body")
-    unknown = [k for k in body if k not in fields]
-    if unknown:
-        raise BadRequest(f"{unknown[0]} is not a field of {kind}s; expected some of "
-                         f"{', '.join(fields)}", field=str(unknown[0]))
-    if not body:
-        raise BadRequest(f"body must set at least one of {', '.join(fields)}", field="body")
-    return {name: fields[name](value, name) for name, value in body.items()}
+    """The fields a PUT body for ``kind`` sets: ``body`` decoded already (``typed_body``)
+    or a JSON document (a queued entry); BadRequest names the bad field."""
+    type_ = UPDATES[kind]
+    update = body if isinstance(body, type_) else openapi.convert(body, type_)
+    fields = {name: value for name in FIELDS[kind]
+              if (value := getattr(update, name)) is not msgspec.UNSET}
+    if not fields:
+        raise BadRequest(f"body must set at least one of {', '.join(FIELDS[kind])}",
+                         field="body")
+    return fields
 
 
 class UpdateQueue:

@@ -3,6 +3,10 @@
 Every bad input is a ``BadRequest`` naming the field (``n``, ``user_ids[3]``,
 ``events[0].event_type``, ``body``); mlplatform.http turns it into the JSON error shape.
 
+User ids are personal: each one a request carries is replaced by its token
+(``recommender.pii``) as it is parsed, so the engine, Redis, the streams and the
+exposures only ever see tokens; a response echoes the id the client sent.
+
 Reads (recommendations, similar items, the model) and writes (events, item and user
 updates) are apart: a write is acknowledged once it is durably in Redis, and the
 worker turns the update stream into Feast pushes and snapshots the reads swap in.
@@ -54,17 +58,23 @@ from recommender.engine import Engine, ServingModel, UserRecommendations
 from recommender.history import Event
 from recommender.updates import parse_update
 
-__all__ = ["EXPERIMENTS", "EXPOSURES", "MAX_N", "bp", "get_engine"]
+__all__ = ["EXPERIMENTS", "EXPOSURES", "MAX_N", "TOKENS", "bp", "get_engine"]
 
 bp = Blueprint("recommender", __name__, url_prefix="/v1")
 
 EXPOSURES = "recommender.exposures"  # app.extensions key: the ExposureLog (or absent)
 EXPERIMENTS = "recommender.experiments"  # name -> ExperimentDefinition, for the reports
+TOKENS = "recommender.tokens"  # app.extensions key: the deployment's Tokeniser
 FUTURE_TOLERANCE_SECONDS = 300  # clock skew we accept on client timestamps
 
 
 def get_engine() -> Engine:
     return current_app.extensions["recommender.engine"]  # type: ignore[no-any-return]
+
+
+def user_token(user_id: str) -> str:
+    """The token a user id is known by past the edge (memoised: one dict hit when warm)."""
+    return current_app.extensions[TOKENS].token("user", user_id)  # type: ignore[no-any-return]
 
 
 # The recommendation endpoints serialise with one shared C encoder, straight into the
@@ -77,8 +87,8 @@ def _json(obj: dict[str, Any]) -> Response:
     return current_app.response_class(_ENCODER.encode(obj) + "\n", mimetype="application/json")
 
 
-def _user_result(r: UserRecommendations) -> dict[str, Any]:
-    return {"user_id": r.user_id, "model": r.model, "variant": r.variant,
+def _user_result(r: UserRecommendations, sent: str) -> dict[str, Any]:
+    return {"user_id": sent, "model": r.model, "variant": r.variant,
             "strategy": r.strategy, "fallback": r.fallback, "items": r.items}
 
 
@@ -92,9 +102,9 @@ def user_recommendations(user_id: str) -> Response:
     exclude_seen = query_bool("exclude_seen", True)
     category = query_str("category")
     serving, results, degraded = _recommend(
-        [user_id], n=n, exclude_seen=exclude_seen, category=category)
+        [user_token(user_id)], n=n, exclude_seen=exclude_seen, category=category)
     r = results[0]
-    return _json({"model": serving.version.label, "user_id": r.user_id, "variant": r.variant,
+    return _json({"model": serving.version.label, "user_id": user_id, "variant": r.variant,
                   "strategy": r.strategy, "fallback": r.fallback, "items": r.items,
                   "degraded": degraded})
 
@@ -110,9 +120,11 @@ def batch_recommendations() -> Response:
         raise BadRequest(f"user_ids must be a list of 1 to {limit} user ids, got "
                          f"{len(body.user_ids)} ids", field="user_ids")
     serving, results, degraded = _recommend(
-        body.user_ids, n=body.n, exclude_seen=body.exclude_seen, category=body.category or None)
+        [user_token(u) for u in body.user_ids], n=body.n, exclude_seen=body.exclude_seen,
+        category=body.category or None)
     return _json({"model": serving.version.label, "degraded": degraded,
-                  "results": [_user_result(r) for r in results]})
+                  "results": [_user_result(r, sent)
+                              for r, sent in zip(results, body.user_ids, strict=True)]})
 
 
 def _recommend(user_ids: list[str], **options: Any
@@ -219,7 +231,7 @@ def put_item(item_id: str) -> tuple[Response, int]:
     stock is no longer recommended).
     """
     item_id = check_id(item_id, "item_id")
-    fields = parse_update("item", json_body())
+    fields = parse_update("item", typed_body(ItemUpdate))
     queued = get_engine().update("item", item_id, fields, request_id=request_id())
     return jsonify({"queued": queued}), 202
 
@@ -237,8 +249,8 @@ def put_user(user_id: str) -> tuple[Response, int]:
     second, before any segment cache expires.
     """
     user_id = check_id(user_id, "user_id")
-    fields = parse_update("user", json_body())
-    queued = get_engine().update("user", user_id, fields, request_id=request_id())
+    fields = parse_update("user", typed_body(UserUpdate))
+    queued = get_engine().update("user", user_token(user_id), fields, request_id=request_id())
     return jsonify({"queued": queued}), 202
 
 
@@ -255,7 +267,7 @@ def model_info() -> Response:
 # -- parsing helpers ---------------------------------------------------------------------
 
 def _event(body: EventBody, prefix: str, now: float) -> Event:
-    return Event(body.user_id, body.item_id, body.event_type,
+    return Event(user_token(body.user_id), body.item_id, body.event_type,
                  _timestamp(body.timestamp, prefix + "timestamp", now))
 
 

@@ -76,6 +76,7 @@ def served_template(tmp_path_factory: pytest.TempPathFactory, shop_dir: Path) ->
     """A data folder ready to serve: shop data, Feast online store, production model."""
     from mlplatform.features import FeatureStoreAdapter
     from recommender.cli import train_and_register
+    from recommender.pii import prepare_profiles
 
     data_dir = tmp_path_factory.mktemp("recommender-served")
     shutil.copytree(shop_dir, data_dir / "shop")
@@ -83,6 +84,8 @@ def served_template(tmp_path_factory: pytest.TempPathFactory, shop_dir: Path) ->
     store = FeatureStoreAdapter.from_settings(settings)
     store.apply()
     store.materialize()
+    # As the stack's start hook does: Feast's user profiles keyed by tokens.
+    prepare_profiles(settings)
     train_and_register(settings, alias="production", progress=False)
     return data_dir
 

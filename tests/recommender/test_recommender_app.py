@@ -63,12 +63,17 @@ def test_each_variant_serves_and_says_so(make_app: Callable[..., Flask], known_u
     assert len(body["items"]) == 10
 
 
-def test_variant_comes_from_the_experiments_file(make_app: Callable[..., Flask]) -> None:
+def test_variant_comes_from_the_experiments_file(make_app: Callable[..., Flask],
+                                                 served_settings: Settings) -> None:
+    from mlplatform.security.pii import tokeniser
+
     client = make_app().test_client()  # no override: config/experiments.toml
     experiment = load_experiments()["recommender_model"]
     users = [f"u{k:06d}" for k in range(1, 41)]
     served = {u: recs(client, u)["variant"] for u in users}
-    assert served == {u: experiment.variant_of(u) for u in users}
+    # The unit of assignment is the user's token: stable per deployment (its PII key).
+    tokens = tokeniser(served_settings)
+    assert served == {u: experiment.variant_of(tokens.token("user", u)) for u in users}
     assert len(set(served.values())) > 1, "40 users should see more than one variant"
 
 
@@ -86,10 +91,12 @@ def test_batch_answers_every_user_in_order(client: FlaskClient, known_user: str)
 # -- cold start ------------------------------------------------------------------------
 
 def push_profile(settings: Settings, user: str, segment: str) -> None:
+    """As the account service would: Feast knows users by their tokens."""
     from mlplatform.features import FeatureStoreAdapter
+    from mlplatform.security.pii import tokeniser
 
     FeatureStoreAdapter.from_settings(settings).push("user_profile_push", pd.DataFrame({
-        "user_id": [user], "segment": [segment], "country": ["DE"],
+        "user_id": [tokeniser(settings).token("user", user)], "segment": [segment], "country": ["DE"],
         "event_timestamp": [pd.Timestamp.now(tz="UTC")]}))
 
 

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from mlplatform.config import Settings, get_settings
 from mlplatform.registry import ModelRegistry
+from mlplatform.security.pii import tokeniser
 from recommender.bundle import ModelBundle
 from recommender.cli import cli, ensure_model
 
@@ -61,8 +62,13 @@ def test_train_from_a_csv_with_integer_ids_and_weights(data_dir: Path, tmp_path:
     assert result.exit_code == 0, result.output
     bundle = ModelBundle.load(ModelRegistry(data_dir / "models").resolve("recommender",
                                                                          "production").path)
-    assert bundle.items.kind == "int" and bundle.users.kind == "int"
+    # Item ids keep their type; user ids are tokens (recommender.pii), whatever came in.
+    assert bundle.items.kind == "int" and bundle.users.kind == "str"
     assert bundle.items.external(0) == int(csv["item_id"].min())
+    tokens = tokeniser(get_settings())  # the command's: MLSUITE_DATA_DIR's key
+    first = int(csv["user_id"].iloc[0])
+    assert bundle.users.lookup(tokens.token("user", str(first))) is not None
+    assert bundle.users.lookup(first) is None
 
 
 def test_bad_interactions_file_is_a_clear_error(data_dir: Path, tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ import importlib
 
 import pytest
 
-MODULES = ["data", "engine", "evaluation", "history", "popularity", "ranking", "variants"]
+MODULES = ["data", "engine", "evaluation", "history", "pii", "popularity", "ranking", "updates",
+           "variants"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -105,8 +105,12 @@ def worker(rollout_settings: Settings, redis_client: redis.Redis) -> Iterator[Wo
 
 @pytest.fixture
 def users(rollout_template: Path) -> list[str]:
+    """Known users as the engine sees them: by their tokens (the views tokenise)."""
+    from mlplatform.security.pii import tokeniser
+
     df = pd.read_parquet(rollout_template / "shop" / "interactions.parquet")
-    return sorted(df["user_id"].unique().tolist())[:200]
+    tokens = tokeniser(Settings.from_env({}).with_(data_dir=rollout_template))
+    return tokens.tokens("user", sorted(df["user_id"].unique().tolist())[:200])
 
 
 def engine_of(app: Flask) -> Engine:
@@ -162,11 +166,15 @@ def test_canary_limited_to_a_segment(wait_for: Callable[..., Any], make_app: Cal
 
 
 def taste(rollout_template: Path) -> dict[str, set[str]]:
-    """Each shopper's true favourites: the 10 items they interacted with most."""
+    """Each shopper's true favourites: the 10 items they interacted with most, by the
+    shopper's token (as ``users`` names them)."""
+    from mlplatform.security.pii import tokeniser
+
     df = pd.read_parquet(rollout_template / "shop" / "interactions.parquet")
     counts = df.groupby(["user_id", "item_id"]).size().rename("n").reset_index()
     top = counts.sort_values("n", ascending=False).groupby("user_id").head(10)
-    return {u: set(g["item_id"]) for u, g in top.groupby("user_id")}
+    tokens = tokeniser(Settings.from_env({}).with_(data_dir=rollout_template))
+    return {tokens.token("user", u): set(g["item_id"]) for u, g in top.groupby("user_id")}
 
 
 def test_a_bad_candidate_is_rolled_back_under_simulated_shoppers(wait_for: Callable[..., Any],
