@@ -43,12 +43,16 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import yaml
 
+from mlplatform import feast_untyped
 from mlplatform.config import Settings
 from mlplatform.errors import ConfigError
 
 if TYPE_CHECKING:
     from feast.repo_config import RepoConfig
     from feast.repo_contents import RepoContents
+
+# Before anything here imports Feast: 6 s less per process (see feast_untyped).
+feast_untyped.install()
 
 __all__ = [
     "DATA_DIR_VAR",

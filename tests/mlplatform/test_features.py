@@ -396,3 +396,31 @@ def test_feast_cli_works_as_documented(sqlite_settings: Settings) -> None:
     adapter = FeatureStoreAdapter.from_settings(sqlite_settings)
     assert adapter.online_feature(["card_profile:home_country"], {"card_id": "c000001"}) == {
         "card_id": "c000001", "home_country": "DE"}
+
+
+def test_feast_is_imported_without_typeguard_instrumentation_and_others_keep_it(
+        tmp_path: Path) -> None:
+    # A fresh interpreter (in this one Feast may already be imported), from a file
+    # (typeguard reads a decorated function's source).
+    probe = tmp_path / "probe.py"
+    probe.write_text("""
+import mlplatform.feast_config, feast, typeguard
+
+@typeguard.typechecked
+def ours(x: int) -> int:
+    return x
+
+def names(f):
+    return set(f.__code__.co_names)
+
+assert "check_argument_types_internal" not in names(feast.Entity.__init__)
+assert "check_argument_types_internal" not in names(feast.FeatureStore.get_online_features)
+try:
+    ours("not an int")
+except typeguard.TypeCheckError:
+    print("others checked")
+""")
+    done = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "others checked"
