@@ -106,8 +106,8 @@ def test_score_retry_review_and_label_on_a_cluster(
     assert scored.status_code == 200, scored.get_json()
     results = scored.get_json()["results"]
     assert len(results) == 96
-    assert len(_masters(cluster_client, [service.velocity.card_stats_key(c)
-                                         for c in cards])) >= 2
+    assert len(_masters(cluster_client, [  # the service keys cards by token (fraud.pii)
+        service.velocity.card_stats_key(service.pii.token("card", c)) for c in cards])) >= 2
     records = {r["transaction_id"]: json.loads(rec) for r, rec in zip(
         results, service.decisions.fetch([r["transaction_id"] for r in results]))}
     for k in (0, 11):
@@ -126,7 +126,7 @@ def test_score_retry_review_and_label_on_a_cluster(
     again = other.test_client().post("/v1/transactions/score", json=batch[0]).get_json()
     assert again.pop("duplicate") is True and again == first
     assert sum(cluster_client.xlen(key) for key in service.decisions.stream_keys) == 96
-    card = batch[0]["card_id"]
+    card = service.pii.token("card", batch[0]["card_id"])
     assert int(cluster_client.hget(service.velocity.card_stats_key(card), "n")) == 12  # type: ignore[arg-type]
 
     # The burst rule ("10 or more on this card within a minute") opened review cases in
