@@ -195,13 +195,17 @@ def test_a_bad_argument_in_any_transaction_applies_nothing(redis_client: redis.R
     store = RedisVelocityStore(redis_client, "bad:")
     store.observe([_e(1, 0.0)])
     before = _state(redis_client, "bad:")
-    call = store._call
+    pack = store._pack
 
-    def corrupt(e, guard, marker, keys, args):  # type: ignore[no-untyped-def]
-        call(e, guard, marker, keys, args)
-        if e.transaction_id == "t3":
-            args[-4] = str(2**64)  # the amount (milli) of the last transaction
-    store._call = corrupt  # type: ignore[method-assign]
+    def corrupt(events, guards, markers):  # type: ignore[no-untyped-def]
+        packed = pack(events, guards, markers)
+        for i, e in enumerate(events):
+            if e.transaction_id == "t3":  # its amount (milli), the 8th field, out of range
+                fields = packed[i].split(velocity.SEP)
+                fields[7] = str(2**64)
+                packed[i] = velocity.SEP.join(fields)
+        return packed
+    store._pack = corrupt  # type: ignore[method-assign]
     with pytest.raises(redis.ResponseError, match="amount"):
         store.observe([_e(2, 1.0), _e(3, 2.0)])
     assert _state(redis_client, "bad:") == before
