@@ -14,6 +14,7 @@ import redis
 from flask import Flask
 from prometheus_client import REGISTRY
 
+from mlplatform.config import Settings
 from mlplatform.experiments import ExperimentStore
 from mlplatform.streams import Consumer
 from recommender.attribution import EXPOSURES_STREAM, Attributor, ExposureCounter, PriceBook
@@ -21,7 +22,7 @@ from recommender.history import STREAM_KEY
 from recommender.worker import DEAD_LETTERS
 
 from .conftest import ONLY
-from .test_recommender_attribution import NAME, SPLIT, drain, post, price_of, recommend
+from .test_recommender_attribution import NAME, SPLIT, assigned, drain, post, price_of, recommend
 
 CONVERSIONS = "mlsuite_recommender_attributed_conversions_total"
 REVENUE = "mlsuite_recommender_attributed_revenue_total"
@@ -40,9 +41,10 @@ def counted(variant: str) -> dict[str, float]:
 
 
 def test_conversions_and_revenue_are_counted_per_variant(
-        make_app: Callable[..., Flask], redis_client: redis.Redis, known_user: str) -> None:
+        make_app: Callable[..., Flask], redis_client: redis.Redis, known_user: str,
+        served_settings: Settings) -> None:
     client = make_app(**{ONLY: SPLIT}).test_client()
-    variant = SPLIT.variant_of(known_user)
+    variant = assigned(served_settings, known_user)
     other = "popularity" if variant == "als" else "als"
     before = {v: counted(v) for v in (variant, other)}
     shown = [i["item_id"] for i in recommend(client, known_user, n=10)["items"]]
@@ -68,11 +70,12 @@ def test_conversions_and_revenue_are_counted_per_variant(
 
 
 def test_a_batch_retried_entry_by_entry_counts_each_conversion_once(
-        make_app: Callable[..., Flask], redis_client: redis.Redis, known_user: str) -> None:
+        make_app: Callable[..., Flask], redis_client: redis.Redis, known_user: str,
+        served_settings: Settings) -> None:
     """A handler failing on one entry is retried one entry at a time by the consumer:
     conversions read before the failure must not be counted twice."""
     client = make_app(**{ONLY: SPLIT}).test_client()
-    variant = SPLIT.variant_of(known_user)
+    variant = assigned(served_settings, known_user)
     shown = [i["item_id"] for i in recommend(client, known_user, n=10)["items"]]
     post(client, known_user, shown[0], "purchase")
     post(client, known_user, shown[1], "purchase")  # its price lookup fails

@@ -16,7 +16,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from mlplatform.assignment import Experiment
+from mlplatform.config import Settings
 from mlplatform.experiments import ExperimentStore
+from mlplatform.security.pii import tokeniser
 from mlplatform.streams import Consumer
 from mlplatform.worker import Worker
 from recommender.attribution import EXPOSURES_STREAM, Attributor, ExposureCounter, PriceBook
@@ -27,6 +29,11 @@ from .conftest import ONLY
 
 NAME = "recommender_model"
 SPLIT = Experiment(NAME, "attribution-test", {"als": 0.5, "popularity": 0.5})
+
+
+def assigned(settings: Settings, user: str) -> str:
+    """``user``'s variant: the experiment hashes the user's token (the unit past the edge)."""
+    return SPLIT.variant_of(tokeniser(settings).token("user", user))
 
 
 def recommend(client: FlaskClient, user: str, n: int = 5) -> dict[str, Any]:
@@ -63,10 +70,11 @@ def price_of(client: FlaskClient, item: str) -> float:
 
 
 def test_purchase_of_a_shown_item_is_attributed_to_the_variant_that_showed_it(
-        make_app: Callable[..., Flask], worker: Worker, known_user: str) -> None:
+        make_app: Callable[..., Flask], worker: Worker, known_user: str,
+        served_settings: Settings) -> None:
     client = make_app(**{ONLY: SPLIT}).test_client()
     shown = recommend(client, known_user)
-    variant = SPLIT.variant_of(known_user)
+    variant = assigned(served_settings, known_user)
     item = shown["items"][0]["item_id"]
     post(client, known_user, item, "add_to_cart")
     post(client, known_user, item, "purchase")
@@ -94,7 +102,8 @@ def test_purchase_of_a_shown_item_is_attributed_to_the_variant_that_showed_it(
 
 
 def test_only_shown_items_within_the_window_count(
-        make_app: Callable[..., Flask], redis_client: redis.Redis, known_user: str) -> None:
+        make_app: Callable[..., Flask], redis_client: redis.Redis, known_user: str,
+        served_settings: Settings) -> None:
     client = make_app(**{ONLY: SPLIT}).test_client()
     shown = [i["item_id"] for i in recommend(client, known_user, n=10)["items"]]
     catalogue = client.application.extensions["recommender.engine"].current().bundle.items
@@ -105,18 +114,19 @@ def test_only_shown_items_within_the_window_count(
     post(client, known_user, shown[1], "purchase", timestamp=now + 200)  # 200 s later
     post(client, known_user, shown[2], "view")  # not a conversion
     drain(redis_client, windows={NAME: 60.0})  # a 60 s window: the late purchase is out
-    mine = report(client)["variants"][SPLIT.variant_of(known_user)]
+    mine = report(client)["variants"][assigned(served_settings, known_user)]
     assert (mine["exposures"], mine["conversions"], mine["purchases"]) == (1, 0, 0)
 
     post(client, known_user, shown[3], "purchase", timestamp=now + 30)  # within 60 s
     drain(redis_client, windows={NAME: 60.0})
-    mine = report(client)["variants"][SPLIT.variant_of(known_user)]
+    mine = report(client)["variants"][assigned(served_settings, known_user)]
     assert (mine["conversions"], mine["purchases"]) == (1, 1)
     assert mine["revenue"] == pytest.approx(price_of(client, shown[3]), abs=0.01)
 
 
 def test_batch_requests_record_each_user_under_its_assigned_variant(
-        make_app: Callable[..., Flask], redis_client: redis.Redis) -> None:
+        make_app: Callable[..., Flask], redis_client: redis.Redis,
+        served_settings: Settings) -> None:
     client = make_app(**{ONLY: SPLIT}).test_client()
     users = [f"u{k:06d}" for k in range(1, 61)]
     response = client.post("/v1/recommendations/batch", json={"user_ids": users, "n": 3})
@@ -124,7 +134,8 @@ def test_batch_requests_record_each_user_under_its_assigned_variant(
     recommend(client, users[0])  # a second exposure of one user
     drain(redis_client)
     body = report(client)
-    expected = {v: sum(SPLIT.variant_of(u) == v for u in users) for v in ("als", "popularity")}
+    expected = {v: sum(assigned(served_settings, u) == v for u in users)
+                for v in ("als", "popularity")}
     assert {v: body["variants"][v]["users"] for v in expected} == expected
     assert sum(body["variants"][v]["exposures"] for v in expected) == 61
     # Each user's exposure names the version that served that user (a rollout splits a batch).
@@ -150,7 +161,8 @@ def test_report_json_shape_and_unknown_experiment(client: FlaskClient) -> None:
 
 
 def test_failed_requests_count_against_the_variants_guardrail(
-        make_app: Callable[..., Flask], redis_client: redis.Redis) -> None:
+        make_app: Callable[..., Flask], redis_client: redis.Redis,
+        served_settings: Settings) -> None:
     # No model at this alias: every recommendation is a 503, counted for the user's variant.
     client = make_app(**{ONLY: SPLIT, "RECOMMENDER_MODEL_ALIAS": "nothing-here"}).test_client()
     users = [f"u{k:06d}" for k in range(1, 21)]
@@ -160,7 +172,7 @@ def test_failed_requests_count_against_the_variants_guardrail(
     body = report(client)
     for variant in ("als", "popularity"):
         g = body["variants"][variant]["guardrails"]
-        expected = sum(SPLIT.variant_of(u) == variant for u in users)
+        expected = sum(assigned(served_settings, u) == variant for u in users)
         assert (g["requests"], g["errors"]) == (expected, expected)
         assert g["ok"] is False and "error rate" in g["reasons"][0]
     assert body["guardrails"]["ok"] is False
