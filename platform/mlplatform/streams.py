@@ -29,10 +29,14 @@ every partition, one ``XREADGROUP`` each (one slot per command), with one group 
 partition. On a single server there is one partition: the stream's own name.
 
 A cluster runs MULTI only on keys of one slot. When a batch's effects, its stream and
-its dead letters share one slot the commit is the same single transaction; when they do
-not (counters keyed by item, say), the effects are applied first (pipelined per node),
-then the dead letters, then the acks: an entry is never acked unapplied, but a worker
-that dies between the two may apply it twice (at-least-once, logged once per consumer).
+its dead letters share one slot the commit is the same single transaction. When they do
+not (counters keyed by experiment or by epoch, say), the effects of each other slot are
+applied first, in one MULTI per slot that also records the batch in that slot's fence
+(``{<slot tag>}:mlsuite:applied:<stream>:<group>``, a sorted set of the batches in
+flight); then the dead letters, then the acks with the stream slot's own effects, and the
+fence entries are removed. An entry is never acked unapplied, and one handed out again
+after a crash between the two (or a node failing midway) is applied alone, skipping the
+slots whose fence shows it applied: each slot's effects happen once per entry.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ __all__ = [
     "read_recent",
     "first_ids",
     "id_key",
+    "slot_tag",
 ]
 
 log = logging.getLogger(__name__)
@@ -402,9 +407,13 @@ class Consumer:
         sent) and the entries are applied one at a time, so only the entry at fault goes
         to the dead letters. Handlers with effects outside the transaction (in memory)
         should catch per entry and return the rejected ones instead of raising.
+        On a cluster, entries handed out again are applied one at a time too: each one's
+        effects in other slots are then skipped where they were applied already.
         """
         if not entries:
             return 0
+        if self._cluster and len(entries) > 1 and any(e.delivered > 1 for e in entries):
+            return sum(self._process([e]) for e in entries)
         key = entries[0].stream
         try:
             tx = self._transaction()
@@ -425,7 +434,13 @@ class Consumer:
                     one = {entry.id: f"{type(exc).__name__}: {exc}"}
                 self._commit(tx, [entry], one)
             return len(entries)
-        self._commit(tx, entries, rejected)
+        try:
+            self._commit(tx, entries, rejected)
+        except redis.RedisError:
+            # On a cluster some slots' effects may be applied (and fenced, see
+            # _cluster_commit): the entries are read again, one at a time.
+            self._backlog.add(key)
+            raise
         return len(entries)
 
     def _transaction(self) -> Any:
@@ -437,49 +452,114 @@ class Consumer:
         dead = [(e, rejected[e.id]) for e in entries if e.id in rejected]
         key = entries[0].stream
         letters = [dict(dead_letter_fields(e, self.group, reason)) for e, reason in dead]
+        fences: list[str] = []
         if self._cluster:
-            tx = self._cluster_commit(tx, key, letters)
+            tx, fences = self._cluster_commit(tx, entries, letters)
         for letter in letters:
             # Unbounded here on purpose: the archiver bounds it (archive, then trim).
             tx.xadd(self.dead_letters, letter)
         tx.xack(key, self.group, *[e.id for e in entries])
         tx.execute()
+        if fences:
+            # Acked: the batch is never handed out again, its fence is not needed. (A
+            # crash before this leaves the token to the fence's age trim.)
+            cleanup = self.client.pipeline(transaction=False)
+            for fence in fences:
+                cleanup.zrem(fence, _batch_token(entries))
+            cleanup.execute()
         self._applied.inc(len(entries) - len(dead))
         for entry, reason in dead:
             self._dead.inc()
             log.warning("%s/%s: entry %s sent to %s: %s", self.stream, self.group,
                         entry.id, self.dead_letters, reason)
 
-    def _cluster_commit(self, effects: Any, key: str, letters: list[dict[str, str]]) -> Any:
-        """On a cluster: the transaction the acks (and dead ``letters``) go in. It is the
-        effects' own when they share the stream's slot; else the effects are applied
-        first (pipelined, one round trip per node), then dead letters in another slot,
-        and the acks last: a crash in between repeats work, never loses an entry."""
+    def _cluster_commit(self, effects: Any, entries: list[Entry],
+                        letters: list[dict[str, str]]) -> tuple[Any, list[str]]:
+        """On a cluster: the transaction the acks (and dead ``letters``) go in, and the
+        fences written. Effects in the stream's slot join that transaction. Effects in
+        each other slot are applied first, in one MULTI per slot together with the
+        batch's token in that slot's fence (a sorted set per stream and group), so each
+        slot's share of an entry is applied once: an entry handed out again after a crash
+        (before its ack) is applied alone, and the slots whose fence holds it are skipped.
+        """
         client: Any = self.client
-        commands = _queued(effects)
-        slot = client.keyslot(key)
-        slots = {client.determine_slot(*args) for args, _ in commands} - {None, slot}
-        if not slots:
-            tx = client.pipeline(transaction=True)
-            for args, options in commands:
-                tx.pipeline_execute_command(*args, **options)
-            if letters and client.keyslot(self.dead_letters) != slot:
-                letters_apart = client.pipeline(transaction=False)
-                for letter in letters:  # unbounded on purpose, as above: archive, then trim
-                    letters_apart.xadd(self.dead_letters, letter)
-                letters_apart.execute()
-                letters.clear()
-            return tx
+        key = entries[0].stream
+        stream_slot = client.keyslot(key)
+        by_slot: dict[int, list[tuple[tuple[Any, ...], dict[str, Any]]]] = {}
+        for args, options in _queued(effects):
+            slot = client.determine_slot(*args)
+            by_slot.setdefault(stream_slot if slot is None else slot, []).append((args, options))
+        tx = client.pipeline(transaction=True)
+        for args, options in by_slot.pop(stream_slot, []):
+            tx.pipeline_execute_command(*args, **options)
+        if letters and client.keyslot(self.dead_letters) != stream_slot:
+            letters_apart = client.pipeline(transaction=False)
+            for letter in letters:  # unbounded on purpose, as above: archive, then trim
+                letters_apart.xadd(self.dead_letters, letter)
+            letters_apart.execute()
+            letters.clear()
+        if not by_slot:
+            return tx, []
         if not self._warned_slots:
             self._warned_slots = True
-            log.info("%s/%s: effects span %d cluster slots: applied before the ack "
-                     "(at-least-once if a worker dies in between)", self.stream,
-                     self.group, len(slots) + 1)
-        for letter in letters:  # unbounded on purpose, as above: archive, then trim
-            effects.xadd(self.dead_letters, letter)
-        letters.clear()
-        effects.execute()
-        return client.pipeline(transaction=True)
+            log.info("%s/%s: effects span %d cluster slots: each applied in its own MULTI "
+                     "with a fence, before the ack", self.stream, self.group, len(by_slot) + 1)
+        token, now = _batch_token(entries), time.time()
+        again = entries[0].delivered > 1  # one entry (see _process)
+        fences = []
+        for slot, commands in sorted(by_slot.items()):
+            fence = f"{{{slot_tag(slot)}}}:mlsuite:applied:{self.stream}:{self.group}"
+            fences.append(fence)
+            if again and self._fenced(fence, entries[0]):
+                continue
+            part = client.pipeline(transaction=True)
+            for args, options in commands:
+                part.pipeline_execute_command(*args, **options)
+            part.zadd(fence, {token: now})
+            part.zremrangebyscore(fence, "-inf", now - FENCE_KEEP_SECONDS)
+            part.execute()
+        return tx, fences
+
+    def _fenced(self, fence: str, entry: Entry) -> bool:
+        """Whether ``entry``'s effects in the slot of ``fence`` were applied already."""
+        prefix = entry.stream + "|"
+        tokens: Any = self.client.zrange(fence, 0, -1)  # the batches in flight: a few
+        for raw in tokens:
+            token = _s(raw)
+            if token.startswith(prefix) and entry.id in token[len(prefix):].split(","):
+                return True
+        return False
+
+
+# How long a fence keeps the token of a batch whose cleanup a crash skipped (the batch
+# was acked: it is never handed out again, the token only takes room).
+FENCE_KEEP_SECONDS = 7 * 86400
+_SLOT_TAGS: dict[int, str] = {}
+_slot_scan = [0]
+
+
+def slot_tag(slot: int) -> str:
+    """A short hash tag of cluster ``slot``: a key ``{tag}:...`` lives in that slot (one
+    canonical tag per slot, the same in every process).
+
+    >>> from redis.crc import key_slot
+    >>> key_slot(("{" + slot_tag(12539) + "}:x").encode())
+    12539
+    """
+    from redis.crc import key_slot
+
+    # The tags are found by counting up and filling the table as we go: each slot's
+    # first number, so every process agrees (~110k tries fill all 16384 slots).
+    while slot not in _SLOT_TAGS:
+        tag = str(_slot_scan[0])
+        _SLOT_TAGS.setdefault(key_slot(tag.encode()), tag)
+        _slot_scan[0] += 1
+    return _SLOT_TAGS[slot]
+
+
+def _batch_token(entries: Sequence[Entry]) -> str:
+    """What a fence records of a batch: its partition and entry ids."""
+    return entries[0].stream + "|" + ",".join(e.id for e in entries)
 
 
 def _queued(pipe: Any) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:

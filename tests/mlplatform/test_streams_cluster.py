@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
 import redis
 
 from mlplatform.redisdb import cluster_nodes
@@ -88,3 +89,39 @@ def test_one_partition_on_a_single_server_keeps_the_stream_name(
     if partition_count(redis_client) > 1:
         return  # the session runs on a cluster (MLSUITE_TEST_REDIS=cluster)
     assert partition_keys(STREAM, partition_count(redis_client)) == [STREAM]
+
+
+def test_an_entry_handed_out_again_after_a_failed_ack_is_applied_once_per_slot(
+        cluster_client: redis.Redis) -> None:
+    """The ack's transaction fails after the other slots' effects were applied (a crash
+    there leaves the same state): the consumer that takes the entries over applies each
+    slot's effects once, the stream slot's (which failed with the ack) once too."""
+    parts = partition_count(cluster_client)
+    for n in range(30):
+        cluster_client.xadd(partition_key(STREAM, 0, parts), {"n": str(n)})
+    tag = partition_tag(0, parts)
+    calls = []
+
+    def counting(entries: Sequence[Entry], tx: Any) -> dict[str, str]:
+        calls.append(len(entries))
+        for e in entries:
+            tx.incr(f"seen:{e.get('n')}")  # other slots, fenced
+            tx.incr(f"{tag}seen:{e.get('n')}")  # the stream's slot: commits with the ack
+        if len(calls) == 1:
+            tx.execute_command("SET", f"{tag}broken")  # wrong arity: the MULTI is refused
+        return {}
+
+    a = Consumer(cluster_client, STREAM, GROUP, counting, DEAD, name="a", batch=30,
+                 partitions=parts)
+    with pytest.raises(redis.ResponseError):
+        a.poll(wait=False)
+    assert a.pending() == 30
+    assert [int(cluster_client.get(f"seen:{n}") or 0) for n in range(30)] == [1] * 30
+    assert cluster_client.get(f"{tag}seen:0") is None
+    b = Consumer(cluster_client, STREAM, GROUP, counting, DEAD, name="b", batch=30,
+                 claim_idle_ms=0, partitions=parts)
+    assert b.drain() == 30
+    assert b.pending() == 0 and calls[1:] == [1] * 30  # taken over: one entry at a time
+    assert [int(cluster_client.get(f"seen:{n}") or 0) for n in range(30)] == [1] * 30
+    assert [int(cluster_client.get(f"{tag}seen:{n}") or 0) for n in range(30)] == [1] * 30
+    assert a.drain() == 0  # acked: nothing comes back to the first consumer either

@@ -109,7 +109,6 @@ class ExperimentStore:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self._revenue = client.register_script(_REVENUE)
 
     # -- request path --------------------------------------------------------------------
 
@@ -169,8 +168,12 @@ class ExperimentStore:
             if revenue > 0:
                 tx.hincrbyfloat(agg, f"{v}|revenue", revenue)
                 tx.hincrbyfloat(agg, f"{vv}|revenue", revenue)
-                self._revenue(keys=[p + "rev:" + v, agg],
-                              args=[unit, repr(float(revenue)), f"{v}|revenue_sq"], client=tx)
+                # EVAL, not the registered script's EVALSHA: a Redis Cluster pipeline
+                # cannot load a script first, and a node without it would refuse the
+                # command inside the consumer's MULTI. Redis caches the compiled body.
+                # (A cluster pipeline has no eval(): the command itself, routed by its keys.)
+                tx.execute_command("EVAL", _REVENUE, 2, p + "rev:" + v, agg, unit,
+                                   repr(float(revenue)), f"{v}|revenue_sq")
 
     # -- reading -------------------------------------------------------------------------
 
