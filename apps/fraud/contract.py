@@ -13,8 +13,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from fraud.labels import LabelBatch, LabelBody
 from fraud.lists import LISTS
-from fraud.profiles import CARD_FIELDS, MERCHANT_FIELDS
+from fraud.profile_updates import CardProfile, MerchantProfile
 from fraud.reviews import OUTCOMES, STATUSES
 from mlplatform.openapi import Id, Param, Timestamp
 
@@ -49,20 +50,6 @@ class BatchScore(msgspec.Struct):
     results: list[Score]
     model_version: str
     count: int
-
-
-class LabelBody(msgspec.Struct, forbid_unknown_fields=True):
-    """A label: whether a scored transaction was fraud, and when that became known."""
-
-    transaction_id: Id
-    is_fraud: bool
-    labelled_at: Timestamp | None = None
-
-
-class LabelBatch(msgspec.Struct, forbid_unknown_fields=True):
-    """Several labels; all are checked before any is appended."""
-
-    labels: Annotated[list[LabelBody], msgspec.Meta(min_length=1)]
 
 
 class LabelsAccepted(msgspec.Struct):
@@ -100,27 +87,7 @@ class ModelInfo(msgspec.Struct):
     thresholds: Thresholds | None = None  # only for keys with the admin scope
 
 
-class CardProfile(msgspec.Struct, forbid_unknown_fields=True):
-    """A card's whole profile (a PUT replaces it)."""
-
-    home_country: Country
-    card_age_days: Annotated[int, msgspec.Meta(ge=0, description="an integer >= 0")]
-    avg_amount: Annotated[float, msgspec.Meta(ge=0, description="a number >= 0")]
-
-
-class MerchantProfile(msgspec.Struct, forbid_unknown_fields=True):
-    """A merchant's whole profile (a PUT replaces it)."""
-
-    merchant_category: Annotated[str, msgspec.Meta(
-        pattern=r"^[a-z][a-z0-9_]{0,39}$",
-        description="a snake_case category such as 'jewelry'")]
-    merchant_country: Country
-    risk_score: Probability
-
-
 assert OUTCOMES == ("fraud", "legit"), "Verdict.outcome drifted from fraud.reviews.OUTCOMES"
-assert tuple(CardProfile.__struct_fields__) == CARD_FIELDS, "CardProfile != CARD_FIELDS"
-assert tuple(MerchantProfile.__struct_fields__) == MERCHANT_FIELDS, "MerchantProfile drifted"
 
 
 class ProfileQueued(msgspec.Struct):

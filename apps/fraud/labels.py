@@ -35,17 +35,18 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import redis
 
 from fraud.decisions import DecisionLog
-from fraud.schema import parse_timestamp
 from mlplatform.errors import BadRequest, NotFound
-from mlplatform.http import check_id
+from mlplatform.openapi import Id, Timestamp, convert, timestamp_seconds
 from mlplatform.redisdb import is_cluster
 
-__all__ = ["Appended", "Label", "LabelEntry", "LabelStream", "parse_labels", "decode_label"]
+__all__ = ["Appended", "Label", "LabelBatch", "LabelBody", "LabelEntry", "LabelStream",
+           "parse_labels", "decode_label"]
 
 # KEYS: stream, then the "labelled" key of each label. ARGV: ttl, then per label:
 # transaction id, is_fraud ("1"/"0"), labelled_at, decision record.
@@ -72,9 +73,6 @@ for i = 2, #KEYS do
 end
 return {ids, fixes}
 """
-
-_FIELDS = ("transaction_id", "is_fraud", "labelled_at")
-
 
 @dataclass(frozen=True, slots=True)
 class Label:
@@ -105,47 +103,45 @@ class LabelEntry:
     review_threshold: float
 
 
+class LabelBody(msgspec.Struct, forbid_unknown_fields=True):
+    """A label: whether a scored transaction was fraud, and when that became known."""
+
+    transaction_id: Id
+    is_fraud: bool
+    labelled_at: Timestamp | None = None
+
+
+class LabelBatch(msgspec.Struct, forbid_unknown_fields=True):
+    """Several labels; all are checked before any is appended."""
+
+    labels: Annotated[list[LabelBody], msgspec.Meta(min_length=1)]
+
+
+_LABEL_LIST = Annotated[list[LabelBody], msgspec.Meta(min_length=1)]
+
+
 def parse_labels(body: Any, *, max_items: int) -> list[Label]:
-    """One label object, a list of them, or ``{"labels": [...]}``; all validated first."""
+    """One label object, a list of them, or ``{"labels": [...]}`` (decoded JSON); all
+    validated first, errors naming the field (``labels[2].is_fraud``)."""
+    items: list[LabelBody]
     if isinstance(body, dict) and "labels" in body:
-        if len(body) > 1:
-            extra = next(k for k in body if k != "labels")
-            raise BadRequest(f"{extra} is not expected next to labels", field=extra)
-        items, name = body["labels"], "labels"
+        items = convert(body, LabelBatch).labels
     elif isinstance(body, list):
-        items, name = body, "labels"
+        items = convert(body, _LABEL_LIST, root="labels")
     else:
-        return [_parse_one(body, "")]
-    if not isinstance(items, list) or not items:
-        raise BadRequest("labels must be a non-empty list of labels", field="labels")
+        items = [convert(body, LabelBody)]
+        return [_label(items[0], "")]
     if len(items) > max_items:
         raise BadRequest(f"labels holds {len(items)} items; at most {max_items} per request",
                          field="labels")
-    return [_parse_one(item, f"{name}[{i}].") for i, item in enumerate(items)]
+    return [_label(item, f"labels[{i}].") for i, item in enumerate(items)]
 
 
-def _parse_one(item: Any, where: str) -> Label:
-    if not isinstance(item, dict):
-        name = where.rstrip(".") or "body"
-        raise BadRequest(f"{name} must be a JSON object (a label)", field=name)
-    for name in item:
-        if name not in _FIELDS:
-            raise BadRequest(f"{where}{name} is not a label field; expected "
-                             + ", ".join(_FIELDS), field=where + name)
-    if item.get("transaction_id") is None:
-        raise BadRequest(f"{where}transaction_id is required", field=where + "transaction_id")
-    if "is_fraud" not in item:
-        raise BadRequest(f"{where}is_fraud is required", field=where + "is_fraud")
-    if not isinstance(item["is_fraud"], bool):
-        raise BadRequest(f"{where}is_fraud must be true or false, got {item['is_fraud']!r}",
-                         field=where + "is_fraud")
-    labelled = item.get("labelled_at")
-    return Label(
-        transaction_id=check_id(item["transaction_id"], where + "transaction_id"),
-        is_fraud=item["is_fraud"],
-        labelled_at=time.time() if labelled is None
-        else parse_timestamp(labelled, where + "labelled_at"),
-    )
+def _label(item: LabelBody, where: str) -> Label:
+    labelled = item.labelled_at
+    return Label(item.transaction_id, item.is_fraud,
+                 time.time() if labelled is None
+                 else timestamp_seconds(labelled, where + "labelled_at"))
 
 
 class LabelStream:

@@ -14,46 +14,73 @@ cache's TTL to see them.
 >>> parse_profile("card", "c1", {"home_country": "de", "card_age_days": 3, "avg_amount": 9})
 Traceback (most recent call last):
 ...
-mlplatform.errors.BadRequest: home_country must be 2 upper-case letters (ISO 3166), got 'de'
+mlplatform.errors.BadRequest: home_country must be 2 upper-case letters (an ISO 3166 code), got "de"
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import redis
 
 from fraud.profiles import CARD_FIELDS, MERCHANT_FIELDS
 from mlplatform.errors import BadRequest
 from mlplatform.http import check_id
+from mlplatform.openapi import convert
 from mlplatform.streams import Entry
 
-__all__ = ["KINDS", "ProfileKind", "ProfileUpdate", "ProfileUpdates", "parse_profile",
+__all__ = ["KINDS", "CardProfile", "MerchantProfile", "ProfileKind", "ProfileUpdate", "ProfileUpdates", "parse_profile",
            "decode_update"]
 
-_COUNTRY = re.compile(r"^[A-Z]{2}$")
-_CATEGORY = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+Country = Annotated[str, msgspec.Meta(
+    pattern=r"^[A-Z]{2}$", description="2 upper-case letters (an ISO 3166 code)")]
+Probability = Annotated[float, msgspec.Meta(ge=0, le=1, description="a number in [0, 1]")]
+
+
+class CardProfile(msgspec.Struct, forbid_unknown_fields=True):
+    """A card's whole profile (a PUT replaces it)."""
+
+    home_country: Country
+    card_age_days: Annotated[int, msgspec.Meta(ge=0, description="an integer >= 0")]
+    avg_amount: Annotated[float, msgspec.Meta(ge=0, description="a number >= 0")]
+
+
+class MerchantProfile(msgspec.Struct, forbid_unknown_fields=True):
+    """A merchant's whole profile (a PUT replaces it)."""
+
+    merchant_category: Annotated[str, msgspec.Meta(
+        pattern=r"^[a-z][a-z0-9_]{0,39}$",
+        description="a snake_case category such as 'jewelry'")]
+    merchant_country: Country
+    risk_score: Probability
+
+
+assert tuple(CardProfile.__struct_fields__) == CARD_FIELDS, "CardProfile != CARD_FIELDS"
+assert tuple(MerchantProfile.__struct_fields__) == MERCHANT_FIELDS, "MerchantProfile drifted"
 
 
 @dataclass(frozen=True)
 class ProfileKind:
-    """One entity kind: its join key, its fields and its Feast push source."""
+    """One entity kind: its join key, its fields, its request type, its Feast push source."""
 
     name: str
     key: str
     fields: tuple[str, ...]
+    body: type[msgspec.Struct]
     push_source: str
 
 
 KINDS = {
-    "card": ProfileKind("card", "card_id", CARD_FIELDS, "card_profile_push"),
-    "merchant": ProfileKind("merchant", "merchant_id", MERCHANT_FIELDS, "merchant_profile_push"),
+    "card": ProfileKind("card", "card_id", CARD_FIELDS, CardProfile, "card_profile_push"),
+    "merchant": ProfileKind("merchant", "merchant_id", MERCHANT_FIELDS, MerchantProfile,
+                            "merchant_profile_push"),
 }
 
 
@@ -69,49 +96,11 @@ class ProfileUpdate:
 
 
 def parse_profile(kind: str, entity_id: str, body: Any) -> dict[str, Any]:
-    """A complete, checked profile of ``kind``; ``BadRequest`` naming the field otherwise."""
+    """A complete, checked profile of ``kind`` (decoded JSON, checked as its ``KINDS``
+    type); ``BadRequest`` naming the field otherwise."""
     spec = KINDS[kind]
     check_id(entity_id, spec.key)
-    if not isinstance(body, dict):
-        raise BadRequest(f"body must be a JSON object with {', '.join(spec.fields)}",
-                         field="body")
-    for name in body:
-        if name not in spec.fields:
-            raise BadRequest(f"{name} is not a {kind} profile field; expected "
-                             + ", ".join(spec.fields), field=str(name))
-    for name in spec.fields:
-        if name not in body:
-            raise BadRequest(f"{name} is required (a PUT replaces the whole {kind} profile: "
-                             + ", ".join(spec.fields) + ")", field=name)
-    return {name: _check(name, body[name]) for name in spec.fields}
-
-
-def _check(name: str, value: Any) -> Any:
-    is_number = isinstance(value, int | float) and not isinstance(value, bool) \
-        and math.isfinite(value)
-    if name in ("home_country", "merchant_country"):
-        if not isinstance(value, str) or not _COUNTRY.match(value):
-            raise BadRequest(f"{name} must be 2 upper-case letters (ISO 3166), got {value!r}",
-                             field=name)
-        return value
-    if name == "merchant_category":
-        if not isinstance(value, str) or not _CATEGORY.match(value):
-            raise BadRequest(f"{name} must be a snake_case category such as 'jewelry', "
-                             f"got {value!r}", field=name)
-        return value
-    if name == "card_age_days":
-        if not is_number or value != int(value) or value < 0:
-            raise BadRequest(f"{name} must be an integer >= 0, got {value!r}", field=name)
-        return int(value)
-    if name == "avg_amount":
-        if not is_number or value < 0:
-            raise BadRequest(f"{name} must be a number >= 0, got {value!r}", field=name)
-        return float(value)
-    if name == "risk_score":
-        if not is_number or not 0.0 <= value <= 1.0:
-            raise BadRequest(f"{name} must be a number in [0, 1], got {value!r}", field=name)
-        return float(value)
-    raise BadRequest(f"{name} is not a profile field", field=name)
+    return msgspec.structs.asdict(convert(body, spec.body))
 
 
 class ProfileUpdates:
