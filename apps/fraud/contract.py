@@ -14,10 +14,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from fraud.labels import LabelBatch, LabelBody
-from fraud.lists import LISTS
+from fraud.lists import LISTS, ListEntryBody
 from fraud.profile_updates import CardProfile, MerchantProfile
-from fraud.reviews import OUTCOMES, STATUSES
-from mlplatform.openapi import Id, Param, Timestamp
+from fraud.reviews import STATUSES, Verdict
+from mlplatform.openapi import Param
 
 __all__ = [
     "BatchScore", "CardProfile", "LabelBatch", "LabelBody", "LabelsAccepted", "ListChange", "AllLists",
@@ -87,7 +87,6 @@ class ModelInfo(msgspec.Struct):
     thresholds: Thresholds | None = None  # only for keys with the admin scope
 
 
-assert OUTCOMES == ("fraud", "legit"), "Verdict.outcome drifted from fraud.reviews.OUTCOMES"
 
 
 class ProfileQueued(msgspec.Struct):
@@ -118,13 +117,6 @@ class AllLists(msgspec.Struct):
 
     lists: dict[str, ListInfo]
     version: int
-
-
-class ListEntryBody(msgspec.Struct, forbid_unknown_fields=True):
-    """Why a value is on a list, and until when (optional; none: for good)."""
-
-    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
-    expires_at: Timestamp | None = None
 
 
 class ListChange(msgspec.Struct):
@@ -158,14 +150,6 @@ class Reviews(msgspec.Struct):
     overdue: int
     max_age_seconds: float
     cases: list[dict[str, Any]]
-
-
-class Verdict(msgspec.Struct, forbid_unknown_fields=True):
-    """An analyst's verdict on a review case: it becomes the transaction's label."""
-
-    outcome: Literal["fraud", "legit"]
-    analyst: Id
-    note: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
 
 
 class ReviewClosed(msgspec.Struct):

@@ -41,21 +41,22 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import redis
 
 from fraud import metrics
 from fraud.pii import LIST_KINDS
-from fraud.schema import parse_timestamp
 from mlplatform.errors import BadRequest, Conflict, NotFound, Unavailable
 from mlplatform.http import check_id
+from mlplatform.openapi import Timestamp, convert, timestamp_seconds
 from mlplatform.redisdb import is_cluster
 from mlplatform.security.pii import Tokeniser
 from mlplatform.snapshots import Follower, Snapshot, SnapshotStore
 
-__all__ = ["LISTS", "ListSpec", "Entry", "ListSet", "Lists", "check_list", "check_value",
-           "parse_entry"]
+__all__ = ["LISTS", "ListSpec", "Entry", "ListEntryBody", "ListSet", "Lists", "check_list",
+           "check_value", "parse_entry"]
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,6 @@ LISTS: dict[str, ListSpec] = {
 }
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _MAX_REASON = 500
-_BODY_FIELDS = ("reason", "expires_at")
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,30 +168,23 @@ def check_value(name: str, value: Any) -> str:
                          field="value") from None
 
 
+class ListEntryBody(msgspec.Struct, forbid_unknown_fields=True):
+    """Why a value is on a list, and until when (optional; none: for good)."""
+
+    reason: Annotated[str, msgspec.Meta(max_length=_MAX_REASON)] | None = None
+    expires_at: Timestamp | None = None
+
+
 def parse_entry(value: str, body: Any, now: float) -> Entry:
     """An entry from an optional JSON body ``{"reason": ..., "expires_at": ...}``."""
-    if body is None:
-        body = {}
-    if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object with optional reason and expires_at",
-                         field="body")
-    for key in body:
-        if key not in _BODY_FIELDS:
-            raise BadRequest(f"{key} is not a list entry field; expected {', '.join(_BODY_FIELDS)}",
-                             field=key)
-    reason = body.get("reason", "")
-    if reason is None:
-        reason = ""
-    if not isinstance(reason, str) or len(reason) > _MAX_REASON:
-        raise BadRequest(f"reason must be a string of at most {_MAX_REASON} characters, got "
-                         f"{str(reason)[:40]!r}", field="reason")
+    entry = ListEntryBody() if body is None else convert(body, ListEntryBody)
     expires: float | None = None
-    if body.get("expires_at") is not None:
-        expires = parse_timestamp(body["expires_at"], "expires_at")
+    if entry.expires_at is not None:
+        expires = timestamp_seconds(entry.expires_at, "expires_at")
         if expires <= now:
-            raise BadRequest(f"expires_at must be in the future, got {body['expires_at']!r}",
+            raise BadRequest(f"expires_at must be in the future, got {entry.expires_at!r}",
                              field="expires_at")
-    return Entry(value, reason, round(now, 3), expires)
+    return Entry(value, entry.reason or "", round(now, 3), expires)
 
 
 class Lists:

@@ -30,7 +30,7 @@ partition under the plain names.
 >>> parse_verdict({"outcome": "maybe", "analyst": "ana"})
 Traceback (most recent call last):
 ...
-mlplatform.errors.BadRequest: outcome must be one of fraud, legit, got 'maybe'
+mlplatform.errors.BadRequest: outcome must be one of fraud, legit, got "maybe"
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import msgspec
 import redis
 
 from fraud import metrics
@@ -48,15 +49,15 @@ from fraud.decisions import DecisionLog
 from fraud.labels import Label
 from mlplatform.errors import BadRequest, Conflict, NotFound
 from mlplatform.http import check_id
+from mlplatform.openapi import ID_REGEX, ID_RULE, convert
 from mlplatform.streams import partition_tag
 
-__all__ = ["ReviewQueue", "OUTCOMES", "STATUSES", "parse_verdict"]
+__all__ = ["ReviewQueue", "OUTCOMES", "STATUSES", "Verdict", "parse_verdict"]
 
 log = logging.getLogger(__name__)
 
 OUTCOMES = ("fraud", "legit")
 STATUSES = ("open", "closed")
-_VERDICT_FIELDS = ("outcome", "analyst", "note")
 _MAX_NOTE = 1000
 
 # KEYS: open, closed, case. ARGV: transaction id, outcome, analyst, note, now, ttl.
@@ -88,28 +89,28 @@ return 1
 """
 
 
+class Verdict(msgspec.Struct, forbid_unknown_fields=True):
+    """An analyst's verdict on a review case: it becomes the transaction's label."""
+
+    outcome: Annotated[Literal["fraud", "legit"], msgspec.Meta(
+        description="one of " + ", ".join(OUTCOMES))]
+    analyst: Annotated[str, msgspec.Meta(pattern=ID_REGEX,
+                                         description="a string id: " + ID_RULE)]
+    note: Annotated[str, msgspec.Meta(max_length=_MAX_NOTE)] | None = None
+
+
 def parse_verdict(body: Any) -> tuple[str, str, str]:
     """(outcome, analyst, note) from ``{"outcome": "fraud"|"legit", "analyst": "...",
-    "note": "..."}``, else BadRequest naming the field."""
-    if not isinstance(body, dict):
-        raise BadRequest('body must be a JSON object {"outcome": "fraud"|"legit", '
-                         '"analyst": "..."}', field="body")
-    for key in body:
-        if key not in _VERDICT_FIELDS:
-            raise BadRequest(f"{key} is not a review field; expected "
-                             f"{', '.join(_VERDICT_FIELDS)}", field=key)
-    outcome = body.get("outcome")
-    if outcome not in OUTCOMES:
-        raise BadRequest(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}",
-                         field="outcome")
-    if body.get("analyst") is None:
-        raise BadRequest("analyst is required (who decided)", field="analyst")
-    analyst = check_id(body["analyst"], "analyst")
-    note = body.get("note") or ""
-    if not isinstance(note, str) or len(note) > _MAX_NOTE:
-        raise BadRequest(f"note must be a string of at most {_MAX_NOTE} characters",
-                         field="note")
-    return outcome, analyst, note
+    "note": "..."}`` (decoded JSON), else BadRequest naming the field."""
+    try:
+        verdict = convert(body, Verdict)
+    except BadRequest as exc:
+        if exc.field == "outcome":  # a missing outcome says which there are
+            raise BadRequest(f"{exc.message}: one of {', '.join(OUTCOMES)}" if
+                             exc.message.endswith("required") else exc.message,
+                             field="outcome") from None
+        raise
+    return verdict.outcome, verdict.analyst, verdict.note or ""
 
 
 class ReviewQueue:
