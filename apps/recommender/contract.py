@@ -18,7 +18,7 @@ from recommender.data import EVENT_TYPES
 
 __all__ = [
     "BatchRecommendations", "BatchRequest", "Event", "EventBatch", "EventsAccepted",
-    "ItemUpdate", "ModelInfo", "Queued", "Recommendations", "Similar", "UserUpdate",
+    "ExperimentReport", "ItemUpdate", "ModelInfo", "Queued", "Recommendations", "Similar", "UserUpdate",
     "MAX_N", "RECOMMEND_PARAMS", "SIMILAR_PARAMS",
 ]
 
@@ -158,6 +158,73 @@ class ModelInfo(msgspec.Struct):
     experiment: dict[str, Any] | None = None
     data_fingerprint: str | None = None
     rollout: dict[str, Any] | None = None
+
+
+class VariantGuardrails(msgspec.Struct):
+    """A variant's failed requests and latency against the experiment's limits."""
+
+    ok: bool
+    requests: int
+    errors: int
+    error_rate: float
+    latency_mean_ms: float | None
+    latency_p99_ms: float | None
+    reasons: list[str]
+
+
+class VariantReport(msgspec.Struct):
+    """One variant: units, exposures, attributed conversions and revenue, the lift over
+    the control (null for the control itself) with its 95% CI and p-value."""
+
+    weight: float
+    users: int
+    exposures: int
+    conversions: int
+    conversion_rate: float | None
+    conversion_events: int
+    purchases: int
+    revenue: float | None
+    revenue_per_user: float | None
+    lift: float | None
+    lift_ci95: list[float | None] | None
+    p_value: float | None
+    revenue_lift: float | None
+    revenue_lift_ci95: list[float | None] | None
+    revenue_p_value: float | None
+    guardrails: VariantGuardrails
+    versions: dict[str, dict[str, float]]
+    lift_error: str | None = None
+    revenue_lift_error: str | None = None
+
+
+class SampleRatio(msgspec.Struct):
+    """The sample-ratio test: do the variants' units match their weights?"""
+
+    p_value: float | None
+    mismatch: bool
+    chi2: float | None
+    dof: int
+    threshold: float
+    expected_users: dict[str, float]
+
+
+class ExperimentGuardrails(msgspec.Struct):
+    max_error_rate: float
+    max_p99_ms: float
+    ok: bool
+
+
+class ExperimentReport(msgspec.Struct):
+    """An experiment's A/B report (``mlplatform.experiments.report``)."""
+
+    experiment: str
+    control: str
+    generated_at: str
+    attribution_window_seconds: float
+    metric: str
+    variants: dict[str, VariantReport]
+    srm: SampleRatio
+    guardrails: ExperimentGuardrails
 
 
 _N_PARAM = Param("n", {"type": "integer", "minimum": 1, "maximum": MAX_N, "default": 10},

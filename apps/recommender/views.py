@@ -44,6 +44,7 @@ from recommender.contract import (
     BatchRequest,
     EventBatch,
     EventsAccepted,
+    ExperimentReport,
     ItemUpdate,
     ModelInfo,
     Queued,
@@ -157,7 +158,7 @@ def _recommend(user_ids: list[str], **options: Any
 
 @bp.get("/experiments/<name>")
 @requires("recommend")
-@operation("An experiment's A/B report", responses={200: dict[str, Any]},
+@operation("An experiment's A/B report", responses={200: ExperimentReport},
            tags=("experiments",), errors=(404,))
 def experiment_report(name: str) -> Response:
     """The A/B report of experiment ``name`` (``mlplatform.experiments.report``): per

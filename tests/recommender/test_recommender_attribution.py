@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 from flask import Flask
@@ -22,6 +23,7 @@ from mlplatform.security.pii import tokeniser
 from mlplatform.streams import Consumer
 from mlplatform.worker import Worker
 from recommender.attribution import EXPOSURES_STREAM, Attributor, ExposureCounter, PriceBook
+from recommender.contract import ExperimentReport
 from recommender.history import STREAM_KEY
 from recommender.worker import DEAD_LETTERS
 
@@ -49,8 +51,10 @@ def post(client: FlaskClient, user: str, item: str, kind: str, **extra: Any) -> 
 
 
 def report(client: FlaskClient) -> dict[str, Any]:
+    """The experiment's report, checked against the type the OpenAPI document gives it."""
     response = client.get(f"/v1/experiments/{NAME}")
     assert response.status_code == 200, response.json
+    msgspec.convert(response.json, ExperimentReport)  # raises naming the field that differs
     return response.json  # type: ignore[no-any-return]
 
 
