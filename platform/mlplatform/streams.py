@@ -280,6 +280,9 @@ class Consumer:
     _ready: bool = field(default=False, init=False, repr=False)
     # Partitions whose own pending entries are read again first (after a Retry).
     _backlog: set[str] = field(default_factory=set, init=False, repr=False)
+    # Partitions whose commit failed midway: on a cluster some slots' effects of their
+    # pending entries may be applied (fenced), so those entries are applied one by one.
+    _unsure: set[str] = field(default_factory=set, init=False, repr=False)
     _warned_slots: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -308,11 +311,13 @@ class Consumer:
                        for _, items in own or [] for i, f in items if f is not None]
             if not entries:
                 self._backlog.discard(key)
-            done += self._process(entries)
+                self._unsure.discard(key)
+            done += self._process(entries, unsure=key in self._unsure)
         if now >= self._next_claim:
             self._next_claim = now + self.claim_every_seconds
             for key in self.keys:
-                done += self._process(self._claim(key))
+                claimed, unsure = self._claim(key)
+                done += self._process(claimed, unsure=unsure)
         # One stream per XREADGROUP: a cluster serves one slot per command. With several
         # partitions none blocks (each would hold the others up); an idle round waits once.
         block = self.block_ms if wait and len(self.keys) == 1 else None
@@ -371,9 +376,17 @@ class Consumer:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _claim(self, key: str) -> list[Entry]:
+    def _claim(self, key: str) -> tuple[list[Entry], bool]:
         """Pending entries of partition ``key`` idle longer than ``claim_idle_ms``, now
-        owned by this consumer."""
+        owned by this consumer; and whether they may have been applied in part (on a
+        cluster: another consumer's, or this one's after a failed commit)."""
+        own: set[str] | None = None
+        if self._cluster:
+            # Who held them: this consumer's own (a Retry's) were not applied at all.
+            idle: Any = self.client.xpending_range(key, self.group, min="-", max="+",
+                                                   count=self.batch, idle=self.claim_idle_ms)
+            if all(_s(p["consumer"]) == self.name for p in idle) and key not in self._unsure:
+                own = {_s(p["message_id"]) for p in idle}
         out: list[Entry] = []
         cursor = "0-0"
         while True:
@@ -397,9 +410,10 @@ class Consumer:
             self._claimed.inc(len(out))
             log.info("%s/%s: took over %d pending entries of a stopped consumer",
                      self.stream, self.group, len(out))
-        return out
+        unsure = self._cluster and (own is None or any(e.id not in own for e in out))
+        return out, unsure
 
-    def _process(self, entries: list[Entry]) -> int:
+    def _process(self, entries: list[Entry], unsure: bool = False) -> int:
         """Apply ``entries`` (of one partition) and commit effects, acks and dead letters
         in one transaction (on a cluster: see the module's note).
 
@@ -407,13 +421,14 @@ class Consumer:
         sent) and the entries are applied one at a time, so only the entry at fault goes
         to the dead letters. Handlers with effects outside the transaction (in memory)
         should catch per entry and return the rejected ones instead of raising.
-        On a cluster, entries handed out again are applied one at a time too: each one's
-        effects in other slots are then skipped where they were applied already.
+        On a cluster, entries that may have been applied in part (``unsure``: handed out
+        again after a failed commit or a stopped consumer) are applied one at a time: each
+        one's effects in other slots are skipped where its fence shows them applied.
         """
         if not entries:
             return 0
-        if self._cluster and len(entries) > 1 and any(e.delivered > 1 for e in entries):
-            return sum(self._process([e]) for e in entries)
+        if unsure and self._cluster and len(entries) > 1:
+            return sum(self._process([e], unsure=True) for e in entries)
         key = entries[0].stream
         try:
             tx = self._transaction()
@@ -432,14 +447,15 @@ class Consumer:
                 except Exception as exc:  # noqa: BLE001 - becomes the dead letter's reason
                     tx = self._transaction()
                     one = {entry.id: f"{type(exc).__name__}: {exc}"}
-                self._commit(tx, [entry], one)
+                self._commit(tx, [entry], one, unsure)
             return len(entries)
         try:
-            self._commit(tx, entries, rejected)
+            self._commit(tx, entries, rejected, unsure)
         except redis.RedisError:
             # On a cluster some slots' effects may be applied (and fenced, see
             # _cluster_commit): the entries are read again, one at a time.
             self._backlog.add(key)
+            self._unsure.add(key)
             raise
         return len(entries)
 
@@ -448,13 +464,14 @@ class Consumer:
         # sent as one MULTI only if they share a slot with the stream (see _commit).
         return self.client.pipeline(transaction=not self._cluster)
 
-    def _commit(self, tx: Any, entries: list[Entry], rejected: Mapping[str, str]) -> None:
+    def _commit(self, tx: Any, entries: list[Entry], rejected: Mapping[str, str],
+                unsure: bool = False) -> None:
         dead = [(e, rejected[e.id]) for e in entries if e.id in rejected]
         key = entries[0].stream
         letters = [dict(dead_letter_fields(e, self.group, reason)) for e, reason in dead]
         fences: list[str] = []
         if self._cluster:
-            tx, fences = self._cluster_commit(tx, entries, letters)
+            tx, fences = self._cluster_commit(tx, entries, letters, unsure)
         for letter in letters:
             # Unbounded here on purpose: the archiver bounds it (archive, then trim).
             tx.xadd(self.dead_letters, letter)
@@ -474,7 +491,7 @@ class Consumer:
                         entry.id, self.dead_letters, reason)
 
     def _cluster_commit(self, effects: Any, entries: list[Entry],
-                        letters: list[dict[str, str]]) -> tuple[Any, list[str]]:
+                        letters: list[dict[str, str]], unsure: bool) -> tuple[Any, list[str]]:
         """On a cluster: the transaction the acks (and dead ``letters``) go in, and the
         fences written. Effects in the stream's slot join that transaction. Effects in
         each other slot are applied first, in one MULTI per slot together with the
@@ -505,7 +522,7 @@ class Consumer:
             log.info("%s/%s: effects span %d cluster slots: each applied in its own MULTI "
                      "with a fence, before the ack", self.stream, self.group, len(by_slot) + 1)
         token, now = _batch_token(entries), time.time()
-        again = entries[0].delivered > 1  # one entry (see _process)
+        again = unsure and len(entries) == 1  # applied alone (see _process)
         fences = []
         for slot, commands in sorted(by_slot.items()):
             fence = f"{{{slot_tag(slot)}}}:mlsuite:applied:{self.stream}:{self.group}"

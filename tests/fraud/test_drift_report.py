@@ -27,6 +27,7 @@ from mlplatform.lake import Lake
 from mlplatform.monitoring.cli import monitor
 from mlplatform.monitoring.driftreport import MIN_ROWS, drift_job, drift_report, latest, publish
 from mlplatform.retention import Archiver
+from mlplatform.streams import stream_keys
 
 pytestmark = pytest.mark.slow
 
@@ -138,10 +139,14 @@ def test_the_window_reads_the_lake_for_what_was_trimmed(
         redis_client: Any, tmp_path: Path) -> None:
     settings = fraud_settings.with_(lake_dir=tmp_path / "lake")  # not the shared folder's
     _replay(app, bodies[:3000])
-    stream = Keys("fraud:", "fraud-online").decisions
-    result = Archiver(redis_client, Lake.from_settings(settings), stream,
-                      retention_seconds=3600, maxlen=1000).run_once()
-    assert result.trimmed == 2000 and redis_client.xlen(stream) == 1000
+    # On a cluster the decisions are partitioned: each partition is archived on its own
+    # (1000 entries kept in all), and the report reads every partition and its lake folder.
+    keys = stream_keys(redis_client, Keys("fraud:", "fraud-online").decisions)
+    results = [Archiver(redis_client, Lake.from_settings(settings), key,
+                        retention_seconds=3600, maxlen=1000 // len(keys)).run_once()
+               for key in keys]
+    assert sum(r.trimmed for r in results) == 2000
+    assert sum(int(redis_client.xlen(k)) for k in keys) == 1000
     report = drift_report(settings, "fraud", redis_client=redis_client)
     assert report["rows"] == 3000
 

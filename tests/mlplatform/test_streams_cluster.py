@@ -14,6 +14,7 @@ from mlplatform.streams import (
     CLUSTER_PARTITIONS,
     Consumer,
     Entry,
+    Retry,
     partition_count,
     partition_key,
     partition_keys,
@@ -91,11 +92,13 @@ def test_one_partition_on_a_single_server_keeps_the_stream_name(
     assert partition_keys(STREAM, partition_count(redis_client)) == [STREAM]
 
 
+@pytest.mark.parametrize("taker", ["itself", "another consumer"])
 def test_an_entry_handed_out_again_after_a_failed_ack_is_applied_once_per_slot(
-        cluster_client: redis.Redis) -> None:
+        taker: str, cluster_client: redis.Redis) -> None:
     """The ack's transaction fails after the other slots' effects were applied (a crash
-    there leaves the same state): the consumer that takes the entries over applies each
-    slot's effects once, the stream slot's (which failed with the ack) once too."""
+    there leaves the same state): the consumer that reads the entries again (the same
+    one, or another taking them over) applies each slot's effects once, the stream
+    slot's (which failed with the ack) once too."""
     parts = partition_count(cluster_client)
     for n in range(30):
         cluster_client.xadd(partition_key(STREAM, 0, parts), {"n": str(n)})
@@ -118,10 +121,34 @@ def test_an_entry_handed_out_again_after_a_failed_ack_is_applied_once_per_slot(
     assert a.pending() == 30
     assert [int(cluster_client.get(f"seen:{n}") or 0) for n in range(30)] == [1] * 30
     assert cluster_client.get(f"{tag}seen:0") is None
-    b = Consumer(cluster_client, STREAM, GROUP, counting, DEAD, name="b", batch=30,
-                 claim_idle_ms=0, partitions=parts)
+    b = a if taker == "itself" else Consumer(cluster_client, STREAM, GROUP, counting, DEAD,
+                                             name="b", batch=30, claim_idle_ms=0,
+                                             partitions=parts)
     assert b.drain() == 30
-    assert b.pending() == 0 and calls[1:] == [1] * 30  # taken over: one entry at a time
+    assert b.pending() == 0 and calls[1:] == [1] * 30  # read again: one entry at a time
     assert [int(cluster_client.get(f"seen:{n}") or 0) for n in range(30)] == [1] * 30
     assert [int(cluster_client.get(f"{tag}seen:{n}") or 0) for n in range(30)] == [1] * 30
-    assert a.drain() == 0  # acked: nothing comes back to the first consumer either
+    assert a.drain() == 0  # acked: nothing comes back
+
+
+def test_entries_a_retry_left_pending_are_applied_as_one_batch_again(
+        cluster_client: redis.Redis) -> None:
+    """Nothing of a batch is applied when its handler asks for a retry: read again, it
+    stays one batch (no one-by-one reading, as after a failed commit)."""
+    parts = partition_count(cluster_client)
+    for n in range(20):
+        cluster_client.xadd(partition_key(STREAM, 0, parts), {"n": str(n)})
+    calls = []
+
+    def flaky(entries: Sequence[Entry], tx: Any) -> dict[str, str]:
+        calls.append(len(entries))
+        if len(calls) == 1:
+            raise Retry("the dependency is down")
+        return across_slots(entries, tx)
+
+    c = Consumer(cluster_client, STREAM, GROUP, flaky, DEAD, name="a", batch=20,
+                 claim_idle_ms=0, claim_every_seconds=0, partitions=parts)
+    with pytest.raises(Retry):
+        c.poll(wait=False)
+    assert c.drain() == 20 and calls == [20, 20]
+    assert [int(cluster_client.get(f"seen:{n}") or 0) for n in range(20)] == [1] * 20

@@ -197,9 +197,9 @@ def live_rows(client: redis.Redis | None, lake: Lake, source: Mapping[str, Any],
         # The worker archived and trimmed the start of the window: the lake holds it, in
         # the folder of each partition key, up to that partition's first entry in Redis.
         for key, first in firsts.items():
-            before_ms = None if first is None else id_key(first)[0]
-            if before_ms is None or before_ms > start_ms:
-                entries.extend(_from_lake(lake, key, start_ms, before_ms, until))
+            before = None if first is None else id_key(first)
+            if before is None or before[0] > start_ms:
+                entries.extend(_from_lake(lake, key, start_ms, before, until))
         entries.sort(key=lambda e: (e[0], e[1]))
         entries = entries[-max_rows:]
     json_field = source.get("json_field")
@@ -216,17 +216,19 @@ def live_rows(client: redis.Redis | None, lake: Lake, source: Mapping[str, Any],
     return window
 
 
-def _from_lake(lake: Lake, stream: str, start_ms: int, before_ms: int | None,
+def _from_lake(lake: Lake, stream: str, start_ms: int, before: tuple[int, int] | None,
                until: float) -> list[tuple[int, int, dict[str, Any]]]:
     """Archived entries of ``stream`` (a partition key: that partition's folder) from
-    ``start_ms`` up to (not incl.) ``before_ms``, as (ms, seq, fields)."""
-    end = until * 1000 if before_ms is None else before_ms
+    ``start_ms`` up to (not incl.) the id ``before`` (its first entry still in Redis:
+    the entries of that millisecond before it were archived, the rest were not), as
+    (ms, seq, fields)."""
+    end = (math.ceil(until * 1000), 0) if before is None else before
     frame = lake.read(stream, since=datetime.fromtimestamp(start_ms / 1000, UTC))
     out = []
     for record in frame.to_dict("records"):
         ms, seq = id_key(record.pop("stream_id"))
         record.pop("stream_time", None)
-        if start_ms <= ms < end:
+        if start_ms <= ms and (ms, seq) < end:
             out.append((ms, seq, {k: v for k, v in record.items() if isinstance(v, str)}))
     return out
 
