@@ -22,7 +22,7 @@ from mlplatform.openapi import Param
 __all__ = [
     "BatchScore", "CardProfile", "LabelBatch", "LabelBody", "LabelsAccepted", "ListChange", "AllLists",
     "ListEntryBody", "MerchantProfile", "ModelInfo", "ProfileQueued", "ReviewClosed",
-    "Reviews", "Rules", "Score", "Verdict", "LIST_PARAMS", "MODEL_PARAMS", "REVIEW_PARAMS",
+    "Reason", "ReviewCase", "Reviews", "RuleInfo", "Rules", "Score", "Verdict", "LIST_PARAMS", "MODEL_PARAMS", "REVIEW_PARAMS",
 ]
 
 Country = Annotated[str, msgspec.Meta(
@@ -32,13 +32,31 @@ Probability = Annotated[float, msgspec.Meta(ge=0, le=1, description="a number in
 Metric = float | None
 
 
+Decision = Literal["approve", "review", "decline"]
+
+
+class Reason(msgspec.Struct):
+    """Why a score or decision came out so: a model feature's contribution (``feature``,
+    ``value``, ``contribution``) or a rule that fired (``rule``, ``action``, and for a
+    list rule the ``list`` and the listed ``value``: a card or device as its token)."""
+
+    code: str
+    text: str
+    feature: str | None = None
+    value: float | str | None = None
+    contribution: float | None = None
+    rule: str | None = None
+    action: Decision | None = None
+    list: str | None = None
+
+
 class Score(msgspec.Struct):
     """A transaction's score, decision and reasons, and the model that gave them."""
 
     transaction_id: str
     score: Probability
-    decision: Literal["approve", "review", "decline"]
-    reasons: list[dict[str, Any]]
+    decision: Decision
+    reasons: list[Reason]
     model_version: str
     model_labels: int
     duplicate: bool = False  # present (true) when this id was scored before: the same answer
@@ -131,14 +149,52 @@ class ListChange(msgspec.Struct):
     deleted: bool | None = None
 
 
+Conditions = list[str]
+Decisions = list[Decision]
+
+
+class RuleInfo(msgspec.Struct):
+    """One rule in force: a list it matches and/or conditions, and what it does."""
+
+    name: str
+    stage: Literal["before", "after"]
+    action: Decision
+    list: str | None = None  # a field named list: the types below use aliases
+    when: Conditions | None = None
+    text: str | None = None
+    overrides: Decisions | None = None
+
+
 class Rules(msgspec.Struct):
     """The rules in force (before and after the model) and the lists' version."""
 
     source: str
     loaded_at: float
-    before: list[dict[str, Any]]
-    after: list[dict[str, Any]]
+    before: list[RuleInfo]
+    after: list[RuleInfo]
     lists_version: int
+
+
+class ReviewCase(msgspec.Struct):
+    """A review case with its decision (null fields: the decision is no longer held);
+    open cases carry ``opened_at`` and ``age_seconds``, closed ones the verdict."""
+
+    transaction_id: str
+    status: Literal["open", "closed"]
+    decision: Decision | None
+    timestamp: float | None = None
+    amount: float | None = None
+    score: float | None = None
+    reasons: list[Reason] | None = None
+    model_version: str | None = None
+    scored_at: float | None = None
+    features: dict[str, float] | None = None
+    opened_at: float | None = None
+    age_seconds: float | None = None
+    closed_at: float | None = None
+    outcome: str | None = None
+    analyst: str | None = None
+    note: str | None = None
 
 
 class Reviews(msgspec.Struct):
@@ -149,7 +205,7 @@ class Reviews(msgspec.Struct):
     open: int
     overdue: int
     max_age_seconds: float
-    cases: list[dict[str, Any]]
+    cases: list[ReviewCase]
 
 
 class ReviewClosed(msgspec.Struct):
