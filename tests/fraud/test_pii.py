@@ -208,3 +208,29 @@ def test_the_card_profile_file_is_tokenised_once_in_place(tmp_path: Path) -> Non
     assert cards["card_id"].tolist() == [pii.token("card", PAN), pii.token("card", "c2")]
     assert str(cards["card_id"].dtype) == "string"
     assert PAN.encode() not in path.read_bytes()
+
+
+def test_a_folder_materialised_with_card_ids_serves_profiles_by_token_after_the_hook(
+        tmp_path: Path, payments_dir: Path, redis_url: str) -> None:
+    """``make demo`` materialises Feast before the fraud hook runs (ensure_model): the hook
+    tokenises the card file and loads it again, once."""
+    import shutil
+
+    from fraud.cli import tokenise_profiles
+    from mlplatform.config import Settings
+    from mlplatform.features import FeatureStoreAdapter
+    from mlplatform.security.pii import tokeniser
+
+    shutil.copytree(payments_dir, tmp_path / "payments")
+    settings = Settings.from_env({}).with_(data_dir=tmp_path, redis_url=redis_url)
+    store = FeatureStoreAdapter.from_settings(settings)
+    store.apply()
+    store.materialize()
+    raw = str(pd.read_parquet(tmp_path / "payments" / "cards.parquet")["card_id"].iloc[0])
+    token = tokeniser(settings).token("card", raw)
+    refs = ["card_profile:avg_amount"]
+    assert store.online_feature(refs, {"card_id": token})["avg_amount"] is None
+    assert tokenise_profiles(settings) is True
+    assert tokenise_profiles(settings) is False, "a tokenised file is left as it is"
+    fresh = FeatureStoreAdapter.from_settings(settings)
+    assert fresh.online_feature(refs, {"card_id": token})["avg_amount"] is not None
