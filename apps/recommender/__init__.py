@@ -17,6 +17,7 @@ Modules, one concept each:
 - ``catalogue``: item stock/category (the catalogue snapshot) and user segments
 - ``trending``: live popularity and trending, decayed counts from the event stream
 - ``updates``: item/user updates validated and queued; ``pusher``: batched Feast pushes
+- ``pii``: user ids as tokens where they enter (requests, files, Feast's profile source)
 - ``worker``: the background jobs (consumer groups, snapshots, retention)
 - ``live``: what request workers follow: the worker's snapshots, swapped in
 - ``engine``: serving logic (A/B variant, fold-in, filters, fallbacks), no HTTP
