@@ -1,8 +1,10 @@
 """Entities: the business objects features are keyed by.
 
-Join keys are the ids the simulator and the services use verbatim ("u000001",
-"i00001", "c000001", "m00001"), so a request row needs no translation before it
-reaches Feast. Every key is a string: ids are opaque labels, never numbers.
+Join keys are the ids the services use past their edge: items and merchants as they
+are ("i00001", "m00001"); personal ids as their keyed tokens (``user_...``, see
+mlplatform.security.pii), which the services compute where an id comes in and the
+sources Feast reads already hold. Every key is a string: ids are opaque labels, never
+numbers.
 """
 
 from feast import Entity, ValueType
