@@ -1,10 +1,12 @@
 """The fraud service's HTTP contract: the request and response types of every endpoint
 (msgspec Structs), as ``/openapi.json`` publishes them.
 
-Transactions (the hot path) are decoded with their types (``fraud.schema``); the other
-bodies are checked by their domain parsers (labels, lists, reviews, profiles), whose
-rules these types state for clients. Responses are built as dicts on the request path
-(no per-request object churn); the contract test checks each one against its type.
+Every request body is decoded as its type where it is parsed: transactions (the hot
+path) in ``fraud.schema``, labels in ``fraud.labels``, list entries in ``fraud.lists``,
+verdicts in ``fraud.reviews``, profiles in ``fraud.profile_updates``; this module names
+them all for the document. Responses are built as dicts on the request path (no
+per-request object churn); tests/fraud/test_fraud_contract_types.py converts each one to
+its type, and the schemathesis run checks them over HTTP.
 """
 
 from __future__ import annotations
