@@ -154,6 +154,10 @@ def test_a_user_id_is_a_token_everywhere_past_the_edge(
         return True
 
     wait_for("the worker's groups to apply every entry", drained, timeout=15)
+    # The A/B analysis joins exposures and conversions on the token: alice's cart and
+    # purchase of an item she was shown convert (both users are in the one variant).
+    als = ok(http.get(f"{served_url}/v1/experiments/recommender_model"), 200)["variants"]["als"]
+    assert (als["users"], als["conversions"], als["purchases"]) == (2, 1, 1), als
     # Every stream archived to the lake (retention 0: all of it, as the worker would later).
     lake = Lake.from_settings(served_settings)
     archived = {s: Archiver(redis_client, lake, s, retention_seconds=0).run_once().archived
