@@ -291,8 +291,9 @@ def _init_request_hooks(app: Flask, service: str) -> None:
         # key's id, never its secret), what, the answer and the time, under the request id
         # the client holds in X-Request-ID.
         if status >= 400 or access.isEnabledFor(logging.DEBUG):
+            # The route, not the path: a path may hold a user id or a card number.
             access.log(logging.INFO if status >= 400 else logging.DEBUG,
-                       "%s %s %d %.1f ms request=%s key=%s", method, req.path, status,
+                       "%s %s %d %.1f ms request=%s key=%s", method, rule, status,
                        elapsed * 1000, environ.get("mlsuite.request_id", ""),
                        environ.get("mlsuite.key_id", "") or "-")
         return response

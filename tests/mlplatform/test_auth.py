@@ -101,12 +101,15 @@ def test_a_refused_request_is_logged_with_its_key_id_never_the_key(
         response = client.post("/v1/score", headers={**bearer(key), "X-Request-ID": "r-1"})
         client.post("/v1/score")  # no key at all
         client.post("/v1/score", headers=bearer(store.create("s", ("score",))[0]))
+        client.get("/v1/users/alice@example.com", headers=bearer(key))  # no such route
     lines = [r.getMessage() for r in caplog.records if r.name == "authdemo.access"]
     assert response.status_code == 403
     assert lines[0].startswith("POST /v1/score 403 ")
     assert "request=r-1" in lines[0] and f"key={record.id}" in lines[0]
     assert lines[1].startswith("POST /v1/score 401 ") and lines[1].endswith("key=-")
-    assert len(lines) == 2  # an answered request is logged at DEBUG only
+    # The route, never the path: a path may hold a card number or a user id.
+    assert lines[2].startswith("GET <unmatched> 404 ") and "alice" not in lines[2]
+    assert len(lines) == 3  # an answered request is logged at DEBUG only
     assert not any(key in r.getMessage() for r in caplog.records)
 
 

@@ -39,7 +39,9 @@ CARDS = {"card_id": ["c000001", "c000002"], "home_country": ["DE", "US"],
          "card_age_days": [10, 1200], "avg_amount": [20.0, 80.5]}
 MERCHANTS = {"merchant_id": ["m00001", "m00002"], "merchant_category": ["grocery", "travel"],
              "merchant_country": ["DE", "GB"], "risk_score": [0.1, 0.9]}
-TABLES = {"shop/users.parquet": USERS, "shop/items.parquet": ITEMS,
+# Feast's user profiles come from the tokenised copy of the shop's users (recommender.pii
+# writes it); these ids stand for tokens: Feast passes them through as they are.
+TABLES = {"shop/users.tokenised.parquet": USERS, "shop/items.parquet": ITEMS,
           "payments/cards.parquet": CARDS, "payments/merchants.parquet": MERCHANTS}
 
 
@@ -360,14 +362,19 @@ def test_config_paths_come_from_settings_not_the_environment(settings: Settings)
 
 def test_simulated_data_serves_online(settings: Settings, shop_dir: Path,
                                       payments_dir: Path) -> None:
-    settings.data_dir.mkdir(parents=True)
-    (settings.data_dir / "shop").symlink_to(shop_dir)
+    from recommender.pii import tokenised_profiles
+
+    (settings.data_dir / "shop").mkdir(parents=True)
+    for name in ("users.parquet", "items.parquet"):
+        (settings.data_dir / "shop" / name).symlink_to(shop_dir / name)
     (settings.data_dir / "payments").symlink_to(payments_dir)
+    assert tokenised_profiles(settings)  # what the recommender's start hook writes
     adapter = FeatureStoreAdapter.from_settings(settings)
     adapter.apply()
     assert set(adapter.materialize()) == {"user_profile", "item_catalogue", "card_profile",
                                           "merchant_profile"}
-    users = pd.read_parquet(shop_dir / "users.parquet").sort_values("event_timestamp")
+    users = pd.read_parquet(settings.data_dir / "shop" / "users.tokenised.parquet"
+                            ).sort_values("event_timestamp")
     latest = users.groupby("user_id").last().reset_index().iloc[:50]
     rows = adapter.online_features(["user_profile:segment", "user_profile:country"],
                                    [{"user_id": u} for u in latest["user_id"]])
