@@ -43,7 +43,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import msgspec
 import numpy as np
@@ -126,9 +126,14 @@ def _checked_here(pattern: re.Pattern[str], rule: str, max_length: int) -> Any:
 
 _CURRENCY_RULE = "an ISO 4217 code of 3 upper-case letters"
 _COUNTRY_RULE = "an ISO 3166 code of 2 upper-case letters"
-WireId = _checked_here(ID_PATTERN, openapi.ID_RULE, 128)
-Currency = _checked_here(_CURRENCY, _CURRENCY_RULE, 3)
-Country = _checked_here(_COUNTRY, _COUNTRY_RULE, 2)
+if TYPE_CHECKING:  # strings to the type checker; built at run time for msgspec
+    WireId = str
+    Currency = str
+    Country = str
+else:
+    WireId = _checked_here(ID_PATTERN, openapi.ID_RULE, 128)
+    Currency = _checked_here(_CURRENCY, _CURRENCY_RULE, 3)
+    Country = _checked_here(_COUNTRY, _COUNTRY_RULE, 2)
 ExtraNumber = Annotated[float | None, msgspec.Meta(description="a finite number or null")]
 
 
@@ -158,7 +163,7 @@ def transaction_type(extra_fields: tuple[str, ...] = ()) -> Any:
 @functools.lru_cache(maxsize=16)
 def batch_type(extra_fields: tuple[str, ...] = (), max_items: int = 1000) -> Any:
     """A batch: ``{"transactions": [...]}`` or the bare list, 1 to ``max_items`` long."""
-    items = Annotated[list[transaction_type(extra_fields)],  # type: ignore[misc]
+    items = Annotated[list[transaction_type(extra_fields)],  # type: ignore[misc,valid-type]
                       msgspec.Meta(min_length=1, max_length=max_items)]
     batch = msgspec.defstruct("TransactionBatch", [("transactions", items)],
                               forbid_unknown_fields=True)
