@@ -24,6 +24,15 @@ True
 >>> raw, C = trees.raw_and_contributions(X[:50])
 >>> bool(np.allclose(raw, trees.expected + C.sum(axis=1)))
 True
+
+One row (a /score request) takes a shorter walk with the same bits as in a batch, missing
+values included:
+
+>>> X[3, 0] = X[7, 1] = np.nan
+>>> raw, C = trees.raw_and_contributions(X[:50])
+>>> all(r[0] == raw[i] and (c[0] == C[i]).all() for i, (r, c) in
+...     enumerate(trees.raw_and_contributions(X[i:i + 1]) for i in range(50)))
+True
 """
 
 from __future__ import annotations
@@ -98,6 +107,8 @@ class TreeEnsemble:
 
     def _walk(self, X: np.ndarray, contributions: bool) -> tuple[np.ndarray, np.ndarray | None]:
         n, width = X.shape
+        if n == 1:
+            return self._walk_one(X, contributions)
         trees = len(self.roots)
         node = np.tile(self.roots, n)  # (row, tree) flattened: one index per walk
         base = np.repeat(np.arange(n) * width, trees)
@@ -120,6 +131,38 @@ class TreeEnsemble:
             node = step[edge]
         raw = self.baseline + self.value[node].reshape(n, trees).sum(axis=1)
         return raw, None if credit is None else credit.reshape(n, width)
+
+    def _walk_one(self, X: np.ndarray, contributions: bool
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``_walk`` of a single row (a /score request) in half the numpy calls (each
+        costs more than its work at this size): no row offsets, and the credits are one
+        bincount of every level's edges at the end instead of one per level. The same
+        comparisons, and the same sums in the same order (level by level, trees in order
+        within a level), as ``_walk``: the same bits."""
+        x = X[0]
+        width = len(x)
+        feature, threshold, step = self.feature, self.threshold, self._step
+        nan = bool(np.isnan(x).any())
+        node = self.roots
+        depth = self.depth
+        edges = np.empty((depth, len(node)), dtype=np.int64)
+        for level in range(depth):
+            right = x[feature[node]] > threshold[node]
+            if nan:
+                right = np.where(np.isnan(x[feature[node]]), ~self.missing_left[node], right)
+            edge = edges[level]
+            np.add(node, node, out=edge)
+            edge += right
+            node = step[edge]
+        raw = self.baseline + self.value[node].reshape(1, -1).sum(axis=1)
+        if not contributions:
+            return raw, None
+        bins = feature[edges >> 1]
+        bins += (np.arange(depth) * width)[:, None]
+        per_level = np.bincount(bins.ravel(), weights=self._credit[edges].ravel(),
+                                minlength=depth * width).reshape(depth, width)
+        # Levels added in order, ((level 0 + level 1) + level 2) ..., as _walk's +=.
+        return raw, per_level.sum(axis=0).reshape(1, width)
 
     @functools.cached_property
     def _step(self) -> np.ndarray:

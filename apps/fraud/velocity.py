@@ -359,41 +359,66 @@ local function trim(key, bound)
   if #gone > 0 then redis.call('ZREMRANGEBYSCORE', key, '-inf', bound) end
   return gone
 end
+-- A card's or device's window [lo, ts] and what the trim will remove (score < trim, the
+-- added member aside: its ZADD moves it to ts) from one read of everything up to ts,
+-- then the ZADD and the trim only when there is something to remove: one call less
+-- than a read, a ZADD and a trim read. The scores Redis replies parse back to the exact
+-- doubles it compares (17 digits), so the split is the one Redis's ranges would make.
+local function observe_window(key, member, ts, lo_t, trim_t, bound)
+  local all = redis.call('ZRANGEBYSCORE', key, '-inf', ts, 'WITHSCORES')
+  local seen, gone = {}, {}
+  for j = 1, #all, 2 do
+    local s = tonumber(all[j + 1])
+    if s >= lo_t then
+      seen[#seen + 1] = all[j]
+      seen[#seen + 1] = all[j + 1]
+    elseif s < trim_t and all[j] ~= member then
+      gone[#gone + 1] = all[j]
+      gone[#gone + 1] = all[j + 1]
+    end
+  end
+  redis.call('ZADD', key, ts, member)
+  if #gone > 0 then redis.call('ZREMRANGEBYSCORE', key, '-inf', bound) end
+  return seen, gone
+end
 local out = {}
 for i, tx in ipairs(txs) do
   local ts, t, tid, card, merchant, dev, amount, country, milli, guard, marker = unpack(tx)
   local held = false
-  if guard ~= '' then
+  -- SET NX claims a free guard in one call; only a taken one is read (GET).
+  if guard ~= '' and not redis.call('SET', guard, marker, 'NX', 'EX', gttl) then
     held = redis.call('GET', guard)
-    if not held then redis.call('SET', guard, marker, 'EX', gttl) end
   end
   if held then
     out[i] = {'dup', held}
   else
-    local lo = format('%.17g', t - @HORIZON@)
-    local bound = '(' .. format('%.17g', t - @TRIM@)
+    local lo_t, trim_t = t - @HORIZON@, t - @TRIM@
+    local lo = format('%.17g', lo_t)
+    local bound = '(' .. format('%.17g', trim_t)
     local ckey, skey = prefix .. 'v:c:' .. card, prefix .. 'v:ch:' .. card
     local mkey = prefix .. 'v:m:' .. merchant
-    local cards = redis.call('ZRANGEBYSCORE', ckey, lo, ts, 'WITHSCORES')
-    redis.call('ZADD', ckey, ts, tid .. S .. amount .. S .. merchant .. S .. country)
-    local gone_card = trim(ckey, bound)
+    local cards, gone_card = observe_window(
+      ckey, tid .. S .. amount .. S .. merchant .. S .. country, ts, lo_t, trim_t, bound)
     redis.call('EXPIRE', ckey, wttl)
-    local stats
-    local cfield = 'c:' .. country
-    if dev ~= '' then
-      local dfield = 'd:' .. string.sub(dev, 2)
-      stats = redis.call('HMGET', skey, 'n', 'amt', 'last', cfield, dfield)
-      redis.call('HSET', skey, 'last', ts, cfield, ts, dfield, ts)
-    else
-      stats = redis.call('HMGET', skey, 'n', 'amt', 'last', cfield)
-      redis.call('HSET', skey, 'last', ts, cfield, ts)
-    end
+    local stats = dev ~= ''
+      and redis.call('HMGET', skey, 'n', 'amt', 'last', 'c:' .. country,
+                     'd:' .. string.sub(dev, 2))
+      or redis.call('HMGET', skey, 'n', 'amt', 'last', 'c:' .. country)
     local total = tonumber(stats[2]) or 0
     local add = milli
     if total + add > cap then add = cap - total end
     if add < 0 then add = 0 end
-    redis.call('HINCRBY', skey, 'n', 1)
-    redis.call('HINCRBY', skey, 'amt', format('%d', add))
+    -- n and amt written with the other fields (one HSET, not HSET + 2 HINCRBY): the
+    -- script is atomic, so read-then-write is the increment. An amount added keeps the
+    -- total <= cap (exact in a double); none leaves the stored value as it was.
+    local n = format('%d', (tonumber(stats[1]) or 0) + 1)
+    local amt = add > 0 and format('%d', total + add) or (stats[2] or '0')
+    if dev ~= '' then
+      redis.call('HSET', skey, 'last', ts, 'c:' .. country, ts, 'd:' .. string.sub(dev, 2), ts,
+                 'n', n, 'amt', amt)
+    else
+      redis.call('HSET', skey, 'last', ts, 'c:' .. country, ts, 'n', n, 'amt', amt)
+    end
     redis.call('EXPIRE', skey, cttl)
     local m1 = redis.call('ZCOUNT', mkey, format('%.17g', t - @W1M@), ts)
     local m60 = redis.call('ZCOUNT', mkey, format('%.17g', t - @W1H@), ts)
@@ -404,9 +429,7 @@ for i, tx in ipairs(txs) do
     local devs, gone_device = {}, {}
     if dev ~= '' then
       local dkey = prefix .. 'v:d:' .. string.sub(dev, 2)
-      devs = redis.call('ZRANGEBYSCORE', dkey, lo, ts, 'WITHSCORES')
-      redis.call('ZADD', dkey, ts, tid .. S .. card)
-      gone_device = trim(dkey, bound)
+      devs, gone_device = observe_window(dkey, tid .. S .. card, ts, lo_t, trim_t, bound)
       redis.call('EXPIRE', dkey, wttl)
     end
     out[i] = {cards, stats, {m1, m60, m1440}, devs, add, gone_card, gone_merchant,
