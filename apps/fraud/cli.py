@@ -111,7 +111,9 @@ def seed_velocity(settings: Settings, config: Any, path: Path, *, force: bool) -
 
     client = connect(settings.redis_url or "")
     marker = f"{config.key_prefix}velocity:seeded"
-    digest = fingerprint(path)
+    # The marker names the file and that its ids were tokenised: a folder seeded by
+    # card id before tokens existed is seeded again, by token, once.
+    digest = f"{fingerprint(path)}:tokens"
     if not force and client.get(marker) == digest.encode():
         log.info("fraud: velocity state already seeded from %s", path.name)
         return 0

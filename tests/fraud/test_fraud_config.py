@@ -77,6 +77,7 @@ def test_ensure_model_trains_once_and_seeds_velocity_once(
     assert redis_client.get("fraud:velocity:seeded")
     card = redis_client.keys("fraud:v:ch:*")
     assert len(card) > 100
+    assert all(k.startswith(b"fraud:v:ch:card_") for k in card), "seeded by card token"
     seen = int(redis_client.hget(card[0], "n"))
     ensure_model(s)  # nothing to do the second time
     assert sorted(p.name for p in (tmp_path / "models" / "fraud-online" / "versions").iterdir()) \
