@@ -22,7 +22,7 @@ from fraud.reviews import STATUSES, Verdict
 from mlplatform.openapi import Param
 
 __all__ = [
-    "BatchScore", "CardProfile", "LabelBatch", "LabelBody", "LabelsAccepted", "ListChange", "AllLists",
+    "BatchScore", "CardProfile", "Degraded", "LabelBatch", "LabelBody", "LabelsAccepted", "ListChange", "AllLists",
     "ListEntryBody", "MerchantProfile", "ModelInfo", "ProfileQueued", "ReviewClosed",
     "Reason", "ReviewCase", "Reviews", "RuleInfo", "Rules", "Score", "Verdict", "LIST_PARAMS", "MODEL_PARAMS", "REVIEW_PARAMS",
 ]
@@ -52,6 +52,15 @@ class Reason(msgspec.Struct):
     list: str | None = None
 
 
+class Degraded(msgspec.Struct):
+    """A fail-open decision: made without Redis, and not recorded (``fraud.service``)."""
+
+    dependency: Literal["redis"]
+    policy: Literal["fail-open"]
+    recorded: bool
+    detail: str
+
+
 class Score(msgspec.Struct):
     """A transaction's score, decision and reasons, and the model that gave them."""
 
@@ -62,6 +71,7 @@ class Score(msgspec.Struct):
     model_version: str
     model_labels: int
     duplicate: bool = False  # present (true) when this id was scored before: the same answer
+    degraded: Degraded | None = None  # present when Redis was down and the policy fails open
 
 
 class BatchScore(msgspec.Struct):
@@ -114,8 +124,8 @@ class ProfileQueued(msgspec.Struct):
 
     queued: str
     kind: Literal["card", "merchant"]
-    id: str
-    profile: dict[str, Any]
+    id: str  # as sent: a card is queued under its token
+    profile: dict[str, str | float]
 
 
 class ListEntry(msgspec.Struct):
@@ -233,5 +243,6 @@ REVIEW_PARAMS = (
 LIST_PARAMS = (
     Param("name", {"enum": sorted(LISTS)}, "the list", where="path"),
     Param("value", {"type": "string", "minLength": 1, "maxLength": 128},
-          "the value: a card, device or merchant id, or a country code", where="path"),
+          "the value: a card, device or merchant id, or a country code; cards and devices "
+          "are stored as their tokens, and a token is accepted as it is", where="path"),
 )

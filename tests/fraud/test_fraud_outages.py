@@ -11,10 +11,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from flask import Flask
 
 from fraud.app import create_app, get_service
+from fraud.contract import Score
 from fraud.service import UNRECORDED
 from mlplatform.config import Settings
 from mlplatform.redisdb import EmbeddedRedis
@@ -107,6 +109,7 @@ def test_fail_open_scores_with_the_model_and_says_it_is_not_recorded(
     one = client.post("/v1/transactions/score", json=tx(2))
     assert one.status_code == 200, one.get_json()
     body = one.get_json()
+    assert msgspec.convert(body, Score).degraded is not None, "as the document states it"
     assert body["degraded"]["dependency"] == "redis"
     assert body["degraded"]["policy"] == "fail-open"
     assert body["degraded"]["recorded"] is False
