@@ -97,17 +97,29 @@ def prep(X: np.ndarray, log_mask: np.ndarray) -> np.ndarray:
 def _scorematrix(p: Any, xs: Sequence[Mapping[str, float]], k: int
                   ) -> tuple[list[float], list[list[Reason]]]:
     X = p.matrix(xs)
-    return np.clip(p.predict(X), 0.0, 1.0).tolist(), p.explain(X, k)
+    return _clip(p.predict(X), 0.0, 1.0).tolist(), p.explain(X, k)
+
+
+def _clip(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``np.clip`` without its Python wrapper (a few us a call, twice per request); the
+    same values, NaN included."""
+    return np.minimum(np.maximum(a, lo), hi)
+
+
+@functools.lru_cache(maxsize=64)
+def _categories(names: tuple[str, ...]) -> tuple[bool, ...]:
+    """Which of ``names`` are one-hot categories (asked per row otherwise)."""
+    return tuple(n.startswith(CATEGORY_PREFIX) for n in names)
 
 
 def _top_row(names: Sequence[str], x: list[float], c: list[float], k: int) -> list[Reason]:
-    pushes = [(cj, j) for j, cj in enumerate(c)
-              if cj > 0.0 and (x[j] != 0.0 or not names[j].startswith(CATEGORY_PREFIX))]
+    category = _categories(tuple(names))
+    pushes = [(cj, j) for j, cj in enumerate(c) if cj > 0.0 and (x[j] != 0.0 or not category[j])]
     return [Reason(names[j], x[j], cj) for cj, j in heapq.nlargest(k, pushes)]
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -35.0, 35.0)))
+    return 1.0 / (1.0 + np.exp(-_clip(z, -35.0, 35.0)))
 
 
 def _top(names: Sequence[str], X: np.ndarray, C: np.ndarray, k: int) -> list[list[Reason]]:
@@ -117,7 +129,7 @@ def _top(names: Sequence[str], X: np.ndarray, C: np.ndarray, k: int) -> list[lis
     if len(X) <= _SMALL:  # a few rows: plain Python beats numpy's per-call overhead
         return [_top_row(names, x, c, k) for x, c in zip(X.tolist(), C.tolist())]
     C = C.copy()
-    is_category = np.array([n.startswith(CATEGORY_PREFIX) for n in names])
+    is_category = np.array(_categories(tuple(names)), dtype=bool)
     if is_category.any():
         C[:, is_category] = np.where(X[:, is_category] != 0.0, C[:, is_category], -np.inf)
     k = min(k, C.shape[1])
@@ -278,7 +290,7 @@ class HybridPredictor:
     def score(self, xs: Sequence[Mapping[str, float]], k: int
               ) -> tuple[list[float], list[list[Reason]]]:
         scores, reasons = self.score_matrix(self.matrix(xs), k)
-        return np.clip(scores, 0.0, 1.0).tolist(), reasons
+        return _clip(scores, 0.0, 1.0).tolist(), reasons
 
 
 _controller: Any = None

@@ -191,8 +191,23 @@ def describe(feature: str, value: float, typical: float | None = None) -> dict[s
     else:
         text = spec.text.format(fmt(value))
         if typical is not None and math.isfinite(typical):
-            text += "; usually " + fmt(typical)
+            text += _usually(feature, fmt, typical)
     return {"code": spec.code, "text": text, "feature": feature, "value": round(value, 4)}
+
+
+# "; usually <typical>" per (feature, typical): a model's typical values are few and
+# fixed, and formatting them again for every reason of every request costs a few us each.
+_USUALLY: dict[tuple[str, float], str] = {}
+
+
+def _usually(feature: str, fmt: Callable[[float], str], typical: float) -> str:
+    key = (feature, typical)
+    text = _USUALLY.get(key)
+    if text is None:
+        if len(_USUALLY) >= 4096:  # typical values of many models since the start
+            _USUALLY.clear()
+        text = _USUALLY[key] = "; usually " + fmt(typical)
+    return text
 
 
 def _unlisted(feature: str, value: float, typical: float | None) -> dict[str, Any]:

@@ -130,6 +130,12 @@ class VelocityStore(Protocol):
 
 def velocity_features(event: Event, h: History) -> dict[str, float]:
     """The velocity feature values of ``event`` given the ``History`` it saw."""
+    if not h.card_events and not h.device_events:
+        return _first_features(event, h)
+    return _window_features(event, h)
+
+
+def _window_features(event: Event, h: History) -> dict[str, float]:
     ts = event.timestamp
     lo1m, lo1h = ts - WINDOWS["1m"], ts - WINDOWS["1h"]
     amounts_1m: list[float] = []
@@ -175,6 +181,29 @@ def velocity_features(event: Event, h: History) -> dict[str, float]:
         "device_distinct_cards_24h": float(len(cards)),
         "merchant_count_1m": float(m1),
         "merchant_count_1h": float(m60),
+        "merchant_count_24h": float(m1440),
+    }
+
+
+def _first_features(event: Event, h: History) -> dict[str, float]:
+    """``velocity_features`` when the card and the device have no transaction in 24 h
+    (most transactions of most cards): the same values without the window walk."""
+    last = h.card_last_ts
+    since = NO_PREVIOUS if last is None else min(max(event.timestamp - last, 0.0), NO_PREVIOUS)
+    usual = h.card_amount_milli / 1000.0 / h.card_n if h.card_n else event.amount
+    m1, m60, m1440 = h.merchant_counts
+    return {
+        "card_count_1m": 0.0, "card_count_1h": 0.0, "card_count_24h": 0.0,
+        "card_amount_1m": 0.0, "card_amount_1h": 0.0, "card_amount_24h": 0.0,
+        "card_distinct_merchants_24h": 0.0, "card_distinct_countries_24h": 0.0,
+        "card_secs_since_prev": since,
+        "card_amount_vs_usual": (event.amount + 1.0) / (usual + 1.0),
+        "card_history_count": float(h.card_n),
+        "card_new_device": 1.0 if event.device_id is not None and not h.device_known else 0.0,
+        "card_new_country": 0.0 if h.country_known else 1.0,
+        "card_new_merchant_24h": 1.0,
+        "device_count_1h": 0.0, "device_count_24h": 0.0, "device_distinct_cards_24h": 0.0,
+        "merchant_count_1m": float(m1), "merchant_count_1h": float(m60),
         "merchant_count_24h": float(m1440),
     }
 
@@ -934,9 +963,9 @@ class RedisVelocityStore:
             held = reply[1]
             return Claimed(held.decode() if isinstance(held, bytes) else str(held))
         card, stats, counts, dev = reply[0], reply[1], reply[2], reply[3]
-        events = [
-            _decode_card(card[i].decode(), float(card[i + 1])) for i in range(0, len(card), 2)
-        ]
+        events = [(float(score), float(amount), merchant, country)
+                  for score, (_, amount, merchant, country)
+                  in zip(card[1::2], (m.decode().split(SEP) for m in card[::2]))] if card else []
         n, amt, last, country = stats[0], stats[1], stats[2], stats[3]
         device = stats[4] if len(stats) > 4 else None
         return History(
@@ -947,9 +976,8 @@ class RedisVelocityStore:
             device_known=device is not None,
             country_known=country is not None,
             merchant_counts=(int(counts[0]), int(counts[1]), int(counts[2])),
-            device_events=[
-                (float(dev[i + 1]), dev[i].decode().split(SEP)[1]) for i in range(0, len(dev), 2)
-            ],
+            device_events=[(float(score), m.decode().split(SEP)[1])
+                           for m, score in zip(dev[::2], dev[1::2])] if dev else [],
             undo=(reply[4], stats, reply[5], reply[6], reply[7]),
         )
 

@@ -75,6 +75,22 @@ def test_online_and_offline_velocity_match_on_edge_cases(
     assert online == offline
 
 
+def test_features_without_a_window_match_the_window_walk() -> None:
+    # velocity_features skips the window walk when the card and the device have nothing
+    # in 24 h; the values must be the walk's, whatever else the history holds.
+    from fraud.velocity import _first_features, _window_features
+
+    events = [_e(1, 0.0), _e(2, 100_000.0), _e(3, 200_000.0, device=None, country="US"),
+              _e(4, 300_000.0, card="c2", amount=1e16), _e(5, 400_000.0, device="d2"),
+              _e(6, 400_000.0 + 30 * 86400.0, merchant="m2")]
+    histories = MemoryVelocityStore().observe(events)
+    assert all(not h.card_events and not h.device_events for h in histories)
+    assert {h.card_n for h in histories} == {0, 1, 2, 3, 4}, "known and new cards"
+    for e, h in zip(events, histories):
+        assert _first_features(e, h) == _window_features(e, h)
+        assert list(_first_features(e, h)) == list(_window_features(e, h)), "key order"
+
+
 def test_velocity_values_on_a_card_testing_burst() -> None:
     events = [_e(i, 1000.0 + 10 * i, merchant=f"m{i % 3}", amount=1.0, device="ring")
               for i in range(8)]
