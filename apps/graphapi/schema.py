@@ -191,12 +191,15 @@ class Mutation:
                        transaction: TransactionInput, n: int = 5) -> Checkout:
         in_cart = {str(i) for i in cart}
         # Ask for the cart's size more, so n remain once the cart's items are left out.
-        recs, decision = await asyncio.gather(
+        found: Any
+        decision: Any
+        found, decision = await asyncio.gather(
             info.context.loaders.recommendations.load((str(user_id), n + len(in_cart), None,
                                                        True)),
             _score(info, transaction), return_exceptions=True)
-        if not isinstance(recs, BaseException):
-            recs = [r for r in recommendations_of(recs).items
+        recs: Any = found  # an upstream's error is kept: the field raises it (partial data)
+        if not isinstance(found, BaseException):
+            recs = [r for r in recommendations_of(found).items
                     if str(r.item_id) not in in_cart][:n]
         return Checkout(user_id=user_id, found_recommendations=recs, found_decision=decision)
 
