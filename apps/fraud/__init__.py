@@ -9,6 +9,8 @@ replica swaps in, so all replicas serve the same online model.
 Modules, one concept each:
 
 - ``schema``: the transaction schema and its validation; ``config``: fraud settings
+- ``pii``: card and device ids as keyed tokens, at the edge and where files are read
+- ``contract``: every endpoint's request and response type (``/openapi.json``)
 - ``velocity``: per card / device / merchant velocity (Redis online, in memory offline)
 - ``profiles``: Feast card and merchant profiles behind a TTL cache
 - ``features``: the feature vector; ``models``: online river and batch scikit-learn models;

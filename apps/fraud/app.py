@@ -15,6 +15,9 @@ Endpoints:
   ``PUT|DELETE /v1/lists/<list>/<value>``, ``GET /v1/rules``, ``GET /v1/reviews``,
   ``POST /v1/reviews/<transaction_id>``.
 
+Card and device ids become keyed tokens as a body is parsed (``fraud.pii``): nothing
+after the view sees them as sent. Every body is decoded as its type (``fraud.contract``).
+
 The app loads what requests need (model, profiles) in ``create_app``, before serving.
 
 Plus the platform's ``/healthz``, ``/readyz`` (Redis, model, Feast) and ``/metrics``.
