@@ -219,7 +219,9 @@ class Follower(Generic[T]):
             try:
                 self.refresh()
                 failing = False
-            except redis.RedisError as exc:
+            # A cluster client's own failures (closed, no node answering) are not
+            # RedisErrors: the thread must outlive them too, or the worker stops following.
+            except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
                 if not failing:
                     log.warning("%s: redis unavailable (%s); serving the last snapshot",
                                 self.name, exc)
