@@ -180,11 +180,12 @@ def test_a_transaction_file_is_tokenised_as_it_is_read_fast(tmp_path: Path) -> N
         "is_fraud": False})
     path = tmp_path / "transactions.parquet"
     frame.to_parquet(path)
+    ids = frame[["card_id", "device_id"]].copy()
     started = time.perf_counter()
-    read_transactions(path, pii=Tokeniser(b"other" * 8))  # a cold memo, as on start-up
+    tokenise_columns(ids, Tokeniser(b"other" * 8))  # a cold memo, as on start-up
     cold = time.perf_counter() - started
+    assert cold < 1.0, f"tokenising 100k rows (20k cards, 5k devices) took {cold:.2f}s"
     out = read_transactions(path, pii=pii)
-    assert cold < 1.5, f"tokenising 100k rows took {cold:.2f}s"
     assert out["card_id"].iloc[0] == pii.token("card", frame["card_id"].iloc[0])
     assert not out["card_id"].str.fullmatch(r"4\d{15}").any()
     assert out["device_id"].isna().sum() == int((frame["device_id"].isna()).sum())
