@@ -1,7 +1,7 @@
 """Entities: the business objects features are keyed by.
 
 Join keys are the ids the services use past their edge: items and merchants as they
-are ("i00001", "m00001"); personal ids as their keyed tokens (``user_...``, see
+are ("i00001", "m00001"); personal ids as their keyed tokens (``user_...``, ``card_...``, see
 mlplatform.security.pii), which the services compute where an id comes in and the
 sources Feast reads already hold. Every key is a string: ids are opaque labels, never
 numbers.
@@ -31,7 +31,8 @@ card = Entity(
     name="card",
     join_keys=["card_id"],
     value_type=ValueType.STRING,
-    description="A payment card; the unit fraud velocity and profiles are kept for.",
+    description="A payment card, by its keyed token (card_...); the unit fraud velocity "
+                "and profiles are kept for.",
 )
 
 merchant = Entity(

@@ -14,11 +14,15 @@ from feast.types import Float64, Int64, String
 
 # --- card_profile ---------------------------------------------------------------
 
+# Card ids are personal (a card number): the fraud start hook rewrites this file's
+# card_id as keyed tokens before it is served (fraud.pii.tokenise_profile_file), the
+# values every request asks for after its own tokenising.
 cards_source = FileSource(
     name="payments_cards",
     path="payments/cards.parquet",
     timestamp_field="event_timestamp",
-    description="One row per card profile version, written by the payments simulator.",
+    description="One row per card profile version, written by the payments simulator; "
+                "card ids as tokens.",
 )
 
 # The card issuer recomputes avg_amount and card_age_days daily and pushes them;
