@@ -89,6 +89,11 @@ def tokenise_columns(df: pd.DataFrame, pii: Tokeniser,
     return df
 
 
+def prepare_sources(settings: Settings) -> bool:
+    """The "mlsuite.sources" hook: the card profile file by token before Feast reads it."""
+    return tokenise_profile_file(settings.data_dir, tokeniser(settings))
+
+
 def tokenise_profile_file(data_dir: Path, pii: Tokeniser | None = None) -> bool:
     """Tokenise ``<data_dir>/payments/cards.parquet``'s ``card_id`` in place (atomically),
     so Feast's offline source and online store hold tokens. False when there is no file

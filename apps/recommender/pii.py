@@ -95,9 +95,10 @@ def prepare_profiles(settings: Settings) -> int:
     """Make ``PROFILES`` current and, when it was (re)written, load it into Feast's
     online store (one push of the user profile view only); the rows loaded.
 
-    Feast's apply and materialize run before the apps' start hooks (``mlsuite.prepare``):
-    on a new data folder they skip the profile view, whose file does not exist yet, and
-    this push fills it. A copy that was current has been materialised already."""
+    A stack writes the copy before Feast's apply and materialize (``tokenised_profiles``
+    is the recommender's "mlsuite.sources" hook), so this finds it current and pushes
+    nothing; it loads the copy when something else started the service on a folder
+    materialised without it."""
     if not tokenised_profiles(settings):
         return 0
     try:

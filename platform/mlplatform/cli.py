@@ -224,8 +224,10 @@ def feast_apply() -> None:
 @feast.command("materialize")
 def feast_materialize() -> None:
     """Load the latest feature values from the offline files into the online store."""
+    from mlplatform.demo import prepare_sources
     from mlplatform.features import FeatureStoreAdapter
 
+    prepare_sources(_settings())  # the apps' derived files first (ids as tokens)
     FeatureStoreAdapter.from_settings(_settings()).materialize()
     click.echo("feast: online store materialized")
 

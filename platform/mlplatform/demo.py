@@ -24,6 +24,16 @@ log = logging.getLogger(__name__)
 _PATHS = {"graphql": "/graphql"}
 
 
+def prepare_sources(settings: Settings, services: list[str] | None = None) -> None:
+    """Run each app's source hook (entry points "mlsuite.sources"): the files Feast reads
+    that an app derives from its input (personal ids tokenised). Before Feast's apply and
+    materialize, so the online store never holds an id as it was sent."""
+    for ep in entry_points(group="mlsuite.sources"):
+        if services is None or ep.name in services:
+            if ep.load()(settings):
+                log.info("%s: feature sources prepared", ep.name)
+
+
 def prepare_models(settings: Settings, services: list[str]) -> None:
     """Run each app's ``ensure_model`` hook (entry points "mlsuite.prepare")."""
     hooks = {ep.name: ep for ep in entry_points(group="mlsuite.prepare")}

@@ -116,6 +116,9 @@ class Stack:
         if self.settings.auth and not self.settings.api_key and self.client_key:
             self._make_key(redis_url)
         if apps:
+            from mlplatform.demo import prepare_sources
+
+            prepare_sources(self.settings, apps)
             self._prepare_features(private_redis=self.private_redis and self._redis is not None)
             from mlplatform.demo import prepare_models
 

@@ -360,31 +360,40 @@ def test_config_paths_come_from_settings_not_the_environment(settings: Settings)
 # --- the real simulator's data, and the feast CLI ------------------------------------
 
 
-def test_simulated_data_serves_online(settings: Settings, shop_dir: Path,
-                                      payments_dir: Path) -> None:
-    from recommender.pii import tokenised_profiles
+def test_simulated_data_serves_online_by_token_only(settings: Settings, shop_dir: Path,
+                                                   payments_dir: Path) -> None:
+    from mlplatform.demo import prepare_sources
+    from mlplatform.security.pii import tokeniser
 
     (settings.data_dir / "shop").mkdir(parents=True)
     for name in ("users.parquet", "items.parquet"):
         (settings.data_dir / "shop" / name).symlink_to(shop_dir / name)
-    (settings.data_dir / "payments").symlink_to(payments_dir)
-    assert tokenised_profiles(settings)  # what the recommender's start hook writes
+    # A copy: fraud's source hook rewrites the card file in place.
+    shutil.copytree(payments_dir, settings.data_dir / "payments")
+    prepare_sources(settings)  # what a stack runs before apply and materialize
     adapter = FeatureStoreAdapter.from_settings(settings)
     adapter.apply()
     assert set(adapter.materialize()) == {"user_profile", "item_catalogue", "card_profile",
                                           "merchant_profile"}
-    users = pd.read_parquet(settings.data_dir / "shop" / "users.tokenised.parquet"
-                            ).sort_values("event_timestamp")
+    tokens = tokeniser(settings)
+    users = pd.read_parquet(shop_dir / "users.parquet").sort_values("event_timestamp")
     latest = users.groupby("user_id").last().reset_index().iloc[:50]
     rows = adapter.online_features(["user_profile:segment", "user_profile:country"],
-                                   [{"user_id": u} for u in latest["user_id"]])
+                                   [{"user_id": tokens.token("user", u)}
+                                    for u in latest["user_id"]])
     assert [r["segment"] for r in rows] == list(latest["segment"])
     assert [r["country"] for r in rows] == list(latest["country"])
     cards = pd.read_parquet(payments_dir / "cards.parquet")
     merchants = pd.read_parquet(payments_dir / "merchants.parquet")
-    row = adapter.online_feature("fraud_v1", {"card_id": cards["card_id"].iloc[0],
-                                              "merchant_id": merchants["merchant_id"].iloc[0]})
+    row = adapter.online_feature("fraud_v1", {
+        "card_id": tokens.token("card", cards["card_id"].iloc[0]),
+        "merchant_id": merchants["merchant_id"].iloc[0]})
     assert None not in row.values()
+    # The online store was never loaded with an id as it came in.
+    online = (settings.data_dir / "feast" / "online.db").read_bytes()
+    for raw in [*latest["user_id"].iloc[:5], *cards["card_id"].iloc[:5]]:
+        assert raw.encode() not in online, raw
+    assert tokens.token("card", cards["card_id"].iloc[0]).encode() in online
 
 
 @pytest.mark.slow
