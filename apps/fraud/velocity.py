@@ -38,7 +38,9 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -344,7 +346,9 @@ class MemoryVelocityStore:
 # cost more than the script ran; the script splits them with one pattern match.
 # No KEYS: the script derives the keys from the prefix (a single server only: the cluster
 # path, ``_observe_cluster``, declares every key of its per-entity scripts).
-# ARGV: key prefix, window ttl, card ttl, guard ttl, then one per transaction:
+# ARGV: key prefix, window ttl, card ttl, guard ttl, reply ('' = the histories, 'count' =
+#   only how many transactions were applied: a seed reads nothing back), then one per
+#   transaction:
 #   ts, transaction id, card, merchant, device ('' = none, else 'd' + the id), amount,
 #   country, amount (milli), guard key ('' = none), guard value (pending marker)
 # The window bounds (24 h, 1 h, 1 m, trim) are computed here from ts, as Python's
@@ -356,16 +360,18 @@ class MemoryVelocityStore:
 # counts the transaction, so two concurrent requests for one id count it once; the other
 # gets {'dup', <guard value>}.
 # Reply per transaction: card window, previous stats, merchant counts, device window,
-# amount added (clamped), then what the trims removed (card, merchant, device).
+# amount added (clamped), then what the trims removed (card, merchant, device); with
+# reply 'count', the number of transactions instead.
 _OBSERVE = """
 local prefix, wttl, cttl, gttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local histories = ARGV[5] ~= 'count'
 local cap = 9007199254740991
 local S = '\\031'
 local F = '([^' .. S .. ']*)'
 local pattern = '^' .. F .. string.rep(S .. F, 9) .. '$'
 local match, format, tonumber = string.match, string.format, tonumber
 local txs = {}
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   local ts, tid, card, merchant, dev, amount, country, milli, guard, marker =
     match(ARGV[i], pattern)
   if not ts then
@@ -461,10 +467,13 @@ for i, tx in ipairs(txs) do
       devs, gone_device = observe_window(dkey, tid .. S .. card, ts, lo_t, trim_t, bound)
       redis.call('EXPIRE', dkey, wttl)
     end
-    out[i] = {cards, stats, {m1, m60, m1440}, devs, add, gone_card, gone_merchant,
-              gone_device}
+    if histories then
+      out[i] = {cards, stats, {m1, m60, m1440}, devs, add, gone_card, gone_merchant,
+                gone_device}
+    end
   end
 end
+if not histories then return #txs end
 return out
 """.replace("@HORIZON@", repr(HORIZON)).replace("@TRIM@", repr(TRIM)) \
     .replace("@W1H@", repr(WINDOWS["1h"])).replace("@W1M@", repr(WINDOWS["1m"]))
@@ -655,6 +664,8 @@ _CLUSTER_SCRIPTS = {"claim": _CLAIM, "card": _CARD, "window": _WINDOW,
 
 # Transactions per script call: bounds how long one call holds Redis (~50 us each).
 CHUNK = 256
+# Transactions per pipeline of a load (``RedisVelocityStore.load``).
+LOAD_BATCH = 8 * CHUNK
 _TTLS = (str(WINDOW_KEY_TTL), str(CARD_KEY_TTL))
 _W1H, _W1M = WINDOWS["1h"], WINDOWS["1m"]
 
@@ -688,7 +699,7 @@ class RedisVelocityStore:
         applied are undone and the error raised."""
         if self._cluster:
             return self._observe_cluster(events, guards, markers, guard_ttl)
-        head = [self._prefix, *_TTLS, str(int(guard_ttl))]
+        head = [self._prefix, *_TTLS, str(int(guard_ttl)), ""]
         packed = self._pack(events, guards, markers)
         commands = [[*head, *packed[start:start + CHUNK]]
                     for start in range(0, len(events), CHUNK)]
@@ -709,6 +720,39 @@ class RedisVelocityStore:
             replies = [r for chunk in chunks for r in chunk]
         decode = self._decode
         return [decode(r) for r in replies]
+
+    def load(self, events: Sequence[Event]) -> int:
+        """Record ``events`` in order without reading back what each one saw (``seed``):
+        the script answers a count, and the next chunks are packed while Redis runs the
+        previous ones (a worker thread sends them, in order). Not all or nothing: on an
+        error, what ran before it stays applied (as ``seed`` has always left it), and the
+        error is raised."""
+        if self._cluster:  # per-entity scripts: the observe path, one batch at a time
+            for start in range(0, len(events), LOAD_BATCH):
+                self.observe(events[start:start + LOAD_BATCH])
+            return len(events)
+        head = [self._prefix, *_TTLS, "0", "count"]
+        in_flight: deque[Future[list[Any]]] = deque()
+
+        def wait() -> None:
+            failed = next((r for r in in_flight.popleft().result()
+                           if isinstance(r, Exception)), None)
+            if failed is not None:
+                for later in in_flight:
+                    later.cancel()
+                raise failed
+
+        with ThreadPoolExecutor(1, thread_name_prefix="velocity-load") as sender:
+            for start in range(0, len(events), LOAD_BATCH):
+                packed = self._pack(events[start:start + LOAD_BATCH], None, None)
+                in_flight.append(sender.submit(
+                    self._pipeline, [[*head, *packed[i:i + CHUNK]]
+                                     for i in range(0, len(packed), CHUNK)]))
+                if len(in_flight) > 2:  # one running, one ready: memory stays bounded
+                    wait()
+            while in_flight:
+                wait()
+        return len(events)
 
     def undo(self, events: Sequence[Event], observed: Sequence[History | Claimed],
              guards: Sequence[str] | None = None, markers: Sequence[str] | None = None
@@ -994,6 +1038,9 @@ def _text(value: Any) -> str:
 def seed(store: VelocityStore, events: Sequence[Event], chunk: int = 2000) -> int:
     """Load history into ``store`` (e.g. Redis before a service first starts), so the
     first live transaction of each card is compared with its past, not with nothing."""
+    load = getattr(store, "load", None)
+    if load is not None:
+        return int(load(events))
     for start in range(0, len(events), chunk):
         store.observe(events[start:start + chunk])
     return len(events)

@@ -258,6 +258,30 @@ def test_undo_restores_exactly_what_the_observe_changed(
     assert _state(redis_client, "u:") == before
 
 
+def test_a_seed_loads_the_state_observing_would_leave(
+        redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    # seed() loads through RedisVelocityStore.load (no histories read back, chunks sent
+    # by a worker thread): the state and what later transactions see must be observe's.
+    from fraud import velocity
+
+    monkeypatch.setattr(velocity, "CHUNK", 3)
+    monkeypatch.setattr(velocity, "LOAD_BATCH", 7)  # several pipelines, a partial chunk
+    events = [Event(f"s{i}", e.timestamp, e.card_id, e.merchant_id, e.amount, e.country,
+                    e.device_id)
+              for i, e in enumerate(e for case in EDGE_CASES.values() for e in case)]
+    assert velocity.seed(RedisVelocityStore(redis_client, "ld:"), events[:-4]) == len(events) - 4
+    RedisVelocityStore(redis_client, "ob:").observe(events[:-4])
+    loaded, observed = _state(redis_client, "ld:"), _state(redis_client, "ob:")
+    assert [k[3:] for k in loaded] == [k[3:] for k in observed]
+    assert list(loaded.values()) == list(observed.values())
+    then = RedisVelocityStore(redis_client, "ld:").observe(events[-4:])
+    assert any(h.card_events for h in then), "the loaded history is seen"
+    memory = MemoryVelocityStore()
+    memory.observe(events[:-4])
+    assert [velocity_features(e, h) for e, h in zip(events[-4:], then)] == [
+        velocity_features(e, h) for e, h in zip(events[-4:], memory.observe(events[-4:]))]
+
+
 def test_undo_keeps_a_transaction_whose_decision_was_recorded(
         redis_client: redis.Redis) -> None:
     store = RedisVelocityStore(redis_client, "k:")
