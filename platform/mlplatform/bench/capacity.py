@@ -49,6 +49,7 @@ import click
 import redis
 
 from mlplatform.config import Settings
+from mlplatform.security.pii import KINDS, tokeniser
 
 __all__ = ["Load", "Usage", "group_pattern", "main", "plan", "run_capacity", "snapshot"]
 
@@ -416,12 +417,17 @@ def run_capacity(settings: Settings, opts: CapacityOptions,
             "used_memory": info.used_memory, "keys": len(keys),
             "keys_bytes": sum(k.bytes for k in keys), "groups": memory_groups(keys),
             "entities": {}}
+        # Users and cards are stored by token (mlplatform.security.pii): look for those.
+        pii = tokeniser(stack.settings)
         for name, (path, column) in ENTITIES.items():
             ids = [str(x) for x in _column(stack.settings.data_dir / path, column)]
             sample = rng.sample(ids, min(opts.entity_sample, len(ids)))
+            if name in KINDS:
+                sample = pii.tokens(name, sample)
             memory["entities"][name] = {"in_data": len(ids), **entity_memory(keys, sample)}
         memory["entities"]["user_at_history_cap"] = {
-            "history_events": opts.history_events, **entity_memory(keys, full)}
+            "history_events": opts.history_events,
+            **entity_memory(keys, pii.tokens("user", full))}
         client.close()
     return {"settings": {"requests": opts.requests, "batches": opts.batches,
                          "batch_size": opts.batch_size, "idle_seconds": opts.idle_seconds,
