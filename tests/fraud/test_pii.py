@@ -65,19 +65,9 @@ def _file_texts(folder: Path) -> Iterator[tuple[Path, bytes]]:
         yield path, data
 
 
-def _wait(what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.02)
-    raise AssertionError(f"{what} not seen within {timeout}s")
-
-
 def test_a_pan_scored_listed_labelled_and_reviewed_is_stored_nowhere_but_its_token_is(
         make_app: Callable[..., Flask], tx: Tx, worker: FraudJobs, redis_client: redis.Redis,
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, wait_for: Callable[..., Any]) -> None:
     caplog.set_level(logging.DEBUG)
     app = make_app()
     client = app.test_client()
@@ -118,7 +108,7 @@ def test_a_pan_scored_listed_labelled_and_reviewed_is_stored_nowhere_but_its_tok
     assert closed.status_code == 200, closed.get_json()
 
     # The worker learns the labels and pushes the card's profile to Feast, by token.
-    _wait("the profile pushed to feast", lambda: worker.pusher.pushes >= 1)
+    wait_for("the profile pushed to feast", lambda: worker.pusher.pushes >= 1)
     assert client.get("/v1/model?sync=true").status_code == 200
     fresh = make_app()
     features = json.loads(get_service(fresh).decisions.fetch([big["transaction_id"]])[0]
