@@ -12,6 +12,8 @@ experiments and drift reports from the data folder and Redis. Endpoints:
 - ``GET /api/alerts``: what fires now, and the conditions evaluated.
 
 A service or store that does not answer shows as such in the JSON, never as a 500.
+``/openapi.json`` (served by every service app) documents each ``/api`` answer with its
+type from ``mlplatform.monitoring.contract``; ``/docs`` renders it.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from flask.typing import ResponseReturnValue
 from mlplatform.config import Settings, get_settings
 from mlplatform.errors import NotFound
 from mlplatform.http import add_readiness_check, create_service_app
-from mlplatform.monitoring import panels
+from mlplatform.monitoring import contract, panels
 from mlplatform.monitoring.alerts import CONDITIONS
 from mlplatform.monitoring.collector import SERVICES, Collector
+from mlplatform.openapi import operation
 
 __all__ = ["create_app", "get_collector"]
 
@@ -85,6 +88,8 @@ def page() -> str:
 
 @bp.get("/api/overview")
 @_open
+@operation("Everything the page shows, in one document",
+           responses={200: contract.Overview}, tags=("console",))
 def overview() -> ResponseReturnValue:
     c = get_collector()
     return jsonify({
@@ -99,6 +104,8 @@ def overview() -> ResponseReturnValue:
 
 @bp.get("/api/services")
 @_open
+@operation("Per service up/down, headline figures and time series; Redis",
+           responses={200: contract.Services}, tags=("console",))
 def services() -> ResponseReturnValue:
     c = get_collector()
     return jsonify({"services": panels.services(c), "redis": c.redis})
@@ -106,30 +113,40 @@ def services() -> ResponseReturnValue:
 
 @bp.get("/api/models")
 @_open
+@operation("What each service serves, and every registered model",
+           responses={200: contract.ModelsAnswer}, tags=("console",))
 def models() -> ResponseReturnValue:
     return jsonify({"models": panels.models(get_collector())})
 
 
 @bp.get("/api/rollouts")
 @_open
+@operation("Every model's newest rollout with its transitions",
+           responses={200: contract.RolloutsAnswer}, tags=("console",))
 def rollouts() -> ResponseReturnValue:
     return jsonify({"rollouts": panels.rollouts(get_collector())})
 
 
 @bp.get("/api/experiments")
 @_open
+@operation("The recommender's experiments and attributed conversions",
+           responses={200: contract.Experiments}, tags=("console",))
 def experiments() -> ResponseReturnValue:
     return jsonify(panels.experiments(get_collector()))
 
 
 @bp.get("/api/fraud")
 @_open
+@operation("Fraud scores, decisions, online quality, label lag, reviews and amounts",
+           responses={200: contract.Fraud}, tags=("console",))
 def fraud() -> ResponseReturnValue:
     return jsonify(panels.fraud(get_collector()))
 
 
 @bp.get("/api/drift/<service>")
 @_open
+@operation("A service's latest drift report", responses={200: contract.DriftReport},
+           params=contract.DRIFT_PARAMS, tags=("console",), errors=(404,))
 def drift(service: str) -> ResponseReturnValue:
     c = get_collector()
     if service not in SERVICES:
@@ -144,6 +161,8 @@ def drift(service: str) -> ResponseReturnValue:
 
 @bp.get("/api/alerts")
 @_open
+@operation("What fires now, and every condition evaluated",
+           responses={200: contract.AlertsAnswer}, tags=("console",))
 def alerts() -> ResponseReturnValue:
     c = get_collector()
     return jsonify({**panels.alerts(c),
