@@ -104,7 +104,9 @@ def test_every_api_answer_converts_to_its_documented_type(console: Flask) -> Non
     assert overview.services["recommender"].up is False
     assert answers["/api/fraud"].up is True and answers["/api/fraud"].scores is not None
     assert overview.redis["up"] is True
-    assert [a.name for a in answers["/api/alerts"].firing] == ["ServiceDown"]
+    # The session's Redis holds other tests' state too (quality alerts may fire): the
+    # recommender's port is closed, so ServiceDown is among them.
+    assert "ServiceDown" in [a.name for a in answers["/api/alerts"].firing]
     assert answers["/api/alerts"].conditions, "the conditions evaluated are listed"
     assert answers["/api/drift/fraud"].service == "fraud"
 
