@@ -10,8 +10,7 @@ recommender's URL is a closed port, so the "down" ones are too.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -29,7 +28,7 @@ NO_COLLECT = {"CONSOLE_COLLECT": False}  # the test ticks the collector itself
 
 
 @pytest.fixture
-def console(settings: Settings) -> Iterator[Flask]:
+def console(settings: Settings, wait_for: Callable[..., Any]) -> Iterator[Flask]:
     scraped = create_app(settings, NO_COLLECT)
     server = make_server("127.0.0.1", 0, scraped, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -42,8 +41,13 @@ def console(settings: Settings) -> Iterator[Flask]:
         with scraped.test_client() as client:  # traffic between two scrapes: rates to show
             for _ in range(5):
                 assert client.get("/api/services").status_code == 200
-        time.sleep(0.2)
-        collector.tick()
+
+        def rate_shown() -> bool:  # a second scrape, later than the first: a rate
+            collector.tick()
+            summary = collector.history.summary("fraud")
+            return bool(summary and summary.get("rps"))
+
+        wait_for("a request rate between two scrapes", rate_shown)
         yield app
         collector.stop()
     finally:
