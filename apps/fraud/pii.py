@@ -25,7 +25,6 @@ True
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from mlplatform.config import Settings, get_settings
-from mlplatform.security.pii import KINDS, TOKEN_CHARS, Tokeniser, tokeniser
+from mlplatform.security.pii import Tokeniser, is_token, tokeniser
 
 __all__ = ["ID_COLUMNS", "LIST_KINDS", "folder_tokeniser", "is_token", "tokenise_columns",
            "tokenise_profile_file"]
@@ -42,13 +41,6 @@ __all__ = ["ID_COLUMNS", "LIST_KINDS", "folder_tokeniser", "is_token", "tokenise
 ID_COLUMNS: Mapping[str, str] = {"card_id": "card", "device_id": "device"}
 # Lists matching a tokenised field hold tokens: the field a list matches -> token kind.
 LIST_KINDS: Mapping[str, str] = ID_COLUMNS
-_TOKEN = {kind: re.compile(rf"^{re.escape(prefix)}[A-Za-z0-9_-]{{{TOKEN_CHARS}}}$")
-          for kind, prefix in KINDS.items()}
-
-
-def is_token(kind: str, value: str) -> bool:
-    """Whether ``value`` already is a token of ``kind`` (``card``, ``device``, ``user``)."""
-    return _TOKEN[kind].match(value) is not None
 
 
 def folder_tokeniser(data_dir: Path) -> Tokeniser:

@@ -40,7 +40,7 @@ from mlplatform.lifecycle import local_secret
 if TYPE_CHECKING:
     from mlplatform.config import Settings
 
-__all__ = ["KINDS", "Kind", "Tokeniser", "pii_key", "tokeniser"]
+__all__ = ["KINDS", "Kind", "Tokeniser", "is_token", "pii_key", "tokeniser"]
 
 Kind = Literal["card", "device", "user"]
 # The prefix of each kind's tokens: short, so keys and members stay small.
@@ -48,6 +48,11 @@ KINDS: dict[str, str] = {"card": "card_", "device": "dev_", "user": "user_"}
 TOKEN_CHARS = 16
 _TOKEN = {kind: re.compile(rf"^{re.escape(prefix)}[A-Za-z0-9_-]{{{TOKEN_CHARS}}}$")
           for kind, prefix in KINDS.items()}
+
+
+def is_token(kind: str, value: str) -> bool:
+    """Whether ``value`` already is a token of ``kind`` (no key needed to tell)."""
+    return _TOKEN[kind].match(value) is not None
 
 
 class Tokeniser:
@@ -71,7 +76,7 @@ class Tokeniser:
         return [token(kind, v) for v in values]
 
     def is_token(self, kind: str, value: str) -> bool:
-        return _TOKEN[kind].match(value) is not None
+        return is_token(kind, value)
 
     def _compute(self, kind: str, value: str) -> str:
         pattern = _TOKEN.get(kind)
