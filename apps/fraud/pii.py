@@ -28,11 +28,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from mlplatform.config import Settings, get_settings
-from mlplatform.security.pii import Tokeniser, is_token, tokeniser
+from mlplatform.security.pii import Tokeniser, is_token, token_column, tokeniser
 
 __all__ = ["ID_COLUMNS", "LIST_KINDS", "folder_tokeniser", "is_token", "tokenise_columns",
            "tokenise_profile_file"]
@@ -67,14 +66,9 @@ def tokenise_columns(df: pd.DataFrame, pii: Tokeniser,
         if column not in df.columns:
             continue
         values = df[column]
-        present = values.notna().to_numpy()
-        if not present.any():
+        if not values.notna().any():
             continue
-        codes, uniques = pd.factorize(values[present].astype(str), sort=False)
-        tokens = np.asarray(pii.tokens(kind, [str(u) for u in uniques]), dtype=object)
-        out = values.astype(object).to_numpy(copy=True)
-        out[present] = tokens[codes]
-        out[~present] = None
+        out = token_column(values, kind, pii)
         df[column] = pd.Series(out, index=df.index, dtype=values.dtype
                                if pd.api.types.is_string_dtype(values.dtype)
                                and values.dtype != object else object)

@@ -33,11 +33,10 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from mlplatform.config import Settings
-from mlplatform.security.pii import Tokeniser, tokeniser
+from mlplatform.security.pii import Tokeniser, token_column, tokeniser
 
 __all__ = ["PROFILES", "SHOP_USERS", "prepare_profiles", "tokenise_users", "tokenised_profiles"]
 
@@ -54,11 +53,8 @@ def tokenise_users(df: pd.DataFrame, tokens: Tokeniser, column: str = "user_id"
     One HMAC per distinct id, not per row: a shop file repeats each user many times."""
     if column not in df.columns:
         return df
-    codes, uniques = pd.factorize(df[column], use_na_sentinel=True)
-    mapped = np.array([tokens.token("user", str(u)) for u in uniques] + [None], dtype=object)
     out = df.copy()
-    # A code of -1 (a null) picks the trailing None; the checks downstream count nulls.
-    out[column] = mapped[codes]
+    out[column] = token_column(df[column], "user", tokens)  # nulls stay null: checks count them
     return out
 
 

@@ -44,3 +44,14 @@ def test_tokens_hide_the_id_differ_by_key_and_kind_and_are_idempotent() -> None:
     assert a.tokens("device", ["d1", "d2", "d1"])[0] == a.tokens("device", ["d1"])[0]
     with pytest.raises(ValueError, match="unknown identifier kind 'iban'"):
         a.token("iban", "x")
+
+
+def test_a_column_is_tokenised_once_per_distinct_id_and_missing_stays_missing() -> None:
+    import pandas as pd
+
+    from mlplatform.security.pii import token_column
+
+    t = Tokeniser(b"c" * 32)
+    out = token_column(pd.Series(["4111", None, "4111", 7]), "card", t)
+    assert list(out) == [t.token("card", "4111"), None, t.token("card", "4111"),
+                         t.token("card", "7")]

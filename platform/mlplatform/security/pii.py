@@ -38,9 +38,12 @@ from typing import TYPE_CHECKING, Literal
 from mlplatform.lifecycle import local_secret
 
 if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
     from mlplatform.config import Settings
 
-__all__ = ["KINDS", "Kind", "Tokeniser", "is_token", "pii_key", "tokeniser"]
+__all__ = ["KINDS", "Kind", "Tokeniser", "is_token", "pii_key", "token_column", "tokeniser"]
 
 Kind = Literal["card", "device", "user"]
 # The prefix of each kind's tokens: short, so keys and members stay small.
@@ -89,6 +92,18 @@ class Tokeniser:
         digest = hmac.new(self._key, f"{kind}\x1f{value}".encode(), hashlib.sha256).digest()
         text = base64.urlsafe_b64encode(digest).decode()[:TOKEN_CHARS]
         return KINDS[kind] + text
+
+
+def token_column(values: pd.Series, kind: str, tokens: Tokeniser) -> np.ndarray:
+    """A file's id column as tokens (an object array; a missing value stays None). One
+    HMAC per distinct id, not per row: a file repeats each card or user many times."""
+    import numpy as np
+    import pandas as pd
+
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    # A code of -1 (a missing value) picks the trailing None.
+    mapped = np.array([tokens.token(kind, str(u)) for u in uniques] + [None], dtype=object)
+    return mapped[codes]  # type: ignore[no-any-return]
 
 
 def pii_key(settings: Settings) -> bytes:
