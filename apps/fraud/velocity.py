@@ -10,17 +10,17 @@ card, device and merchant; two stores of that history with the same semantics:
   On a Redis Cluster the card's, merchant's and device's keys live on different masters:
   the store claims each transaction's guard first, then runs one script per entity (see
   ``RedisVelocityStore._observe_cluster``); the card keys carry the card id as their hash
-  tag (``v:c:{<card>}``, ``v:ch:{<card>}``) so the card's window and stats stay one script.
+  tag (``v:cw:{<card>}``, ``v:ch:{<card>}``) so the card's window and stats stay one script.
 - ``MemoryVelocityStore``: in process, for replaying history offline (training, replay).
 
 Both return the same ``History`` for the same sequence of transactions, so online and
 offline feature vectors are identical (tests/fraud/test_velocity.py shows it).
 
-State per entity (keys under the service prefix):
-- ``v:c:<card>``   sorted set, score = timestamp, member = id|amount|merchant|country (24 h)
-- ``v:ch:<card>``  hash: n, amount total in milli-units, last timestamp, seen devices/countries
-- ``v:d:<device>`` sorted set, member = id|card (24 h)
-- ``v:m:<merchant>`` sorted set, member = id (24 h)
+State per entity (keys under the service prefix; the note above ``_LIB``):
+- ``v:cw:<card>``     string: the card's records (ts, id, amount, merchant, country), 25 h
+- ``v:ch:<card>``     hash: n, amount total in milli-units, last timestamp, seen devices/countries
+- ``v:dw:<device>``   string: the device's records (ts, id, card), 25 h
+- ``v:mm:<merchant>`` sorted set, score = timestamp in ms, member = id (25 h)
 
 Amounts are summed as integers (milli-units) and window sums with ``math.fsum`` so the
 result does not depend on the order Redis returns ties in.
@@ -212,13 +212,21 @@ def _first_features(event: Event, h: History) -> dict[str, float]:
 
 # ------------------------------------------------------------------------ shared encoding
 
+# A card's and a device's window is one string: its records in arrival order, each
+# REC followed by its fields joined by SEP (card: ts, transaction id, amount, merchant,
+# country; device: ts, transaction id, card). One GET reads a window and one SET writes
+# it back: a sorted set cost a range read with scores, a ZADD and an EXPIRE, and its
+# small (listpack) encoding re-parses every 17-digit score on each read.
+REC = "\x1e"  # never in an identifier either
 
-def _card_member(e: Event) -> str:
-    return f"{e.transaction_id}{SEP}{e.amount!r}{SEP}{e.merchant_id}{SEP}{e.country}"
+
+def _card_record(e: Event) -> str:
+    return f"{REC}{e.timestamp!r}{SEP}{e.transaction_id}{SEP}{e.amount!r}{SEP}" \
+           f"{e.merchant_id}{SEP}{e.country}"
 
 
-def _device_member(e: Event) -> str:
-    return f"{e.transaction_id}{SEP}{e.card_id}"
+def _device_record(e: Event) -> str:
+    return f"{REC}{e.timestamp!r}{SEP}{e.transaction_id}{SEP}{e.card_id}"
 
 
 def _milli(amount: float) -> int:
@@ -227,38 +235,72 @@ def _milli(amount: float) -> int:
         if math.isfinite(amount) else MAX_TOTAL_MILLI
 
 
+def _ms(ts: float) -> int:
+    """A timestamp in whole milliseconds: a merchant window's score. An integer score is
+    stored as one in a small sorted set, so ZCOUNT compares integers instead of parsing
+    a 17-digit decimal per member; the memory store counts the same integers.
+
+    >>> _ms(1000.0), _ms(1000.0005), _ms(-0.0005)
+    (1000000, 1000000, -1)
+    """
+    return math.floor(ts * 1000.0)
+
+
+_W1M_MS, _W1H_MS, _W24H_MS = (int(WINDOWS[w] * 1000) for w in ("1m", "1h", "24h"))
+_TRIM_MS = int(TRIM * 1000)
+
+
 def _added(total: int, milli: int) -> int:
     """What adding ``milli`` to a card's ``total`` adds once clamped at MAX_TOTAL_MILLI."""
     return max(min(milli, MAX_TOTAL_MILLI - total), 0)
 
 
-def _decode_card(member: str, score: float) -> tuple[float, float, str, str]:
-    _, amount, merchant, country = member.split(SEP)
-    return (score, float(amount), merchant, country)
+def _card_window(blob: bytes | str | None, lo: float, hi: float
+                 ) -> list[tuple[float, float, str, str]]:
+    """The (ts, amount, merchant, country) records of a card window string in [lo, hi]."""
+    if not blob:
+        return []
+    text = blob.decode() if isinstance(blob, bytes) else blob
+    out = []
+    for record in text.split(REC)[1:]:
+        ts, _, amount, merchant, country = record.split(SEP)
+        t = float(ts)
+        if lo <= t <= hi:
+            out.append((t, float(amount), merchant, country))
+    return out
+
+
+def _device_window(blob: bytes | str | None, lo: float, hi: float) -> list[tuple[float, str]]:
+    """The (ts, card) records of a device window string in [lo, hi]."""
+    if not blob:
+        return []
+    text = blob.decode() if isinstance(blob, bytes) else blob
+    out = []
+    for record in text.split(REC)[1:]:
+        ts, _, card = record.split(SEP)
+        t = float(ts)
+        if lo <= t <= hi:
+            out.append((t, card))
+    return out
 
 
 # ------------------------------------------------------------------------------ in memory
 
 
 class _Window:
-    """A sorted (timestamp, member) list with Redis ZSET range semantics (inclusive)."""
+    """A sorted (score, member) list with Redis ZSET range semantics (inclusive)."""
 
     __slots__ = ("scores", "members", "index")
 
     def __init__(self) -> None:
-        self.scores: list[float] = []
+        self.scores: list[int] = []
         self.members: list[str] = []
         self.index: set[str] = set()
 
-    def range(self, lo: float, hi: float) -> tuple[list[float], list[str]]:
-        i = bisect.bisect_left(self.scores, lo)
-        j = bisect.bisect_right(self.scores, hi)
-        return self.scores[i:j], self.members[i:j]
-
-    def count(self, lo: float, hi: float) -> int:
+    def count(self, lo: int, hi: int) -> int:
         return bisect.bisect_right(self.scores, hi) - bisect.bisect_left(self.scores, lo)
 
-    def add(self, score: float, member: str) -> None:
+    def add(self, score: int, member: str) -> None:
         if member in self.index:  # a ZADD of an existing member moves it
             k = self.members.index(member)
             del self.scores[k], self.members[k]
@@ -267,20 +309,27 @@ class _Window:
         self.scores.insert(k, score)
         self.members.insert(k, member)
 
-    def trim(self, before: float) -> None:
+    def trim(self, before: int) -> None:
         k = bisect.bisect_left(self.scores, before)
         if k:
             self.index.difference_update(self.members[:k])
             del self.scores[:k], self.members[:k]
 
 
+def _trimmed(records: list[Any], before: float) -> list[Any]:
+    """A window's records without those older than ``before`` (as the script's trim)."""
+    if any(r[0] < before for r in records):
+        return [r for r in records if r[0] >= before]
+    return records
+
+
 class MemoryVelocityStore:
     """Velocity state in this process (offline replay); same semantics as the Redis store."""
 
     def __init__(self) -> None:
-        self._cards: dict[str, _Window] = {}
+        self._cards: dict[str, list[tuple[float, float, str, str]]] = {}
         self._card_stats: dict[str, dict[str, object]] = {}
-        self._devices: dict[str, _Window] = {}
+        self._devices: dict[str, list[tuple[float, str]]] = {}
         self._merchants: dict[str, _Window] = {}
 
     def observe(self, events: Sequence[Event]) -> list[History]:
@@ -290,11 +339,9 @@ class MemoryVelocityStore:
         ts = e.timestamp
         lo = ts - HORIZON
         trim = ts - TRIM
-        card = self._cards.setdefault(e.card_id, _Window())
-        scores, members = card.range(lo, ts)
-        card_events = [_decode_card(m, s) for s, m in zip(scores, members)]
-        card.add(ts, _card_member(e))
-        card.trim(trim)
+        card = _trimmed(self._cards.get(e.card_id, []), trim)
+        card_events = [r for r in card if lo <= r[0] <= ts]
+        self._cards[e.card_id] = [*card, (ts, e.amount, e.merchant_id, e.country)]
 
         stats = self._card_stats.setdefault(e.card_id, {"n": 0, "amt": 0, "last": None})
         device_field = f"d:{e.device_id}" if e.device_id is not None else None
@@ -309,22 +356,18 @@ class MemoryVelocityStore:
             stats[device_field] = ts
         stats[country_field] = ts
 
+        ms = _ms(ts)
         merchant = self._merchants.setdefault(e.merchant_id, _Window())
-        counts = (
-            merchant.count(ts - WINDOWS["1m"], ts),
-            merchant.count(ts - WINDOWS["1h"], ts),
-            merchant.count(lo, ts),
-        )
-        merchant.add(ts, e.transaction_id)
-        merchant.trim(trim)
+        counts = (merchant.count(ms - _W1M_MS, ms), merchant.count(ms - _W1H_MS, ms),
+                  merchant.count(ms - _W24H_MS, ms))
+        merchant.trim(ms - _TRIM_MS)
+        merchant.add(ms, e.transaction_id)
 
         device_events: list[tuple[float, str]] = []
         if e.device_id is not None:
-            device = self._devices.setdefault(e.device_id, _Window())
-            dscores, dmembers = device.range(lo, ts)
-            device_events = [(s, m.split(SEP)[1]) for s, m in zip(dscores, dmembers)]
-            device.add(ts, _device_member(e))
-            device.trim(trim)
+            device = _trimmed(self._devices.get(e.device_id, []), trim)
+            device_events = [r for r in device if lo <= r[0] <= ts]
+            self._devices[e.device_id] = [*device, (ts, e.card_id)]
         return History(
             card_events=card_events,
             card_n=int(n),  # type: ignore[call-overload]
@@ -338,194 +381,254 @@ class MemoryVelocityStore:
 
 
 # --------------------------------------------------------------------------------- Redis
-
-# One script call observes a whole chunk of transactions, in order (one command to pack,
-# send and parse instead of one per transaction; each chunk is atomic).
-# Each transaction is one argument, its fields joined by SEP: redis-py encodes and frames
-# every argument on its own (about 1 us each), so the 17 strings a transaction used to be
-# cost more than the script ran; the script splits them with one pattern match.
-# No KEYS: the script derives the keys from the prefix (a single server only: the cluster
-# path, ``_observe_cluster``, declares every key of its per-entity scripts).
-# ARGV: key prefix, window ttl, card ttl, guard ttl, reply ('' = the histories, 'count' =
-#   only how many transactions were applied: a seed reads nothing back), then one per
-#   transaction:
-#   ts, transaction id, card, merchant, device ('' = none, else 'd' + the id), amount,
-#   country, amount (milli), guard key ('' = none), guard value (pending marker)
-# The window bounds (24 h, 1 h, 1 m, trim) are computed here from ts, as Python's
-# ``ts - HORIZON`` (the same IEEE double subtraction), and passed to Redis with 17
-# significant digits, which parse back to that exact double (Lua's tostring keeps 14).
-# ts, the amount and the scores Redis stores stay the strings Python made.
-# Every argument is checked before the first write: a bad one fails the call and applies
-# nothing. A free guard is claimed (SET to the pending marker) in the same atomic step that
-# counts the transaction, so two concurrent requests for one id count it once; the other
-# gets {'dup', <guard value>}.
-# Reply per transaction: card window, previous stats, merchant counts, device window,
-# amount added (clamped), then what the trims removed (card, merchant, device); with
-# reply 'count', the number of transactions instead.
-_OBSERVE = """
-local prefix, wttl, cttl, gttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local histories = ARGV[5] ~= 'count'
-local cap = 9007199254740991
-local S = '\\031'
+#
+# State per entity (keys under the service prefix; on a cluster the card's two keys
+# carry the card id as hash tag, ``v:cw:{<card>}``, so the card stays one script):
+# - ``v:cw:<card>``   string: the card's window records (24 h + the trim margin)
+# - ``v:ch:<card>``   hash: n, amount total in milli-units, last timestamp, and one field
+#                     per device (``d:<id>``) and country (``c:<code>``) the card used
+# - ``v:mm:<merchant>`` sorted set, score = timestamp in ms, member = transaction id
+# - ``v:dw:<device>`` string: the device's window records
+#
+# The scripts are made of one Lua library (_LIB: parsing and one function per entity),
+# so the single-server script (every entity of a chunk of transactions in one call) and
+# the cluster's per-entity scripts run the same code.
+#
+# A transaction is one argument, its fields joined by SEP (redis-py encodes and frames
+# every argument on its own, about 1 us each): ts, transaction id, card, merchant,
+# device ('' = none, else 'd' + the id), amount, country, amount (milli), ts (ms), guard
+# key ('' = none), guard value (pending marker). Every argument is checked before the
+# first write: a bad one fails the call and applies nothing.
+# ts and the amount stay the strings Python made (repr: they parse back to the same
+# doubles), so a window bound computed here (t - TRIM) is Python's ``ts - TRIM``.
+_LIB = """
+local S, R = '\\031', '\\030'
 local F = '([^' .. S .. ']*)'
-local pattern = '^' .. F .. string.rep(S .. F, 9) .. '$'
-local match, format, tonumber = string.match, string.format, tonumber
-local txs = {}
-for i = 6, #ARGV do
-  local ts, tid, card, merchant, dev, amount, country, milli, guard, marker =
-    match(ARGV[i], pattern)
+local PATTERN = '^' .. F .. string.rep(S .. F, 10) .. '$'
+local TS = R .. '([^' .. S .. ']*)'
+local RECORD = R .. '[^' .. R .. ']*'
+local cap = 9007199254740991
+local match, gmatch, format, sub, tonumber, concat, floor =
+  string.match, string.gmatch, string.format, string.sub, tonumber, table.concat, math.floor
+
+local function parse(arg, i)
+  local ts, tid, card, merchant, dev, amount, country, milli, ms, guard, marker =
+    match(arg, PATTERN)
   if not ts then
-    return redis.error_reply('velocity: argument ' .. i .. ' must be 10 fields joined by '
-                             .. 'the separator, got ' .. ARGV[i])
+    return nil, 'velocity: argument ' .. i .. ' must be 11 fields joined by the '
+                .. 'separator, got ' .. arg
   end
   local t = tonumber(ts)
-  if not t or t ~= t then
-    return redis.error_reply('velocity: timestamp must be a number, got ' .. ts)
-  end
+  if not t or t ~= t then return nil, 'velocity: timestamp must be a number, got ' .. ts end
   local m = tonumber(milli)
-  if not m or m < 0 or m > cap or m ~= math.floor(m) then
-    return redis.error_reply('velocity: amount must be an integer in [0, 2^53), got '
-                             .. milli)
+  if not m or m < 0 or m > cap or m ~= floor(m) then
+    return nil, 'velocity: amount must be an integer in [0, 2^53), got ' .. milli
   end
-  txs[#txs + 1] = {ts, t, tid, card, merchant, dev, amount, country, m, guard, marker}
+  local tms = tonumber(ms)
+  if not tms or tms ~= floor(tms) or tms > cap or tms < -cap then
+    return nil, 'velocity: ms must be an integer, got ' .. ms
+  end
+  return {ts = ts, t = t, tid = tid, card = card, merchant = merchant, dev = dev,
+          device = sub(dev, 2), amount = amount, country = country, milli = m, ms = tms,
+          guard = guard, marker = marker}
 end
-local function trim(key, bound)
-  local gone = redis.call('ZRANGEBYSCORE', key, '-inf', bound, 'WITHSCORES')
-  if #gone > 0 then redis.call('ZREMRANGEBYSCORE', key, '-inf', bound) end
-  return gone
+
+local function parse_all(first)
+  local txs = {}
+  for i = first, #ARGV do
+    local tx, err = parse(ARGV[i], i)
+    if not tx then return nil, err end
+    txs[#txs + 1] = tx
+  end
+  return txs
 end
--- A card's or device's window [lo, ts] and what the trim will remove (score < trim, the
--- added member aside: its ZADD moves it to ts) from one read of everything up to ts,
--- then the ZADD and the trim only when there is something to remove: one call less
--- than a read, a ZADD and a trim read. The scores Redis replies parse back to the exact
--- doubles it compares (17 digits), so the split is the one Redis's ranges would make.
-local function observe_window(key, member, ts, lo_t, trim_t, bound)
-  local all = redis.call('ZRANGEBYSCORE', key, '-inf', ts, 'WITHSCORES')
-  local seen, gone = {}, {}
-  for j = 1, #all, 2 do
-    local s = tonumber(all[j + 1])
-    if s >= lo_t then
-      seen[#seen + 1] = all[j]
-      seen[#seen + 1] = all[j + 1]
-    elseif s < trim_t and all[j] ~= member then
-      gone[#gone + 1] = all[j]
-      gone[#gone + 1] = all[j + 1]
+
+-- A window string: its records before this one (those older than the trim bound
+-- removed) and the removed ones; then the window with this record added.
+local function window(key, record, trim_t, ttl)
+  local blob = redis.call('GET', key) or ''
+  local gone = ''
+  for ts in gmatch(blob, TS) do
+    if tonumber(ts) < trim_t then
+      local kept, lost = {}, {}
+      for r in gmatch(blob, RECORD) do
+        if tonumber(match(r, TS)) < trim_t then lost[#lost + 1] = r
+        else kept[#kept + 1] = r end
+      end
+      blob, gone = concat(kept), concat(lost)
+      break
     end
   end
-  redis.call('ZADD', key, ts, member)
-  if #gone > 0 then redis.call('ZREMRANGEBYSCORE', key, '-inf', bound) end
-  return seen, gone
+  redis.call('SET', key, blob .. record, 'EX', ttl)
+  return blob, gone
 end
+
+-- The card: its window, then its stats (previous values read, then written in one
+-- HSET: the script is atomic, so read-then-write is the increment). The amount added
+-- keeps the total <= cap (exact in a double); none leaves the stored value as it was.
+local function card(wkey, skey, tx, wttl, cttl)
+  local seen, gone = window(wkey, R .. tx.ts .. S .. tx.tid .. S .. tx.amount .. S
+                            .. tx.merchant .. S .. tx.country, tx.t - @TRIM@, wttl)
+  local cf = 'c:' .. tx.country
+  local stats
+  if tx.dev ~= '' then
+    stats = redis.call('HMGET', skey, 'n', 'amt', 'last', cf, 'd:' .. tx.device)
+  else
+    stats = redis.call('HMGET', skey, 'n', 'amt', 'last', cf)
+  end
+  local total = tonumber(stats[2]) or 0
+  local add = tx.milli
+  if total + add > cap then add = cap - total end
+  if add < 0 then add = 0 end
+  local n = format('%d', (tonumber(stats[1]) or 0) + 1)
+  local amt = add > 0 and format('%d', total + add) or (stats[2] or '0')
+  if tx.dev ~= '' then
+    redis.call('HSET', skey, 'last', tx.ts, cf, tx.ts, 'd:' .. tx.device, tx.ts, 'n', n,
+               'amt', amt)
+  else
+    redis.call('HSET', skey, 'last', tx.ts, cf, tx.ts, 'n', n, 'amt', amt)
+  end
+  redis.call('EXPIRE', skey, cttl)
+  return {seen, gone, stats[1], stats[2], stats[3], stats[4], stats[5] or false, add}
+end
+
+-- The merchant: its 1 m, 1 h and 24 h counts up to ts, then the transaction added and
+-- the window trimmed. Reply: the counts, what the trim removed (member, score pairs).
+local function merchant(key, tx, wttl)
+  local ms = tx.ms
+  local hi = format('%d', ms)
+  local counts = {redis.call('ZCOUNT', key, format('%d', ms - @W1M@), hi),
+                  redis.call('ZCOUNT', key, format('%d', ms - @W1H@), hi),
+                  redis.call('ZCOUNT', key, format('%d', ms - @W24H@), hi)}
+  local bound = '(' .. format('%d', ms - @TRIMMS@)
+  local gone = redis.call('ZRANGEBYSCORE', key, '-inf', bound, 'WITHSCORES')
+  if #gone > 0 then redis.call('ZREMRANGEBYSCORE', key, '-inf', bound) end
+  redis.call('ZADD', key, hi, tx.tid)
+  redis.call('EXPIRE', key, wttl)
+  counts[4] = gone
+  return counts
+end
+
+local function device(key, tx, wttl)
+  local seen, gone = window(key, R .. tx.ts .. S .. tx.tid .. S .. tx.card, tx.t - @TRIM@,
+                            wttl)
+  return {seen, gone}
+end
+
+-- Undo: a window without this record (the last match of the whole record), with what
+-- its trim removed put back in front; deleted when nothing is left.
+local function unwindow(key, record, gone)
+  local blob = redis.call('GET', key) or ''
+  local at, from = nil, 1
+  while true do
+    local i, j = string.find(blob, record, from, true)
+    if not i then break end
+    local after = sub(blob, j + 1, j + 1)
+    if after == '' or after == R then at = i end
+    from = i + 1
+  end
+  if at then blob = sub(blob, 1, at - 1) .. sub(blob, at + #record) end
+  blob = gone .. blob
+  if blob == '' then redis.call('DEL', key) else redis.call('SET', key, blob, 'KEEPTTL') end
+end
+
+-- Undo of card(): subtracts the count and the amount added (a concurrent request's
+-- increments stay) and restores the fields it set unless another transaction set them
+-- since. ARGV from ``first``: record, trim removed, ts, amount added, previous n, amt,
+-- last, country value, device value ('' = absent), country field, device field ('' =
+-- no device).
+local function card_undo(wkey, skey, a)
+  unwindow(wkey, a[1], a[2])
+  local ts = a[3]
+  local n = redis.call('HINCRBY', skey, 'n', -1)
+  redis.call('HINCRBY', skey, 'amt', '-' .. a[4])
+  if a[5] == '' and n <= 0 then redis.call('HDEL', skey, 'n', 'amt') end
+  local function restore(field, previous)
+    if redis.call('HGET', skey, field) == ts then
+      if previous == '' then redis.call('HDEL', skey, field)
+      else redis.call('HSET', skey, field, previous) end
+    end
+  end
+  restore('last', a[7])
+  restore(a[10], a[8])
+  if a[11] ~= '' then restore(a[11], a[9]) end
+end
+
+-- Undo of merchant(): ARGV from ``first``: member, then (member, score) pairs removed.
+local function merchant_undo(key, a)
+  redis.call('ZREM', key, a[1])
+  for p = 2, #a, 2 do redis.call('ZADD', key, a[p + 1], a[p]) end
+end
+
+local function slice(from, to)
+  local out = {}
+  for i = from, to do out[#out + 1] = ARGV[i] end
+  return out
+end
+""".replace("@TRIM@", repr(TRIM)).replace("@W1M@", str(_W1M_MS)) \
+    .replace("@W1H@", str(_W1H_MS)).replace("@W24H@", str(_W24H_MS)) \
+    .replace("@TRIMMS@", str(_TRIM_MS))
+
+# One script call observes a whole chunk of transactions, in order, atomically. No KEYS:
+# the keys are derived from the prefix (a single server only; the cluster's per-entity
+# scripts declare theirs). ARGV: key prefix, window ttl, card ttl, guard ttl, reply (''
+# = the histories, 'count' = how many transactions were applied: a seed reads nothing
+# back), then one packed transaction each.
+# A free guard is claimed (SET NX to the pending marker) in the same atomic step that
+# counts the transaction, so two concurrent requests for one id count it once; the other
+# gets {'dup', <guard value>}.
+# Reply per transaction: the card's reply (window, trim removed, previous n, amt, last,
+# country, device, amount added), the merchant's (1 m, 1 h, 24 h, trim removed), the
+# device's (window, trim removed; {} without a device).
+_OBSERVE = _LIB + """
+local prefix, wttl, cttl, gttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local histories = ARGV[5] ~= 'count'
+local txs, err = parse_all(6)
+if not txs then return redis.error_reply(err) end
 local out = {}
 for i, tx in ipairs(txs) do
-  local ts, t, tid, card, merchant, dev, amount, country, milli, guard, marker = unpack(tx)
   local held = false
   -- SET NX claims a free guard in one call; only a taken one is read (GET).
-  if guard ~= '' and not redis.call('SET', guard, marker, 'NX', 'EX', gttl) then
-    held = redis.call('GET', guard)
+  if tx.guard ~= '' and not redis.call('SET', tx.guard, tx.marker, 'NX', 'EX', gttl) then
+    held = redis.call('GET', tx.guard)
   end
   if held then
     out[i] = {'dup', held}
   else
-    local lo_t, trim_t = t - @HORIZON@, t - @TRIM@
-    local lo = format('%.17g', lo_t)
-    local bound = '(' .. format('%.17g', trim_t)
-    local ckey, skey = prefix .. 'v:c:' .. card, prefix .. 'v:ch:' .. card
-    local mkey = prefix .. 'v:m:' .. merchant
-    local cards, gone_card = observe_window(
-      ckey, tid .. S .. amount .. S .. merchant .. S .. country, ts, lo_t, trim_t, bound)
-    redis.call('EXPIRE', ckey, wttl)
-    local stats = dev ~= ''
-      and redis.call('HMGET', skey, 'n', 'amt', 'last', 'c:' .. country,
-                     'd:' .. string.sub(dev, 2))
-      or redis.call('HMGET', skey, 'n', 'amt', 'last', 'c:' .. country)
-    local total = tonumber(stats[2]) or 0
-    local add = milli
-    if total + add > cap then add = cap - total end
-    if add < 0 then add = 0 end
-    -- n and amt written with the other fields (one HSET, not HSET + 2 HINCRBY): the
-    -- script is atomic, so read-then-write is the increment. An amount added keeps the
-    -- total <= cap (exact in a double); none leaves the stored value as it was.
-    local n = format('%d', (tonumber(stats[1]) or 0) + 1)
-    local amt = add > 0 and format('%d', total + add) or (stats[2] or '0')
-    if dev ~= '' then
-      redis.call('HSET', skey, 'last', ts, 'c:' .. country, ts, 'd:' .. string.sub(dev, 2), ts,
-                 'n', n, 'amt', amt)
-    else
-      redis.call('HSET', skey, 'last', ts, 'c:' .. country, ts, 'n', n, 'amt', amt)
-    end
-    redis.call('EXPIRE', skey, cttl)
-    local m1 = redis.call('ZCOUNT', mkey, format('%.17g', t - @W1M@), ts)
-    local m60 = redis.call('ZCOUNT', mkey, format('%.17g', t - @W1H@), ts)
-    local m1440 = redis.call('ZCOUNT', mkey, lo, ts)
-    redis.call('ZADD', mkey, ts, tid)
-    local gone_merchant = trim(mkey, bound)
-    redis.call('EXPIRE', mkey, wttl)
-    local devs, gone_device = {}, {}
-    if dev ~= '' then
-      local dkey = prefix .. 'v:d:' .. string.sub(dev, 2)
-      devs, gone_device = observe_window(dkey, tid .. S .. card, ts, lo_t, trim_t, bound)
-      redis.call('EXPIRE', dkey, wttl)
-    end
-    if histories then
-      out[i] = {cards, stats, {m1, m60, m1440}, devs, add, gone_card, gone_merchant,
-                gone_device}
-    end
+    local c = card(prefix .. 'v:cw:' .. tx.card, prefix .. 'v:ch:' .. tx.card, tx, wttl, cttl)
+    local m = merchant(prefix .. 'v:mm:' .. tx.merchant, tx, wttl)
+    local d = {}
+    if tx.dev ~= '' then d = device(prefix .. 'v:dw:' .. tx.device, tx, wttl) end
+    if histories then out[i] = {c, m, d} end
   end
 end
 if not histories then return #txs end
 return out
-""".replace("@HORIZON@", repr(HORIZON)).replace("@TRIM@", repr(TRIM)) \
-    .replace("@W1H@", repr(WINDOWS["1h"])).replace("@W1M@", repr(WINDOWS["1m"]))
+"""
 
-# Takes back one observed transaction (a score that failed after the observe): removes
-# its members, puts back what its trims removed, subtracts its count and amount (so a
-# concurrent request's increments stay), restores the fields it set unless another
-# transaction set them since, and frees its guard. Does nothing when the guard no longer
-# holds this request's pending marker (the decision was recorded after all).
-# KEYS: as _OBSERVE's 5. ARGV: card member, merchant member, device member, device
-#   field, country field, ts, amount added, previous n, amt, last, country value, device
-#   value ('' = absent), pending marker, then per window (card, merchant, device) a count
-#   and that many (member, score) pairs.
-_UNDO = """
+# Takes back one observed transaction (a score that failed after the observe), and frees
+# its guard. Does nothing when the guard no longer holds this request's pending marker
+# (the decision was recorded after all).
+# KEYS: card window, card stats, merchant window, device window ('' = none), guard ('' =
+#   none). ARGV: marker, then the card's 11 undo arguments (``card_undo``), the device's
+#   record and trim removed, then the merchant's (``merchant_undo``).
+_UNDO = _LIB + """
 local g = KEYS[5]
-if g ~= '' and redis.call('GET', g) ~= ARGV[13] then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[2])
-if KEYS[4] ~= '' then redis.call('ZREM', KEYS[4], ARGV[3]) end
-local p = 14
-for _, key in ipairs({KEYS[1], KEYS[3], KEYS[4]}) do
-  local count = tonumber(ARGV[p])
-  p = p + 1
-  for _ = 1, count do
-    redis.call('ZADD', key, ARGV[p + 1], ARGV[p])
-    p = p + 2
-  end
-end
-local h, ts = KEYS[2], ARGV[6]
-local n = redis.call('HINCRBY', h, 'n', -1)
-redis.call('HINCRBY', h, 'amt', '-' .. ARGV[7])
-if ARGV[8] == '' and n <= 0 then redis.call('HDEL', h, 'n', 'amt') end
-local function restore(field, previous)
-  if redis.call('HGET', h, field) == ts then
-    if previous == '' then redis.call('HDEL', h, field)
-    else redis.call('HSET', h, field, previous) end
-  end
-end
-restore('last', ARGV[10])
-restore(ARGV[5], ARGV[11])
-if ARGV[4] ~= '' then restore(ARGV[4], ARGV[12]) end
+if g ~= '' and redis.call('GET', g) ~= ARGV[1] then return 0 end
+card_undo(KEYS[1], KEYS[2], slice(2, 12))
+if KEYS[4] ~= '' then unwindow(KEYS[4], ARGV[13], ARGV[14]) end
+merchant_undo(KEYS[3], slice(15, #ARGV))
 if g ~= '' then redis.call('DEL', g) end
 return 1
 """
+
 # ------------------------------------------------------------------- Redis Cluster path
 #
 # A cluster runs a script only on keys of one slot, so a transaction's velocity update is
-# split: its guard (the decision key, in the decision partition's slot) is claimed first
-# with SET NX GET, then one script per entity (card: window + stats under the card's hash
-# tag; merchant; device), pipelined without MULTI (one round trip per master). Each script
-# validates its arguments before writing, and they all get the same ones (made by Python
-# from the same Event), so one fails only on a Redis error.
+# split: its guard (the decision key, in the decision partition's slot) is claimed first,
+# then one script per entity (card: window + stats under the card's hash tag; merchant;
+# device), pipelined without MULTI (one round trip per master). Each script validates the
+# same packed argument before writing, so one fails only on a Redis error.
 #
 # Idempotency and partial failure:
 # - The guard is claimed before anything is counted, so a retried or concurrent request
@@ -543,105 +646,31 @@ return 1
 #   is never refused for longer than the TTL.
 # - A card's window and stats are one script, so a card's state is never half updated.
 
-# KEYS: card window, card stats. ARGV: window ttl, card ttl, ts, 24h lower bound, trim
-# bound, card member, amount (milli), device field ('' = none), country field.
-# Reply: card window, previous stats, amount added, what the trim removed.
-_CARD = """
-for j = 3, 5 do
-  if not tonumber(ARGV[j]) then
-    return redis.error_reply('velocity: argument ' .. j .. ' must be a number')
-  end
-end
-local cap = 9007199254740991
-local milli = tonumber(ARGV[7])
-if not milli or milli < 0 or milli > cap or milli ~= math.floor(milli) then
-  return redis.error_reply('velocity: amount must be an integer in [0, 2^53), got ' .. ARGV[7])
-end
-local ts, lo, bound = ARGV[3], ARGV[4], '(' .. ARGV[5]
-local card = redis.call('ZRANGEBYSCORE', KEYS[1], lo, ts, 'WITHSCORES')
-redis.call('ZADD', KEYS[1], ts, ARGV[6])
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', bound, 'WITHSCORES')
-if #gone > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', bound) end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-local stats
-if ARGV[8] ~= '' then
-  stats = redis.call('HMGET', KEYS[2], 'n', 'amt', 'last', ARGV[9], ARGV[8])
-  redis.call('HSET', KEYS[2], 'last', ts, ARGV[9], ts, ARGV[8], ts)
-else
-  stats = redis.call('HMGET', KEYS[2], 'n', 'amt', 'last', ARGV[9])
-  redis.call('HSET', KEYS[2], 'last', ts, ARGV[9], ts)
-end
-local total = tonumber(stats[2]) or 0
-local add = milli
-if total + add > cap then add = cap - total end
-if add < 0 then add = 0 end
-redis.call('HINCRBY', KEYS[2], 'n', 1)
-redis.call('HINCRBY', KEYS[2], 'amt', string.format('%d', add))
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-return {card, stats, add, gone}
+# KEYS: card window, card stats. ARGV: window ttl, card ttl, the packed transaction.
+_CARD = _LIB + """
+local tx, err = parse(ARGV[3], 3)
+if not tx then return redis.error_reply(err) end
+return card(KEYS[1], KEYS[2], tx, ARGV[1], ARGV[2])
 """
 
-# KEYS: a merchant's or a device's window. ARGV: window ttl, ts, 24h, 1h, 1m lower
-# bounds, trim bound, member, 'm' (reply the 1m/1h/24h counts) or 'd' (reply the window).
-# Reply: counts or window, what the trim removed.
-_WINDOW = """
-for j = 2, 6 do
-  if not tonumber(ARGV[j]) then
-    return redis.error_reply('velocity: argument ' .. j .. ' must be a number')
-  end
-end
-local ts, lo, bound = ARGV[2], ARGV[3], '(' .. ARGV[6]
-local seen
-if ARGV[8] == 'm' then
-  seen = {redis.call('ZCOUNT', KEYS[1], ARGV[5], ts), redis.call('ZCOUNT', KEYS[1], ARGV[4], ts),
-          redis.call('ZCOUNT', KEYS[1], lo, ts)}
-else
-  seen = redis.call('ZRANGEBYSCORE', KEYS[1], lo, ts, 'WITHSCORES')
-end
-redis.call('ZADD', KEYS[1], ts, ARGV[7])
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', bound, 'WITHSCORES')
-if #gone > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', bound) end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return {seen, gone}
+# KEYS: a merchant's or a device's window. ARGV: window ttl, the packed transaction.
+_MERCHANT = _LIB + """
+local tx, err = parse(ARGV[2], 2)
+if not tx then return redis.error_reply(err) end
+return merchant(KEYS[1], tx, ARGV[1])
+"""
+_DEVICE = _LIB + """
+local tx, err = parse(ARGV[2], 2)
+if not tx then return redis.error_reply(err) end
+return device(KEYS[1], tx, ARGV[1])
 """
 
-# Undo of _CARD (as _UNDO's card part). KEYS: card window, card stats. ARGV: member, ts,
-# amount added, previous n, amt, last, country value, device value ('' = absent), device
-# field, country field, then a count and that many (member, score) pairs the trim removed.
-_CARD_UNDO = """
-redis.call('ZREM', KEYS[1], ARGV[1])
-local p = 12
-for _ = 1, tonumber(ARGV[11]) do
-  redis.call('ZADD', KEYS[1], ARGV[p + 1], ARGV[p])
-  p = p + 2
-end
-local h, ts = KEYS[2], ARGV[2]
-local n = redis.call('HINCRBY', h, 'n', -1)
-redis.call('HINCRBY', h, 'amt', '-' .. ARGV[3])
-if ARGV[4] == '' and n <= 0 then redis.call('HDEL', h, 'n', 'amt') end
-local function restore(field, previous)
-  if redis.call('HGET', h, field) == ts then
-    if previous == '' then redis.call('HDEL', h, field)
-    else redis.call('HSET', h, field, previous) end
-  end
-end
-restore('last', ARGV[6])
-restore(ARGV[10], ARGV[7])
-if ARGV[9] ~= '' then restore(ARGV[9], ARGV[8]) end
-return 1
-"""
-
-# Undo of _WINDOW. KEYS: the window. ARGV: member, then a count and that many (member,
-# score) pairs the trim removed.
-_WINDOW_UNDO = """
-redis.call('ZREM', KEYS[1], ARGV[1])
-local p = 3
-for _ = 1, tonumber(ARGV[2]) do
-  redis.call('ZADD', KEYS[1], ARGV[p + 1], ARGV[p])
-  p = p + 2
-end
-return 1
-"""
+# Undo of _CARD (KEYS as _CARD; ARGV: card_undo's 11), _MERCHANT (KEYS: the merchant's
+# window; ARGV: merchant_undo's) and _DEVICE (KEYS: the device's window; ARGV: record,
+# trim removed).
+_CARD_UNDO = _LIB + "card_undo(KEYS[1], KEYS[2], ARGV)\nreturn 1\n"
+_MERCHANT_UNDO = _LIB + "merchant_undo(KEYS[1], ARGV)\nreturn 1\n"
+_DEVICE_UNDO = _LIB + "unwindow(KEYS[1], ARGV[1], ARGV[2])\nreturn 1\n"
 
 # Claims a guard: nil when it was free (now set to ARGV[1] for ARGV[2] seconds), else its
 # value. (SET NX GET needs Redis 7; the bundled server is 6.2.) KEYS: guard.
@@ -658,16 +687,15 @@ _FREE_GUARD = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-_CLUSTER_SCRIPTS = {"claim": _CLAIM, "card": _CARD, "window": _WINDOW,
-                    "card_undo": _CARD_UNDO, "window_undo": _WINDOW_UNDO,
-                    "free": _FREE_GUARD}
+_CLUSTER_SCRIPTS = {"claim": _CLAIM, "card": _CARD, "merchant": _MERCHANT, "device": _DEVICE,
+                    "card_undo": _CARD_UNDO, "merchant_undo": _MERCHANT_UNDO,
+                    "device_undo": _DEVICE_UNDO, "free": _FREE_GUARD}
 
-# Transactions per script call: bounds how long one call holds Redis (~50 us each).
+# Transactions per script call: bounds how long one call holds Redis.
 CHUNK = 256
 # Transactions per pipeline of a load (``RedisVelocityStore.load``).
 LOAD_BATCH = 8 * CHUNK
 _TTLS = (str(WINDOW_KEY_TTL), str(CARD_KEY_TTL))
-_W1H, _W1M = WINDOWS["1h"], WINDOWS["1m"]
 
 
 class RedisVelocityStore:
@@ -713,13 +741,12 @@ class RedisVelocityStore:
                         if not isinstance(r, Exception)]
                 for start, chunk in done:
                     part = slice(start, start + len(chunk))
-                    self.undo(events[part], [self._decode(r) for r in chunk],
+                    self.undo(events[part], [_decode(e, r) for e, r in zip(events[part], chunk)],
                               guards[part] if guards else None,
                               markers[part] if markers else None)
                 raise failed
             replies = [r for chunk in chunks for r in chunk]
-        decode = self._decode
-        return [decode(r) for r in replies]
+        return [_decode(e, r) for e, r in zip(events, replies)]
 
     def load(self, events: Sequence[Event]) -> int:
         """Record ``events`` in order without reading back what each one saw (``seed``):
@@ -758,10 +785,9 @@ class RedisVelocityStore:
              guards: Sequence[str] | None = None, markers: Sequence[str] | None = None
              ) -> int:
         """Take back what ``observe_guarded`` applied for ``events`` (its results in
-        ``observed``; ``Claimed`` slots are skipped), newest first; how many were undone.
-
-        A transaction whose guard no longer holds its marker (its decision was recorded)
-        is kept. The windows' and stats' expiry times stay as the observe refreshed them."""
+        ``observed``), newest first; an event whose guard no longer holds its marker (its
+        decision was recorded) is kept. The windows' and stats' expiry times stay as the
+        observe refreshed them."""
         if self._cluster:
             return self._undo_cluster(events, observed, guards, markers)
         pipe = self._redis.pipeline(transaction=False)
@@ -771,23 +797,14 @@ class RedisVelocityStore:
             if not isinstance(h, History) or h.undo is None:
                 continue
             e = events[i]
-            keys = self._keys(e, guards[i] if guards else "")
-            added, stats, gone_card, gone_merchant, gone_device = h.undo
-            n, amt, last, country = stats[0], stats[1], stats[2], stats[3]
-            device = stats[4] if len(stats) > 4 else None
-            tid, card = e.transaction_id, e.card_id
-            args: list[Any] = [
-                _card_member(e), tid,
-                f"{tid}{SEP}{card}" if e.device_id is not None else "",
-                f"d:{e.device_id}" if e.device_id is not None else "", f"c:{e.country}",
-                repr(e.timestamp), str(int(added)),
-                *(b"" if v is None else v for v in (n, amt, last, country, device)),
-                markers[i] if markers and guards else "1",
-            ]
-            for gone in (gone_card, gone_merchant, gone_device):
-                args.append(str(len(gone) // 2))
-                args += gone
-            self._undo(keys=keys, args=args, client=pipe)
+            card, stats, merchant, device = self._entity_keys(e)
+            gone_device = h.undo[4]
+            args: list[Any] = [markers[i] if markers and guards else "1",
+                               *_card_undo_args(e, h.undo),
+                               _device_record(e) if device else "", gone_device or b"",
+                               *_merchant_undo_args(e, h.undo)]
+            self._undo(keys=[card, stats, merchant, device or "",
+                             guards[i] if guards else ""], args=args, client=pipe)
             count += 1
         if count:
             return sum(int(r) for r in pipe.execute())
@@ -795,18 +812,17 @@ class RedisVelocityStore:
 
     def card_stats_key(self, card_id: str) -> str:
         """The key of a card's stats hash (tagged with the card id on a cluster)."""
-        return f"{self._prefix}v:ch:{{{card_id}}}" if self._cluster \
-            else f"{self._prefix}v:ch:{card_id}"
-
-    # -- Redis Cluster (the note above _CARD) --------------------------------------------
+        return self._entity_keys(Event("", 0.0, card_id, "", 0.0, "", None))[1]
 
     def _entity_keys(self, e: Event) -> tuple[str, str, str, str | None]:
-        """Card window, card stats, merchant window, device window (None: no device) on a
-        cluster: the card's two keys share the card id as hash tag (one script)."""
+        """Card window, card stats, merchant window, device window (None: no device); on
+        a cluster the card's two keys share the card id as hash tag (one script)."""
         p = self._prefix
-        return (f"{p}v:c:{{{e.card_id}}}", f"{p}v:ch:{{{e.card_id}}}",
-                f"{p}v:m:{e.merchant_id}",
-                None if e.device_id is None else f"{p}v:d:{e.device_id}")
+        card = f"{{{e.card_id}}}" if self._cluster else e.card_id
+        return (f"{p}v:cw:{card}", f"{p}v:ch:{card}", f"{p}v:mm:{e.merchant_id}",
+                None if e.device_id is None else f"{p}v:dw:{e.device_id}")
+
+    # -- Redis Cluster (the note above _CARD) --------------------------------------------
 
     def _observe_cluster(
         self, events: Sequence[Event], guards: Sequence[str] | None,
@@ -828,20 +844,13 @@ class RedisVelocityStore:
                 raise failed
         fresh = [i for i in range(n) if held[i] is None]
         wttl, cttl = _TTLS
+        packed = self._pack([events[i] for i in fresh], None, None)
         commands: list[tuple[str, list[str], list[str]] | None] = []
-        for i in fresh:
-            e = events[i]
-            card, stats, merchant, device = self._entity_keys(e)
-            ts = e.timestamp
-            bounds = [repr(ts), repr(ts - HORIZON), repr(ts - _W1H), repr(ts - _W1M),
-                      repr(ts - TRIM)]
-            commands.append(("card", [card, stats], [
-                wttl, cttl, bounds[0], bounds[1], bounds[4], _card_member(e),
-                str(_milli(e.amount)), "" if device is None else f"d:{e.device_id}",
-                f"c:{e.country}"]))
-            commands.append(("window", [merchant], [wttl, *bounds, e.transaction_id, "m"]))
-            commands.append(None if device is None else
-                            ("window", [device], [wttl, *bounds, _device_member(e), "d"]))
+        for i, arg in zip(fresh, packed):
+            card, stats, merchant, device = self._entity_keys(events[i])
+            commands.append(("card", [card, stats], [wttl, cttl, arg]))
+            commands.append(("merchant", [merchant], [wttl, arg]))
+            commands.append(None if device is None else ("device", [device], [wttl, arg]))
         replies = self._run(commands) if commands else []
         failed = next((r for r in replies if isinstance(r, Exception)), None)
         if failed is not None:
@@ -856,38 +865,29 @@ class RedisVelocityStore:
             if held[i] is not None:
                 out.append(Claimed(_text(held[i])))
                 continue
-            card_r, merchant_r, device_r = replies[k], replies[k + 1], replies[k + 2]
-            k += 3
-            dev, gone_dev = device_r if device_r is not None else ([], [])
             # The single-server script's reply shape, so one decoder reads both.
-            out.append(self._decode([card_r[0], card_r[1], merchant_r[0], dev, card_r[2],
-                                     card_r[3], merchant_r[1], gone_dev]))
+            out.append(_decode(events[i], [replies[k], replies[k + 1], replies[k + 2] or []]))
+            k += 3
         return out
 
     def _take_back(self, events: Sequence[Event], fresh: Sequence[int],
                    commands: Sequence[tuple[str, list[str], list[str]] | None],
                    replies: Sequence[Any]) -> None:
         """Undo the entity scripts that succeeded in a failed ``_observe_cluster``."""
-        undo: list[tuple[str, list[str], list[str]] | None] = []
+        undo: list[tuple[str, list[str], list[Any]] | None] = []
         for k, (command, reply) in enumerate(zip(commands, replies)):
             if command is None or reply is None or isinstance(reply, Exception):
                 continue
             e = events[fresh[k // 3]]
-            name, keys, args = command
+            name, keys, _ = command
             if name == "card":
-                undo.append(("card_undo", keys, self._card_undo_args(e, reply[2], reply[1],
-                                                                      reply[3])))
+                undo.append(("card_undo", keys, _card_undo_args(e, (reply[7], reply[2:7],
+                                                                     reply[1], None))))
+            elif name == "merchant":
+                undo.append(("merchant_undo", keys, [e.transaction_id, *reply[3]]))
             else:
-                undo.append(("window_undo", keys, [args[6], *_gone_args(reply[1])]))
+                undo.append(("device_undo", keys, [_device_record(e), reply[1]]))
         self._run(list(reversed(undo)))
-
-    def _card_undo_args(self, e: Event, added: Any, stats: Sequence[Any],
-                        gone: Sequence[Any]) -> list[Any]:
-        device = stats[4] if len(stats) > 4 else None
-        return [_card_member(e), repr(e.timestamp), str(int(added)),
-                *(b"" if v is None else v for v in (*stats[:4], device)),
-                f"d:{e.device_id}" if e.device_id is not None else "", f"c:{e.country}",
-                *_gone_args(gone)]
 
     def _undo_cluster(self, events: Sequence[Event], observed: Sequence[History | Claimed],
                       guards: Sequence[str] | None, markers: Sequence[str] | None) -> int:
@@ -908,18 +908,15 @@ class RedisVelocityStore:
                 elif _text(next(current) or b"") == (markers[i] if markers else "1"):
                     mine.append(i)
             todo = mine
-        commands: list[tuple[str, list[str], list[str]] | None] = []
+        commands: list[tuple[str, list[str], list[Any]] | None] = []
         for i in reversed(todo):
             e, h = events[i], cast(History, observed[i])
-            added, stats, gone_card, gone_merchant, gone_device = cast(tuple[Any, ...], h.undo)
+            undo = cast(tuple[Any, ...], h.undo)
             card, cstats, merchant, device = self._entity_keys(e)
-            commands.append(("card_undo", [card, cstats],
-                             self._card_undo_args(e, added, stats, gone_card)))
-            commands.append(("window_undo", [merchant],
-                             [e.transaction_id, *_gone_args(gone_merchant)]))
+            commands.append(("card_undo", [card, cstats], _card_undo_args(e, undo)))
+            commands.append(("merchant_undo", [merchant], _merchant_undo_args(e, undo)))
             if device is not None:
-                commands.append(("window_undo", [device],
-                                 [_device_member(e), *_gone_args(gone_device)]))
+                commands.append(("device_undo", [device], [_device_record(e), undo[4] or b""]))
         failed = next((r for r in self._run(commands) if isinstance(r, Exception)), None)
         if failed is not None:
             raise failed
@@ -982,53 +979,55 @@ class RedisVelocityStore:
     @staticmethod
     def _pack(events: Sequence[Event], guards: Sequence[str] | None,
               markers: Sequence[str] | None) -> list[str]:
-        """One ``_OBSERVE`` argument per event (its fields joined by SEP)."""
+        """One packed argument per event (its fields joined by SEP, _LIB's ``parse``)."""
         s = SEP
-        milli = _milli
+        milli, ms = _milli, _ms
         if guards is None:
             return [f"{e.timestamp!r}{s}{e.transaction_id}{s}{e.card_id}{s}{e.merchant_id}{s}"
                     f"{'' if e.device_id is None else 'd' + e.device_id}{s}{e.amount!r}{s}"
-                    f"{e.country}{s}{milli(e.amount)}{s}{s}1" for e in events]
+                    f"{e.country}{s}{milli(e.amount)}{s}{ms(e.timestamp)}{s}{s}1"
+                    for e in events]
         marks = markers if markers is not None else ["1"] * len(events)
         return [f"{e.timestamp!r}{s}{e.transaction_id}{s}{e.card_id}{s}{e.merchant_id}{s}"
                 f"{'' if e.device_id is None else 'd' + e.device_id}{s}{e.amount!r}{s}"
-                f"{e.country}{s}{milli(e.amount)}{s}{g}{s}{m}"
+                f"{e.country}{s}{milli(e.amount)}{s}{ms(e.timestamp)}{s}{g}{s}{m}"
                 for e, g, m in zip(events, guards, marks)]
 
-    def _keys(self, e: Event, guard: str) -> list[str]:
-        """The keys ``_OBSERVE`` derives for ``e`` (``_UNDO`` declares them)."""
-        p = self._prefix
-        return [f"{p}v:c:{e.card_id}", f"{p}v:ch:{e.card_id}", f"{p}v:m:{e.merchant_id}",
-                "" if e.device_id is None else f"{p}v:d:{e.device_id}", guard]
 
-    @staticmethod
-    def _decode(reply: Any) -> History | Claimed:
-        if len(reply) == 2:  # {'dup', value}: the guard key exists
-            held = reply[1]
-            return Claimed(held.decode() if isinstance(held, bytes) else str(held))
-        card, stats, counts, dev = reply[0], reply[1], reply[2], reply[3]
-        events = [(float(score), float(amount), merchant, country)
-                  for score, (_, amount, merchant, country)
-                  in zip(card[1::2], (m.decode().split(SEP) for m in card[::2]))] if card else []
-        n, amt, last, country = stats[0], stats[1], stats[2], stats[3]
-        device = stats[4] if len(stats) > 4 else None
-        return History(
-            card_events=events,
-            card_n=int(n) if n is not None else 0,
-            card_amount_milli=int(amt) if amt is not None else 0,
-            card_last_ts=float(last) if last is not None else None,
-            device_known=device is not None,
-            country_known=country is not None,
-            merchant_counts=(int(counts[0]), int(counts[1]), int(counts[2])),
-            device_events=[(float(score), m.decode().split(SEP)[1])
-                           for m, score in zip(dev[::2], dev[1::2])] if dev else [],
-            undo=(reply[4], stats, reply[5], reply[6], reply[7]),
-        )
+def _decode(e: Event, reply: Any) -> History | Claimed:
+    """The History ``e`` saw from its script reply ({card, merchant, device} replies), or
+    Claimed for {'dup', guard value}."""
+    if len(reply) == 2:  # {'dup', value}: the guard key exists
+        return Claimed(_text(reply[1]))
+    card, merchant, device = reply
+    seen, gone, n, amt, last, country, device_value, added = card
+    ts = e.timestamp
+    lo = ts - HORIZON
+    stats = [n, amt, last, country, device_value]
+    return History(
+        card_events=_card_window(seen, lo, ts),
+        card_n=int(n) if n is not None else 0,
+        card_amount_milli=int(amt) if amt is not None else 0,
+        card_last_ts=float(last) if last is not None else None,
+        device_known=device_value is not None,
+        country_known=country is not None,
+        merchant_counts=(int(merchant[0]), int(merchant[1]), int(merchant[2])),
+        device_events=_device_window(device[0], lo, ts) if device else [],
+        undo=(added, stats, gone, merchant[3], device[1] if device else b""),
+    )
 
 
-def _gone_args(gone: Sequence[Any]) -> list[Any]:
-    """What a trim removed (flat member, score pairs) as undo arguments: count, pairs."""
-    return [str(len(gone) // 2), *gone]
+def _card_undo_args(e: Event, undo: tuple[Any, ...]) -> list[Any]:
+    """``card_undo``'s arguments (_LIB) from a History's ``undo``."""
+    added, stats, gone = undo[0], undo[1], undo[2]
+    return [_card_record(e), gone or b"", repr(e.timestamp), str(int(added)),
+            *(b"" if v is None else v for v in stats),
+            f"c:{e.country}", "" if e.device_id is None else f"d:{e.device_id}"]
+
+
+def _merchant_undo_args(e: Event, undo: tuple[Any, ...]) -> list[Any]:
+    """``merchant_undo``'s arguments (_LIB): the member, then the pairs its trim removed."""
+    return [e.transaction_id, *undo[3]]
 
 
 def _text(value: Any) -> str:

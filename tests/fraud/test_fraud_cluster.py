@@ -75,11 +75,11 @@ def test_a_failed_entity_script_takes_back_the_others_and_frees_the_guards(
     guards = [f"u:tx:{e.transaction_id}" for e in events]
     # The merchant's and device's script is unknown to the cluster (as after a node lost
     # its scripts and the reload failed): the cards were counted, then are taken back.
-    store._shas["window"] = "0" * 40
+    store._shas["merchant"] = store._shas["device"] = "0" * 40
     with pytest.raises(redis.exceptions.NoScriptError):
         store.observe_guarded(events, guards, ["?a", "?b", "?c"])
     assert _state(cluster_client, "u:") == before, "nothing counted, every guard free"
-    store._shas["window"] = RedisVelocityStore(cluster_client, "u:")._shas["window"]
+    store._shas = RedisVelocityStore(cluster_client, "u:")._shas
     histories = store.observe_guarded(events, guards, ["?a", "?b", "?c"])
     assert [h.card_n for h in histories] == [1, 0, 0]  # type: ignore[union-attr]
     assert [h.merchant_counts for h in histories] == [(1, 1, 1), (2, 2, 2), (3, 3, 3)]  # type: ignore[union-attr]
