@@ -130,25 +130,36 @@ class Decision:
         )
 
 
-# KEYS: stream, open review cases, then one transaction key per decision.
-# ARGV: ttl seconds, then per decision: transaction id, record, review case score ('' =
-# not a review). One call appends a whole request's decisions and opens its review cases:
-# atomic, one command to send and parse.
+# KEYS: stream, open review cases (one partition's: the transaction keys share their hash
+# tag). ARGV: ttl seconds, the transaction keys' prefix (partition tag + key prefix), then
+# one argument per decision, its fields joined by SEP: transaction id, payload
+# fingerprint ('' = take it from the pending marker the key holds), review case score
+# ('' = not a review), record (JSON: a raw SEP never occurs in it). One call appends a
+# whole request's decisions and opens its review cases: atomic, one command to send and
+# parse, one argument per decision (redis-py encodes and frames each argument: ~1 us).
 # No MAXLEN: approximate trimming would drop entries nobody archived (the worker trims).
 _APPEND = """
-local ttl = ARGV[1]
+local ttl, keys = ARGV[1], ARGV[2]
+local stream, open = KEYS[1], KEYS[2]
+local match = string.match
+local F = '([^\\031]*)\\031'
+local fields = '^' .. F .. F .. F .. '(.*)$'
 local ids = {}
-for i = 3, #KEYS do
-  local a = 3 * i - 7
-  local id = redis.call('XADD', KEYS[1], '*', 'transaction_id', ARGV[a], 'record', ARGV[a + 1])
-  redis.call('SET', KEYS[i], id .. '/' .. string.sub(redis.call('GET', KEYS[i]) or '?', 2), 'EX', ttl)
-  if ARGV[a + 2] ~= '' then
-    redis.call('ZADD', KEYS[2], ARGV[a + 2], ARGV[a])
+for i = 3, #ARGV do
+  local tid, fp, review, record = match(ARGV[i], fields)
+  if not tid then
+    return redis.error_reply('decisions: argument ' .. i .. ' must be 4 fields joined by the separator')
   end
+  local key = keys .. tid
+  if fp == '' then fp = string.sub(redis.call('GET', key) or '?', 2) end
+  local id = redis.call('XADD', stream, '*', 'transaction_id', tid, 'record', record)
+  redis.call('SET', key, id .. '/' .. fp, 'EX', ttl)
+  if review ~= '' then redis.call('ZADD', open, review, tid) end
   ids[i - 2] = id
 end
 return ids
 """
+SEP = "\x1f"
 
 
 class DecisionLog:
@@ -193,24 +204,33 @@ class DecisionLog:
     def reviews_open_key(self, part: int) -> str:
         return partition_tag(part, self.partitions) + self.reviews_open
 
-    def record(self, decisions: Sequence[Decision]) -> list[str]:
+    def record(self, decisions: Sequence[Decision],
+               fingerprints: Sequence[str] | None = None) -> list[str]:
         """Append ``decisions`` atomically (one script call: all or, on failure, none;
-        on a cluster one per partition, see the module's note); their stream ids."""
+        on a cluster one per partition, see the module's note); their stream ids.
+        ``fingerprints``: each transaction's payload fingerprint (its pending marker's),
+        which its key keeps beside the stream id; read from the key when not given."""
         if not decisions:
             return []
-        groups: dict[int, list[int]] = {}
-        for n, d in enumerate(decisions):
-            groups.setdefault(self.partition_of(d.transaction_id), []).append(n)
+        sep = SEP
+        if self.partitions == 1:
+            groups: dict[int, list[int]] = {0: list(range(len(decisions)))}
+        else:
+            groups = {}
+            for n, d in enumerate(decisions):
+                groups.setdefault(self.partition_of(d.transaction_id), []).append(n)
         calls = []
         for part, members in groups.items():
             keys = [partition_key(self.stream, part, self.partitions),
                     self.reviews_open_key(part)]
-            args: list[Any] = [self._ttl]
+            args: list[Any] = [self._ttl,
+                               partition_tag(part, self.partitions) + self._key_prefix]
             for n in members:
                 d = decisions[n]
-                keys.append(self.key(d.transaction_id))
-                args += (d.transaction_id, d.to_record(),
-                         repr(d.scored_at) if d.decision == "review" else "")
+                review = repr(d.scored_at) if d.decision == "review" else ""
+                fp = fingerprints[n] if fingerprints is not None else ""
+                args.append(f"{d.transaction_id}{sep}{fp}{sep}{review}{sep}".encode()
+                            + d.to_record())
             calls.append((members, keys, args))
         if len(calls) == 1:
             replies = [self._eval(calls[0][1], calls[0][2])]

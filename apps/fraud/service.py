@@ -252,7 +252,7 @@ class FraudService:
                 decided = self._decide(state, [transactions[i] for i in fresh],
                                        [velocity_features(events[i], histories[i])  # type: ignore[arg-type]
                                         for i in fresh])
-                self.decisions.record(decided)
+                self.decisions.record(decided, [markers[i][1:] for i in fresh])
             except BaseException:
                 self._undo_velocity(events, histories, guards, markers)
                 raise
