@@ -64,6 +64,8 @@ EDGE_CASES = {
     "amounts that do not add exactly in floating point": [
         _e(i, float(i), amount=a) for i, a in enumerate([0.1, 0.2, 0.3, 1e9, 0.7, 1e-3])],
     "out-of-order arrival": [_e(1, 100.0), _e(2, 50.0), _e(3, 120.0)],
+    "an out-of-order transaction trimmed later": [
+        _e(1, 100_000.0), _e(2, 50.0), _e(3, 189_990.0), _e(4, 189_991.0)],
 }
 
 
@@ -73,6 +75,21 @@ def test_online_and_offline_velocity_match_on_edge_cases(
     online = _features(RedisVelocityStore(redis_client, "e:"), events, [1] * len(events))
     offline = _features(MemoryVelocityStore(), events, [len(events)])
     assert online == offline
+
+
+def test_a_window_string_starts_with_its_smallest_timestamp(redis_client: redis.Redis) -> None:
+    # The head makes the trim check one comparison; a wrong head would keep stale records
+    # (features filter them, so only this test sees it).
+    store = RedisVelocityStore(redis_client, "hd:")
+    store.observe([_e(1, 100_000.0), _e(2, 50.0)])
+    card, _, _, device = store._entity_keys(_e(0, 0.0))
+    for key in (card, device):
+        assert redis_client.get(key).split(b"\x1e")[0] == b"50.0"  # type: ignore[union-attr]
+    store.observe([_e(3, 189_990.0)])  # more than 25 h after t2: trims it, keeps t1
+    for key in (card, device):
+        blob = redis_client.get(key)
+        assert blob.split(b"\x1e")[0] == b"100000.0", blob  # type: ignore[union-attr]
+        assert blob.count(b"\x1e") == 2 and b"t2" not in blob, blob  # type: ignore[union-attr]
 
 
 def test_features_without_a_window_match_the_window_walk() -> None:
