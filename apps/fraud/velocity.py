@@ -249,33 +249,37 @@ def _added(total: int, milli: int) -> int:
     return max(min(milli, MAX_TOTAL_MILLI - total), 0)
 
 
-def _card_window(blob: bytes | str | None, lo: float, hi: float
-                 ) -> list[tuple[float, float, str, str]]:
-    """The (ts, amount, merchant, country) records of a card window's records in
-    [lo, hi]. One split of the whole string and column slices: a hot card's dozens of
-    records cost a few C loops, not a Python loop each."""
-    if not blob:
-        return []
+def _fields(blob: bytes | str) -> list[str]:
+    """A window's fields in one list: '', then each record's fields in turn (one split
+    and column slices: a hot card's dozens of records cost a few C loops)."""
     text = blob.decode() if isinstance(blob, bytes) else blob
-    f = text.replace(REC, SEP).split(SEP)  # '', then 5 fields per record
-    ts = list(map(float, f[1::5]))
-    rows = list(zip(ts, map(float, f[3::5]), f[4::5], f[5::5]))
+    return text.replace(REC, SEP).split(SEP)
+
+
+def _between(ts: list[float], rows: list[Any], lo: float, hi: float) -> list[Any]:
+    """``rows`` (``ts`` their timestamps) in [lo, hi]."""
     if min(ts) < lo or max(ts) > hi:
         return [r for r in rows if lo <= r[0] <= hi]
     return rows
+
+
+def _card_window(blob: bytes | str | None, lo: float, hi: float
+                 ) -> list[tuple[float, float, str, str]]:
+    """The (ts, amount, merchant, country) records of a card window in [lo, hi]."""
+    if not blob:
+        return []
+    f = _fields(blob)  # 5 fields per record
+    ts = list(map(float, f[1::5]))
+    return _between(ts, list(zip(ts, map(float, f[3::5]), f[4::5], f[5::5])), lo, hi)
 
 
 def _device_window(blob: bytes | str | None, lo: float, hi: float) -> list[tuple[float, str]]:
-    """The (ts, card) records of a device window's records in [lo, hi]."""
+    """The (ts, card) records of a device window in [lo, hi]."""
     if not blob:
         return []
-    text = blob.decode() if isinstance(blob, bytes) else blob
-    f = text.replace(REC, SEP).split(SEP)  # '', then 3 fields per record
+    f = _fields(blob)  # 3 fields per record
     ts = list(map(float, f[1::3]))
-    rows = list(zip(ts, f[3::3]))
-    if min(ts) < lo or max(ts) > hi:
-        return [r for r in rows if lo <= r[0] <= hi]
-    return rows
+    return _between(ts, list(zip(ts, f[3::3])), lo, hi)
 
 
 # ------------------------------------------------------------------------------ in memory
