@@ -31,8 +31,9 @@ test: $(STAMP)  ## run the test suite (real Redis, real Feast, real models), the
 # or a consumer group's commit (streams, retention, experiments, rollouts, workers, API
 # keys, the metrics' SCAN/INFO, snapshots; fraud velocity, lists, reviews, learner,
 # decisions and their retention, rollout guard, profile updates, drift over the
-# partitions). The modules written for a cluster (test_*cluster*.py) run in `pytest`
-# above already. About 2.5 minutes on 2 cores.
+# partitions; the recommender's live history, worker, attribution and business
+# metrics). The modules written for a cluster (test_*cluster*.py) run in `pytest` above
+# already. About 2 minutes on 2 cores.
 CLUSTER_TESTS := \
 	tests/mlplatform/test_streams.py tests/mlplatform/test_retention.py \
 	tests/mlplatform/test_experiments.py tests/mlplatform/test_rollouts.py \
@@ -42,7 +43,9 @@ CLUSTER_TESTS := \
 	tests/fraud/test_fraud_velocity.py tests/fraud/test_fraud_lists.py \
 	tests/fraud/test_fraud_reviews.py tests/fraud/test_fraud_learner.py \
 	tests/fraud/test_fraud_decision_retention.py tests/fraud/test_fraud_rollout.py \
-	tests/fraud/test_fraud_profile_updates.py tests/fraud/test_drift_report.py
+	tests/fraud/test_fraud_profile_updates.py tests/fraud/test_drift_report.py \
+	tests/recommender/test_recommender_history.py tests/recommender/test_recommender_worker.py \
+	tests/recommender/test_recommender_attribution.py tests/recommender/test_business_metrics.py
 
 test-cluster: $(STAMP)  ## the Redis-touching tests again on a three-master Redis Cluster
 	MLSUITE_TEST_REDIS=cluster $(BIN)/python -m pytest -p no:cacheprovider $(CLUSTER_TESTS)

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 
 from mlplatform.config import Settings
 from mlplatform.experiments import ExperimentStore
-from mlplatform.streams import Consumer
+from mlplatform.streams import Consumer, partition_count
 from recommender.attribution import EXPOSURES_STREAM, Attributor, ExposureCounter, PriceBook
 from recommender.history import STREAM_KEY
 from recommender.worker import DEAD_LETTERS
@@ -91,7 +91,7 @@ def test_a_batch_retried_entry_by_entry_counts_each_conversion_once(
     Consumer(redis_client, EXPOSURES_STREAM, "experiment-exposures",
              ExposureCounter(store).handle, DEAD_LETTERS).drain()
     Consumer(redis_client, STREAM_KEY, "attribution", Attributor(store, price).handle,
-             DEAD_LETTERS).drain()
+             DEAD_LETTERS, partitions=partition_count(redis_client)).drain()
     after = counted(variant)
     assert after["purchase"] - before["purchase"] == 1
     assert after["revenue"] - before["revenue"] == pytest.approx(price_of(client, shown[0]))

@@ -20,7 +20,7 @@ from mlplatform.assignment import Experiment
 from mlplatform.config import Settings
 from mlplatform.experiments import ExperimentStore
 from mlplatform.security.pii import tokeniser
-from mlplatform.streams import Consumer
+from mlplatform.streams import Consumer, partition_count
 from mlplatform.worker import Worker
 from recommender.attribution import EXPOSURES_STREAM, Attributor, ExposureCounter, PriceBook
 from recommender.contract import ExperimentReport
@@ -64,7 +64,8 @@ def drain(client: redis.Redis, windows: dict[str, float] | None = None) -> None:
     Consumer(client, EXPOSURES_STREAM, "experiment-exposures",
              ExposureCounter(store).handle, DEAD_LETTERS).drain()
     Consumer(client, STREAM_KEY, "attribution",
-             Attributor(store, PriceBook(client).price, windows).handle, DEAD_LETTERS).drain()
+             Attributor(store, PriceBook(client).price, windows).handle, DEAD_LETTERS,
+             partitions=partition_count(client)).drain()
 
 
 def price_of(client: FlaskClient, item: str) -> float:
