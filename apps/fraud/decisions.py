@@ -133,10 +133,10 @@ class Decision:
 # KEYS: stream, open review cases (one partition's: the transaction keys share their hash
 # tag). ARGV: ttl seconds, the transaction keys' prefix (partition tag + key prefix), then
 # one argument per decision, its fields joined by SEP: transaction id, payload
-# fingerprint ('' = take it from the pending marker the key holds), review case score
-# ('' = not a review), record (JSON: a raw SEP never occurs in it). One call appends a
-# whole request's decisions and opens its review cases: atomic, one command to send and
-# parse, one argument per decision (redis-py encodes and frames each argument: ~1 us).
+# fingerprint (what its pending marker carried), review case score ('' = not a review),
+# record (JSON: a raw SEP never occurs in it). One call appends a whole request's
+# decisions and opens its review cases: atomic, one command to send and parse, one
+# argument per decision (redis-py encodes and frames each argument: ~1 us).
 # No MAXLEN: approximate trimming would drop entries nobody archived (the worker trims).
 _APPEND = """
 local ttl, keys = ARGV[1], ARGV[2]
@@ -148,12 +148,11 @@ local ids = {}
 for i = 3, #ARGV do
   local tid, fp, review, record = match(ARGV[i], fields)
   if not tid then
-    return redis.error_reply('decisions: argument ' .. i .. ' must be 4 fields joined by the separator')
+    return redis.error_reply('decisions: argument ' .. i .. ' must be 4 fields joined by '
+                             .. 'the separator')
   end
-  local key = keys .. tid
-  if fp == '' then fp = string.sub(redis.call('GET', key) or '?', 2) end
   local id = redis.call('XADD', stream, '*', 'transaction_id', tid, 'record', record)
-  redis.call('SET', key, id .. '/' .. fp, 'EX', ttl)
+  redis.call('SET', keys .. tid, id .. '/' .. fp, 'EX', ttl)
   if review ~= '' then redis.call('ZADD', open, review, tid) end
   ids[i - 2] = id
 end
@@ -204,12 +203,11 @@ class DecisionLog:
     def reviews_open_key(self, part: int) -> str:
         return partition_tag(part, self.partitions) + self.reviews_open
 
-    def record(self, decisions: Sequence[Decision],
-               fingerprints: Sequence[str] | None = None) -> list[str]:
+    def record(self, decisions: Sequence[Decision], fingerprints: Sequence[str]) -> list[str]:
         """Append ``decisions`` atomically (one script call: all or, on failure, none;
         on a cluster one per partition, see the module's note); their stream ids.
         ``fingerprints``: each transaction's payload fingerprint (its pending marker's),
-        which its key keeps beside the stream id; read from the key when not given."""
+        which its key keeps beside the stream id."""
         if not decisions:
             return []
         sep = SEP
@@ -228,8 +226,7 @@ class DecisionLog:
             for n in members:
                 d = decisions[n]
                 review = repr(d.scored_at) if d.decision == "review" else ""
-                fp = fingerprints[n] if fingerprints is not None else ""
-                args.append(f"{d.transaction_id}{sep}{fp}{sep}{review}{sep}".encode()
+                args.append(f"{d.transaction_id}{sep}{fingerprints[n]}{sep}{review}{sep}".encode()
                             + d.to_record())
             calls.append((members, keys, args))
         if len(calls) == 1:
