@@ -289,8 +289,62 @@ class HybridPredictor:
 
     def score(self, xs: Sequence[Mapping[str, float]], k: int
               ) -> tuple[list[float], list[list[Reason]]]:
+        if len(xs) == 1:
+            score, reasons = self._score_one(xs[0], k)
+            return [score], [reasons]
         scores, reasons = self.score_matrix(self.matrix(xs), k)
         return _clip(scores, 0.0, 1.0).tolist(), reasons
+
+    def _score_one(self, x: Mapping[str, float], k: int) -> tuple[float, list[Reason]]:
+        """``score_matrix`` of one row (a /score request) with the linear layer in plain
+        Python (numpy's per-call overhead dominates at this size). The same operations in
+        the same order, numpy's own log1p and exp, and the layer summed as numpy sums a
+        row: a transaction scored alone gets the score it gets in a batch, to the bit."""
+        row = list(map(x.get, self.feature_names, itertools.repeat(0.0)))
+        X = np.array([row], dtype=np.float64)
+        raw, C = self.trees.raw_and_contributions(X)
+        logs = np.log1p(np.maximum(X[0], 0.0)).tolist()
+        a = self.tree_weight
+        linear, contribution = [], []
+        for v, lg, c, (logged, mean, inv_std, w) in zip(row, logs, C[0].tolist(),
+                                                        self._columns):
+            if logged:  # prep: log1p of the positive part, plus the negative part
+                v = lg + (v if v < 0.0 else 0.0)
+            lin = (v - mean) * inv_std * w
+            linear.append(lin)
+            contribution.append(a * c + lin)
+        z = a * float(raw[0]) + _row_sum(linear) + self.intercept
+        e = float(np.exp(np.array([-min(max(z, -35.0), 35.0)]))[0])
+        score = min(max(1.0 / (1.0 + e), 0.0), 1.0)
+        return score, _top_row(self.feature_names, row, contribution, k) if k > 0 else []
+
+    @functools.cached_property
+    def _columns(self) -> list[tuple[bool, float, float, float]]:
+        return list(zip(self.log_mask.tolist(), self.mean.tolist(), self.inv_std.tolist(),
+                        self.weights.tolist()))
+
+
+def _row_sum(values: list[float]) -> float:
+    """``np.sum`` of a row of float64, to the bit: numpy sums up to 8 values in order and
+    longer rows (up to its block of 128) in 8 interleaved partial sums, combined pairwise,
+    then the tail in order."""
+    n = len(values)
+    if n < 8:
+        total = 0.0
+        for v in values:
+            total += v
+        return total
+    if n > 128:
+        return float(np.sum(np.array(values)))
+    r = values[:8]
+    end = n - n % 8
+    for i in range(8, end, 8):
+        for j in range(8):
+            r[j] += values[i + j]
+    total = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+    for i in range(end, n):
+        total += values[i]
+    return total
 
 
 _controller: Any = None

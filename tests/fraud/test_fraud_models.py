@@ -158,3 +158,22 @@ def test_the_hybrid_snapshot_arrays_give_the_same_predictor() -> None:
     b = fresh.predictor(model.layer_arrays()).predict(X)
     assert np.allclose(a, b)
     assert np.allclose(a, [model.predict_proba_one(x) for x in xs[:50]])
+
+
+def test_the_hybrid_scores_one_row_as_it_scores_it_in_a_batch_to_the_bit() -> None:
+    """A /score request takes a shorter path (QuickScorer exits, plain-Python layer) than a
+    batch; after learning (the layer's weights no longer zero) and with an absent feature,
+    the two give the same score and the same reasons, bit for bit."""
+    xs, ys = _data(2000)
+    model = _fit("hybrid-gbm", xs, ys)
+    for x, y in zip(xs[:300], ys[:300]):
+        model.learn_one(x, bool(y))
+    p = model.predictor()
+    rows, _ = _data(60, seed=5)
+    del rows[3]["card_count_1h"]
+    many, many_reasons = p.score(rows, 3)
+    for i, x in enumerate(rows):
+        [one], [reasons] = p.score([x], 3)
+        assert one == many[i], (i, one, many[i])
+        assert reasons == many_reasons[i], (i, reasons, many_reasons[i])
+    assert any(r for r in many_reasons) and len(set(many)) > 30
