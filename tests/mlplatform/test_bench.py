@@ -253,3 +253,33 @@ def test_bench_command_writes_the_report(tmp_path: Path, redis_url: str) -> None
     assert row["name"] == "baseline.ping" and row["ratio_to_baseline"] == 1.0
     assert row["saturation"]["requests"] > 0 and row["half_rate"]["requests"] > 0
     assert "baseline.ping" in proc.stdout
+
+
+def test_the_fraud_pool_keeps_the_files_times_moved_to_now(tmp_path: Path) -> None:
+    """The fraud bench replays the latest transactions of the file in time order with
+    their own gaps, the last one now: not every card at one instant (a card-testing burst
+    on every card, which measured the velocity windows rather than the service)."""
+    from datetime import UTC, datetime, timedelta
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mlplatform.bench.payloads import _transactions
+
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    n = 50
+    stamps = [start + timedelta(hours=3 * i) for i in reversed(range(n))]  # file unsorted
+    pq.write_table(pa.table({
+        "timestamp": stamps, "card_id": [f"c{i % 7}" for i in range(n)],
+        "merchant_id": ["m1"] * n, "amount": [float(i) for i in range(n)],
+        "currency": ["EUR"] * n, "country": ["FR"] * n, "channel": ["online"] * n,
+        "device_id": [None if i % 2 else f"d{i}" for i in range(n)]}),
+        tmp_path / "transactions.parquet")
+    txs = _transactions(tmp_path, 20)
+    assert len(txs) == 20
+    ts = [datetime.strptime(t["timestamp"], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp() for t in txs]
+    assert all(b - a == pytest.approx(3 * 3600) for a, b in zip(ts, ts[1:]))
+    assert abs(ts[-1] - datetime.now(UTC).timestamp()) < 60
+    # The latest 20 of the file (amounts 0..19: the file was written newest first).
+    assert [t["amount"] for t in txs] == [float(i) for i in reversed(range(20))]
+    assert "device_id" not in txs[0] and txs[1]["device_id"] == "d18"

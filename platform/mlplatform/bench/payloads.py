@@ -124,29 +124,47 @@ def _recommender(shop: Path, rng: random.Random, batch_size: int) -> list[Endpoi
 
 
 TX_FIELDS = ("card_id", "merchant_id", "amount", "currency", "country", "channel", "device_id")
+# Distinct transactions in the fraud pools: more than a 10 s measurement sends at the
+# single endpoint, a few cycles of the batch one (the simulated month holds 150,000).
+FRAUD_POOL = 30_000
 
 
-def _transactions(payments: Path, rng: random.Random, n: int) -> list[dict[str, Any]]:
+def _transactions(payments: Path, n: int) -> list[dict[str, Any]]:
+    """The latest ``n`` transactions of the file, in time order, moved so that the last
+    one happens now: each card, device and merchant arrives with the history and the
+    gaps the file gave it (most cards a transaction or two a day, a few in bursts).
+
+    Stamping every transaction "now" (as the bench did until 2026-12-07) made the pool a
+    card-testing attack on every card at once: as the generator cycled the pool, each
+    card piled up dozens of transactions at one instant, and the velocity windows, not
+    the service, set the figures. A cycle still repeats the pool at the same times, so
+    the pool is made larger than a measurement sends where the file allows.
+    """
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     path = payments / "transactions.parquet"
     if not path.is_file():
         raise MLSuiteError(f"no transactions.parquet in {payments}: simulate the data first "
                            f"(`mlsuite simulate`)")
-    table = pq.read_table(path, columns=list(TX_FIELDS))
-    rows = rng.sample(range(table.num_rows), min(n, table.num_rows))
-    picked = table.take(rows).to_pylist()
-    # The transactions happen now: velocity windows and freshness checks see live traffic.
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return [{"timestamp": now, **{k: v for k, v in row.items() if v is not None}} for row in picked]
+    table = pq.read_table(path, columns=["timestamp", *TX_FIELDS])
+    table = table.take(pc.sort_indices(table, [("timestamp", "ascending")]))
+    table = table.slice(max(0, table.num_rows - n))
+    stamps = [t.timestamp() for t in table.column("timestamp").to_pylist()]
+    shift = datetime.now(UTC).timestamp() - (stamps[-1] if stamps else 0.0)
+    rows = table.select(list(TX_FIELDS)).to_pylist()
+    return [{"timestamp": datetime.fromtimestamp(ts + shift, UTC).strftime(
+                 "%Y-%m-%dT%H:%M:%S.%fZ"),
+             **{k: v for k, v in row.items() if v is not None}}
+            for ts, row in zip(stamps, rows)]
 
 
 def _fraud(payments: Path, rng: random.Random, batch_size: int) -> list[Endpoint]:
-    txs = _transactions(payments, rng, 4000)
+    txs = _transactions(payments, FRAUD_POOL)
     singles = tuple(("/v1/transactions/score",
                      _json({"transaction_id": f"bench-{UNIQUE}", **t})) for t in txs)
     batches = []
-    for b in range(max(1, min(200, len(txs) // batch_size))):
+    for b in range(max(1, len(txs) // batch_size)):
         chunk = [{"transaction_id": f"bench-{UNIQUE}-{k}", **txs[(b * batch_size + k) % len(txs)]}
                  for k in range(batch_size)]
         batches.append(("/v1/transactions/score/batch", _json({"transactions": chunk})))
@@ -171,7 +189,7 @@ _CAMEL = {"card_id": "cardId", "merchant_id": "merchantId", "device_id": "device
 def _graphql(data_dir: Path, rng: random.Random) -> list[Endpoint]:
     users = _column(data_dir / "shop" / "users.parquet", "user_id")
     rng.shuffle(users)
-    txs = _transactions(data_dir / "payments", rng, 4000)
+    txs = _transactions(data_dir / "payments", 4000)
     recommend = tuple(("/graphql", _json({"query": _GQL_RECOMMEND, "variables": {"u": u}}))
                       for u in users[:pool_size(len(users))])
     score = tuple(("/graphql", _json({"query": _GQL_SCORE, "variables": {"t": {
