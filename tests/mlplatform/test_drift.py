@@ -301,3 +301,32 @@ def test_window_reads_in_chunks_keeps_the_newest_and_skips_bad_records(
     assert not whole.truncated and len(whole.rows) == 2499 and all(whole.in_window)
     recent = live_rows(redis_client, lake, source, now - 100, now)
     assert len(recent.rows) == 100 - 1  # the bad record is among the newest hundred
+
+
+def test_live_values_are_counted_as_one_value_at_a_time_would_count_them() -> None:
+    """The report counts distinct values in one pass and converts all-number columns at
+    once; the counts and numbers are those of keying and filtering each value alone,
+    whatever the mix: 1 == 1.0 == True, -0.0 apart from 0, text, missing, NaN, lists."""
+    import random
+
+    from mlplatform.monitoring.driftreport import _category_counts, _json_row, _numbers
+    from mlplatform.monitoring.reference import category_key
+
+    def one_at_a_time(values: list) -> dict:
+        counts: dict = {}
+        for v in values:
+            counts[category_key(v)] = counts.get(category_key(v), 0) + 1
+        return counts
+
+    rng = random.Random(3)
+    pools = [[0, 0.0, -0.0, False, True, 1, 1.0, 2.5, "web", None, float("nan"), 10**17, 1e17],
+             [0.0, -0.0, 1.0], [0, 1, True, False], [[1], 0.0, -0.0, "x"]]
+    for pool in pools:
+        for _ in range(300):
+            values = [rng.choice(pool) for _ in range(rng.randint(0, 40))]
+            assert _category_counts(values) == one_at_a_time(values), values
+            numbers = np.array([v for v in values if isinstance(v, (int, float))], dtype=float)
+            assert np.array_equal(_numbers(values), numbers, equal_nan=True), values
+    assert _category_counts([-0.0, 0.0, 0, False]) == {"-0": 1, "0": 3}
+    # What Python's JSON reads and msgspec refuses still reads (NaN from a json.dumps).
+    assert math.isnan(_json_row('{"x": NaN}')["x"]) and _json_row('{"x": 1}') == {"x": 1}
