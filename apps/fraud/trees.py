@@ -27,12 +27,16 @@ True
 >>> bool(np.allclose(raw, trees.expected + C.sum(axis=1)))
 True
 
-A model file holds the trees, not the tables derived from them (rebuilt on loading):
+A model file (a signed pickle) holds the trees, not the tables derived from them, which
+are rebuilt on loading:
 
->>> import pickle
->>> body = pickle.dumps(trees)
->>> b"_tables" in body, bool((pickle.loads(body).raw(X[:50]) == trees.raw(X[:50])).all())
+>>> state = trees.__getstate__()
+>>> "_tables" in state, "_tables" in vars(trees)
 (False, True)
+>>> restored = object.__new__(TreeEnsemble)
+>>> restored.__setstate__(state)
+>>> bool((restored.raw(X[:50]) == trees.raw(X[:50])).all()), "_tables" in vars(restored)
+(True, True)
 
 One row (a /score request) takes a shorter walk with the same bits as in a batch, missing
 values included:
