@@ -166,7 +166,7 @@ class TreeEnsemble:
         of five per level; the same comparisons as the walk, so the same leaves."""
         masks = self._masks
         assert masks is not None
-        rules_out, feature, threshold, missing_right, starts, leaves = masks
+        rules_out, feature, threshold, missing_right, starts, leaves, first = masks
         v = x[feature]
         right = v > threshold
         if math.isnan(np.add.reduce(x)):  # any NaN (an overflow to inf - inf only costs this)
@@ -175,14 +175,14 @@ class TreeEnsemble:
         out = np.bitwise_or.reduceat(rules_out & -right.astype(np.uint64), starts)
         alive = ~out
         lowest = alive & -alive
-        return leaves[np.log2(lowest).astype(np.int64) + self._tables[2]]
+        return leaves[np.log2(lowest).astype(np.int64) + first]
 
     @functools.cached_property
-    def _tables(self) -> tuple[Any, tuple[np.ndarray, np.ndarray], np.ndarray]:
+    def _tables(self) -> tuple[Any, tuple[np.ndarray, np.ndarray]]:
         """Per leaf, its root path's features and credits (padded with zero credits to
         the depth); per split, the QuickScorer mask of the leaves it keeps when the row
-        goes right (None when a tree has more than 64 leaves: the walk serves then); per
-        tree, the position of its first leaf in the leaves' list."""
+        goes right, with each tree's exit candidates (its leaves, left to right, from
+        ``first[tree]`` on); None when a tree has more than 64 leaves (the walk serves)."""
         internal = self.left != np.arange(len(self.left))
         depth = max(self.depth, 1)
         size = len(self.left)
@@ -231,8 +231,9 @@ class TreeEnsemble:
             rules_out = np.where(internal[nodes], left_leaves, np.uint64(0))
             starts = np.searchsorted(tree_of[nodes], np.arange(len(self.roots)))
             masks = (rules_out, self.feature[nodes], self.threshold[nodes],
-                     ~self.missing_left[nodes], starts, np.asarray(leaf_nodes, dtype=np.int64))
-        return masks, (path_feature, path_credit), leaf_base
+                     ~self.missing_left[nodes], starts, np.asarray(leaf_nodes, dtype=np.int64),
+                     leaf_base)
+        return masks, (path_feature, path_credit)
 
     @property
     def _masks(self) -> Any:
