@@ -166,8 +166,10 @@ class DecisionLog:
     (from Redis, or from the lake once the stream entry was archived and trimmed)."""
 
     def __init__(self, client: redis.Redis, prefix: str, key_ttl_seconds: int,
-                 lake: Lake | None = None) -> None:
+                 lake: Lake | None = None, commands: Any = None) -> None:
         self._redis = client
+        # What sends a single call (``RedisVelocityStore``'s ``commands``).
+        self._commands = commands or client
         self.prefix = prefix
         # The stream's name (its partitions' base name on a cluster: ``stream_key``).
         self.stream = f"{prefix}decisions"
@@ -241,11 +243,11 @@ class DecisionLog:
 
     def _eval(self, keys: list[str], args: list[Any]) -> Any:
         try:
-            return self._redis.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+            return self._commands.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
             # A restarted Redis lost its scripts: nothing was applied.
             self._sha = self._redis.script_load(_APPEND)
-            return self._redis.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+            return self._commands.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
 
     def _eval_many(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         """One script call per partition, pipelined (one round trip per master). Calls

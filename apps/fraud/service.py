@@ -66,6 +66,7 @@ from fraud.velocity import Claimed, History, RedisVelocityStore, velocity_featur
 from mlplatform.config import Settings
 from mlplatform.errors import Conflict, Unavailable
 from mlplatform.lake import Lake
+from mlplatform.redisdb import DirectCommands, is_cluster
 from mlplatform.security.pii import tokeniser
 from mlplatform.snapshots import Follower, Snapshot, SnapshotStore
 
@@ -131,11 +132,14 @@ class FraudService:
         self.keys = Keys(config.key_prefix, config.model_name)
         # Card and device ids are tokens from the request's parsing on (``fraud.pii``).
         self.pii = tokeniser(settings)
-        self.velocity = RedisVelocityStore(client, config.key_prefix)
+        # A score's two script calls (velocity, then the decision) skip redis-py's
+        # per-command layers on a single server (``DirectCommands``).
+        self._direct = None if is_cluster(client) else DirectCommands(client)
+        self.velocity = RedisVelocityStore(client, config.key_prefix, self._direct)
         key_ttl = int(settings.stream_retention_seconds
                       + max(KEY_MARGIN_SECONDS, 2 * settings.archive_interval_seconds))
         self.decisions = DecisionLog(client, config.key_prefix, key_ttl,
-                                     Lake.from_settings(settings))
+                                     Lake.from_settings(settings), self._direct)
         self.labels = LabelStream(client, self.decisions, config.decision_ttl_seconds)
         self.profile_updates = ProfileUpdates(client, self.keys.profile_updates)
         self.model = ModelView(settings, config, client, self.labels)
@@ -460,6 +464,8 @@ class FraudService:
         }
 
     def close(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
         self.model.stop()
         self.overrides.stop()
         self.lists.close()

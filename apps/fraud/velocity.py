@@ -714,10 +714,14 @@ _TTLS = (str(WINDOW_KEY_TTL), str(CARD_KEY_TTL))
 
 class RedisVelocityStore:
     """Velocity state in Redis, shared by every replica; one script call per chunk of
-    transactions (a request of up to ``CHUNK`` transactions is one command)."""
+    transactions (a request of up to ``CHUNK`` transactions is one command).
+    ``commands``: what sends a single call (``mlplatform.redisdb.DirectCommands`` on a
+    service's request path; the client by default)."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "fraud:") -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "fraud:",
+                 commands: Any = None) -> None:
         self._redis = client
+        self._commands = commands or client
         self._prefix = prefix
         self._sha = client.register_script(_OBSERVE).sha
         self._undo = client.register_script(_UNDO)
@@ -969,10 +973,10 @@ class RedisVelocityStore:
 
     def _eval(self, args: list[str]) -> Any:
         try:
-            return self._redis.execute_command("EVALSHA", self._sha, 0, *args)
+            return self._commands.execute_command("EVALSHA", self._sha, 0, *args)
         except redis.exceptions.NoScriptError:
             self._sha = self._redis.script_load(_OBSERVE)
-            return self._redis.execute_command("EVALSHA", self._sha, 0, *args)
+            return self._commands.execute_command("EVALSHA", self._sha, 0, *args)
 
     def _pipeline(self, commands: list[list[str]]) -> list[Any]:
         # Not MULTI: each script is atomic on its own, and the pipeline keeps their order.

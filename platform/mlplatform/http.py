@@ -21,6 +21,7 @@ bare 503.
 from __future__ import annotations
 
 import importlib.metadata
+import io
 import logging
 import os
 import re
@@ -166,8 +167,20 @@ def get_redis(app: Flask | None = None) -> redis.Redis:
 # -- request parsing ---------------------------------------------------------------------
 
 def body_bytes() -> bytes:
-    """The request's body, or BadRequest(field="body") when it is empty."""
-    data = request.get_data(cache=True)
+    """The request's body, or BadRequest(field="body") when it is empty.
+
+    A body of declared length (within the limit: the request hook refused larger) is one
+    read of the server's input, left behind as a buffer for any later reader. Werkzeug's
+    ``get_data`` reads through a limited stream in chunks until it sees the end: under
+    granian that cost about 60 us of machine CPU per request (``mlsuite bench``)."""
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    length = req.content_length
+    if length is not None and "stream" not in req.__dict__:  # nothing read it yet
+        environ = req.environ
+        data = environ["wsgi.input"].read(length)
+        environ["wsgi.input"] = io.BytesIO(data)
+    else:
+        data = req.get_data(cache=True)
     if not data:
         raise BadRequest("request body must be a JSON document, got an empty body", field="body")
     return data

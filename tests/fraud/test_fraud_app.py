@@ -14,7 +14,7 @@ from flask import Flask
 from fraud.app import get_service
 from mlplatform.config import Settings
 from mlplatform.errors import Unavailable
-from mlplatform.redisdb import free_port
+from mlplatform.redisdb import DirectCommands, free_port
 
 Tx = Callable[..., dict[str, Any]]
 
@@ -235,6 +235,7 @@ def test_a_request_costs_two_redis_round_trips_whatever_its_size(
     service = get_service(app)
     plain = service.redis.execute_command
     piped = redis.client.Pipeline.execute
+    direct = DirectCommands.execute_command  # the scoring scripts' own connection
 
     def command(*args: Any, **kw: Any) -> Any:
         if threading.current_thread() is me:
@@ -246,8 +247,14 @@ def test_a_request_costs_two_redis_round_trips_whatever_its_size(
             trips.append("pipeline")
         return piped(self, *args, **kw)
 
+    def direct_command(self: Any, *args: Any) -> Any:
+        if threading.current_thread() is me:
+            trips.append(f"direct {args[0]}")
+        return direct(self, *args)
+
     monkeypatch.setattr(service.redis, "execute_command", command)
     monkeypatch.setattr(redis.client.Pipeline, "execute", pipeline)
+    monkeypatch.setattr(DirectCommands, "execute_command", direct_command)
     batch = [tx(i, card_id=f"c{i % 50 + 1:06d}") for i in range(1, size + 1)]
     if size == 1:
         response = client.post("/v1/transactions/score", json=batch[0])

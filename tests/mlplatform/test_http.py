@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from flask.testing import FlaskClient
 
 from mlplatform.config import Settings
 from mlplatform.errors import BadRequest
 from mlplatform.http import (
     add_readiness_check,
+    body_bytes,
     check_id,
     create_service_app,
     get_redis,
@@ -35,6 +36,12 @@ def _app(settings: Settings) -> Flask:
             raise BadRequest("name must be a string", field="name")
         get_redis().rpush("things", body["name"])
         return jsonify({"ok": True}), 201
+
+    @app.post("/v1/echo")
+    def echo():  # type: ignore[no-untyped-def]
+        first = body_bytes()
+        return jsonify({"again": body_bytes() == first, "werkzeug": request.get_data() == first,
+                        "size": len(first)})
 
     @app.get("/v1/boom")
     def boom():  # type: ignore[no-untyped-def]
@@ -71,6 +78,13 @@ def test_errors_are_json_naming_the_field(client: FlaskClient, method: str, path
     assert message in error["message"]
     assert error.get("field") == field
     assert error["request_id"] == resp.headers["X-Request-ID"]
+
+
+@pytest.mark.parametrize("body", [b"{}", "é".encode() * 1000], ids=["small", "2000 bytes"])
+def test_a_body_read_once_reads_the_same_for_any_later_reader(client: FlaskClient,
+                                                              body: bytes) -> None:
+    answer = client.post("/v1/echo", data=body).get_json()
+    assert answer == {"again": True, "werkzeug": True, "size": len(body)}
 
 
 def test_unexpected_error_is_a_json_500_without_internals(client: FlaskClient) -> None:

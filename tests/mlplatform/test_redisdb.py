@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,7 @@ import redis
 from mlplatform.config import Settings
 from mlplatform.errors import Unavailable
 from mlplatform.http import create_service_app
-from mlplatform.redisdb import EmbeddedRedis, connect, free_port, ping
+from mlplatform.redisdb import DirectCommands, EmbeddedRedis, connect, free_port, ping
 
 
 def test_embedded_server_keeps_acknowledged_writes_across_a_restart(tmp_path: Path) -> None:
@@ -44,3 +47,81 @@ def test_ping_names_redis_when_down() -> None:
     with pytest.raises(Unavailable) as err:
         ping(connect(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.3))
     assert err.value.dependency == "redis"
+
+
+# -- DirectCommands: a request path's commands without redis-py's per-command layers ----
+
+_SLOW_SCRIPT = """
+local t0 = redis.call('TIME')
+repeat local t = redis.call('TIME')
+until (t[1] - t0[1]) * 1000000 + (t[2] - t0[2]) > tonumber(ARGV[1])
+return 'late'
+"""
+
+
+def test_direct_commands_answer_as_the_client_does(redis_client: redis.Redis) -> None:
+    direct = DirectCommands(redis_client)
+    redis_client.set("k", "v\x00é")
+    script = "return {KEYS[1], tonumber(ARGV[1]) + 1, redis.call('GET', KEYS[1]), false, {'x'}}"
+    assert direct.execute_command("INCR", "n") == 1
+    assert direct.execute_command("HSET", "h", "a", b"\xff", "b", 2.5) == 2
+    for command in [("GET", "k"), ("GET", "absent"), ("GET", "n"), ("EVAL", script, 1, "k", 41),
+                    ("HGETALL", "h"), ("XLEN", "none")]:
+        assert direct.execute_command(*command) == redis_client.execute_command(*command), command
+    sha = redis_client.script_load(script)
+    with pytest.raises(redis.exceptions.NoScriptError):
+        direct.execute_command("EVALSHA", "0" * 40, 1, "k", 1)
+    with pytest.raises(redis.ResponseError, match="wrong kind of value"):
+        direct.execute_command("HGET", "k", "a")  # a string, not a hash
+    # An error reply leaves the connection in step: the next reply is its own.
+    assert direct.execute_command("EVALSHA", sha, 1, "k", 1)[1] == 2
+    direct.close()
+
+
+def test_direct_commands_use_one_connection_per_thread_and_per_process(
+        redis_client: redis.Redis) -> None:
+    direct = DirectCommands(redis_client)
+    mine = direct.execute_command("CLIENT", "ID")
+    assert direct.execute_command("CLIENT", "ID") == mine  # kept, not reopened
+    theirs: list[int] = []
+    worker = threading.Thread(target=lambda: theirs.append(direct.execute_command("CLIENT", "ID")))
+    worker.start()
+    worker.join()
+    assert theirs and theirs[0] != mine
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # a forked request worker must not share the parent's socket
+        try:
+            os.write(write, str(direct.execute_command("CLIENT", "ID")).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    assert int(os.read(read, 64)) not in (mine, theirs[0])
+    os.close(read)
+    assert direct.execute_command("CLIENT", "ID") == mine  # the child left it working
+    direct.close()
+
+
+def test_direct_commands_reconnect_after_a_restart_and_fail_visibly_while_down(
+        outage_redis: EmbeddedRedis) -> None:
+    direct = DirectCommands(connect(outage_redis.url, socket_timeout=0.5))
+    direct.execute_command("SET", "k", "1")
+    outage_redis.stop()
+    with pytest.raises(redis.ConnectionError):
+        direct.execute_command("GET", "k")
+    outage_redis.start()
+    assert direct.execute_command("GET", "k") == b"1"  # durable, and a new connection
+    direct.close()
+
+
+def test_direct_commands_drop_a_connection_that_timed_out(redis_url: str,
+                                                          redis_client: redis.Redis) -> None:
+    direct = DirectCommands(connect(redis_url, socket_timeout=0.2))
+    redis_client.set("k", "mine")
+    with pytest.raises(redis.TimeoutError):
+        direct.execute_command("EVAL", _SLOW_SCRIPT, 0, 600_000)
+    time.sleep(0.6)  # the script ends; its reply goes to the dropped connection
+    # The script's late reply must not answer the next command.
+    assert direct.execute_command("GET", "k") == b"mine"
+    direct.close()
