@@ -80,12 +80,11 @@ class DirectCommands:
     what the client gives ``execute_command`` (bytes, lists, ints, None); an error
     reply raises redis-py's class for it (``NoScriptError``...).
 
-    Failures, as the client's default retry: a connection found closed or reset is
-    reopened and the command sent once more (as redis-py does, a command that reached
-    a server which then closed the connection can run twice: the callers' scripts are
-    guarded by transaction ids). A timeout drops the connection (its reply could still
-    come) and raises ``redis.TimeoutError``; a server that cannot be reached raises
-    ``redis.ConnectionError``.
+    Failures, as with the client's default retry: a connection found closed or reset is
+    reopened and the command sent once more (so, as with redis-py, a command that ran on
+    a server which then closed the connection before answering can run twice). A timeout
+    drops the connection (its reply could still come) and raises ``redis.TimeoutError``;
+    a server that cannot be reached raises ``redis.ConnectionError``.
     """
 
     def __init__(self, client: redis.Redis) -> None:
