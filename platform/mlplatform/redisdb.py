@@ -104,7 +104,7 @@ class DirectCommands:
             except TimeoutError as exc:
                 self._drop()
                 raise redis.TimeoutError(f"Redis did not answer in time: {exc}") from exc
-            except (OSError, redis.ConnectionError) as exc:
+            except OSError as exc:
                 self._drop()
                 if attempt:
                     raise redis.ConnectionError(f"Redis connection failed: {exc}") from exc
@@ -118,21 +118,19 @@ class DirectCommands:
         raise AssertionError("unreachable")
 
     def _connection(self) -> tuple[Any, Any]:
-        local = self._local
-        held = getattr(local, "held", None)
-        if held is not None and held[0] == os.getpid():
-            return held[1], held[2]
-        conn: Any = self.client.connection_pool.make_connection()
-        conn.connect()  # redis-py: address, TLS, AUTH, SELECT; raises ConnectionError
-        local.conn = conn
-        local.held = (os.getpid(), conn._sock, hiredis.Reader())
-        return local.held[1], local.held[2]
+        """This thread's socket and reply reader (held: the process id, the connection,
+        the reader)."""
+        held = getattr(self._local, "held", None)
+        if held is None or held[0] != os.getpid():
+            conn: Any = self.client.connection_pool.make_connection()
+            conn.connect()  # redis-py: address, TLS, AUTH, SELECT; raises ConnectionError
+            held = self._local.held = (os.getpid(), conn, hiredis.Reader())
+        return held[1]._sock, held[2]
 
     def _drop(self) -> None:
-        local = self._local
-        conn, local.held, local.conn = getattr(local, "conn", None), None, None
-        if conn is not None:
-            conn.disconnect()
+        held, self._local.held = getattr(self._local, "held", None), None
+        if held is not None:
+            held[1].disconnect()  # redis-py's: shuts the socket down only in its own process
 
     def close(self) -> None:
         """Close this thread's connection (the others close with their threads)."""
