@@ -342,6 +342,13 @@ class Stack:
     def worker_pid(self, service: str) -> int:
         return self._workers[service].pid
 
+    def processes(self) -> dict[str, int]:
+        """Each running server (by service) and background worker (``<service> worker``)
+        and its pid: a server's pid is its master, its request workers are children."""
+        out = {s: p.pid for s, p in self._procs.items() if p.poll() is None}
+        out.update({f"{s} worker": p.pid for s, p in self._workers.items() if p.poll() is None})
+        return out
+
     def stop(self) -> None:
         """Stop the workers, the servers, then Redis; safe to call twice."""
         for service, proc in self._workers.items():

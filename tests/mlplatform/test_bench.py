@@ -16,9 +16,11 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from mlplatform.bench.cpu import CpuMeter, format_cpu, per_request
 from mlplatform.bench.loadgen import UNIQUE, LoadResult, Target, percentile, run_load
 from mlplatform.bench.report import build_report, check_targets, format_table
 from mlplatform.config import Settings
@@ -253,6 +255,48 @@ def test_bench_command_writes_the_report(tmp_path: Path, redis_url: str) -> None
     assert row["name"] == "baseline.ping" and row["ratio_to_baseline"] == 1.0
     assert row["saturation"]["requests"] > 0 and row["half_rate"]["requests"] > 0
     assert "baseline.ping" in proc.stdout
+    # Where the saturation window's machine time went: the server's share is real work,
+    # and the same figures are printed for people.
+    cpu = row["saturation"]["cpu"]
+    assert cpu["us_per_request"]["baseline"] > 0 and cpu["busy_cores"] > 0
+    assert {"redis", "generator", "other"} <= set(cpu["us_per_request"])
+    assert "CPU baseline.ping: baseline " in proc.stdout
+
+
+def test_the_cpu_meter_counts_a_servers_children_and_redis(redis_client: Any) -> None:
+    """A parent whose child burns CPU is charged with it (a server's request workers are
+    children of its master), and a script Redis runs is charged to Redis."""
+    burn = ("import subprocess, sys; sys.stdin.readline(); subprocess.run([sys.executable, '-c', "
+            "'import time\\nt = time.process_time()\\nwhile time.process_time() - t < 0.6: pass'])"
+            "; print('done', flush=True); sys.stdin.read()")
+    parent = subprocess.Popen([sys.executable, "-c", burn], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert parent.stdin is not None and parent.stdout is not None
+    try:
+        meter = CpuMeter({"server": parent.pid}, redis_client)
+        before = meter.snapshot()
+        parent.stdin.write("go\n")
+        parent.stdin.flush()
+        # Redis runs a Lua loop: some 0.1 s of its own CPU.
+        redis_client.eval("local x = 0 for i = 1, 3000000 do x = x + i end return 1", 0)
+        assert parent.stdout.readline().strip() == "done"
+        after = meter.snapshot()
+    finally:
+        parent.communicate("", timeout=30)
+    assert after.processes["server"] - before.processes["server"] >= 0.5
+    cpu = per_request(before, after, requests_per_s=10.0)
+    assert cpu["us_per_request"]["redis"] > 0.02 / (after.at - before.at) / 10 * 1e6
+    assert cpu["us_per_request"]["server"] > cpu["us_per_request"]["redis"]
+    assert after.redis_local and after.cores >= 1 and after.busy > before.busy
+
+
+def test_cpu_lines_name_the_largest_parts_and_redis_ceiling() -> None:
+    cpu = {"cores": 2, "busy_cores": 1.9, "us_per_item": {"fraud": 200.0, "redis": 100.0,
+                                                          "generator": 1.0, "other": 20.0},
+           "us_per_request": {}, "redis_ceiling_per_s": 10000.0}
+    line = format_cpu("fraud.batch", cpu)
+    assert line.startswith("fraud.batch: fraud 200, redis 100, other 20 us/item")
+    assert "generator" not in line and "at most 10,000 items/s per Redis core" in line
 
 
 def test_the_fraud_pool_keeps_the_files_times_moved_to_now(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlplatform.bench.cpu import CpuMeter, CpuSnapshot, format_cpu, per_request
 from mlplatform.bench.loadgen import UNIQUE, LoadResult, Progress, run_load
 from mlplatform.bench.payloads import NEEDS, Endpoint, endpoints_for
 from mlplatform.bench.report import add_ratios, build_report, format_row, format_table, write_json
@@ -124,14 +125,26 @@ def preflight(endpoint: Endpoint, host: str, port: int,
 
 def measure_endpoint(endpoint: Endpoint, host: str, port: int, opts: BenchOptions,
                      say: Callable[[str], None] = print,
-                     headers: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Saturation, then half of its peak: one report row (``headers``: the API key)."""
+                     headers: Mapping[str, str] | None = None,
+                     meter: CpuMeter | None = None) -> dict[str, Any]:
+    """Saturation, then half of its peak: one report row (``headers``: the API key;
+    ``meter``: the stack's processes, read over the saturation window for the CPU each
+    spent per request, in ``saturation.cpu``)."""
     preflight(endpoint, host, port, headers)
     target = endpoint.target(host, port, headers)
     bar = _Bar(f"{endpoint.name} saturation", opts.warmup + opts.duration, opts.progress, say)
+    marks: dict[str, CpuSnapshot] = {}
+
+    def progress(p: Progress) -> None:
+        # The measured window opens at "measure" and closes at "drain" (called five times
+        # a second: the snapshots' own times are used, so the rates stay exact).
+        if meter is not None and p.phase in ("measure", "drain") and p.phase not in marks:
+            marks[p.phase] = meter.snapshot()
+        bar(p)
+
     try:
         peak = run_load(target, connections=opts.connections, duration=opts.duration,
-                        warmup=opts.warmup, processes=opts.processes, progress=bar)
+                        warmup=opts.warmup, processes=opts.processes, progress=progress)
     finally:
         bar.close()
     row: dict[str, Any] = {
@@ -139,6 +152,13 @@ def measure_endpoint(endpoint: Endpoint, host: str, port: int, opts: BenchOption
         "unit": endpoint.unit, "items_per_request": endpoint.items_per_request,
         "saturation": peak.summary(), "half_rate": None,
     }
+    if meter is not None and "measure" in marks:
+        end = marks.get("drain") or meter.snapshot()
+        cpu = per_request(marks["measure"], end, requests_per_s=peak.rps,
+                          items_per_request=endpoint.items_per_request,
+                          generator_cores=peak.generator_cpu / peak.duration)
+        if cpu:
+            row["saturation"]["cpu"] = cpu
     if peak.rps > 0:
         rate = peak.rps / 2
         warm = min(opts.warmup, 1.0)
@@ -194,6 +214,8 @@ def _run_pass(settings: Settings, opts: BenchOptions, say: Callable[[str], None]
     """Start the stack on ``settings``' Redis and measure every endpoint into ``rows``;
     a ``suffix`` pass (another Redis) leaves out the baseline, which does not touch it."""
     # Services measured, and those they need running behind them (GraphQL's upstreams).
+    from mlplatform.redisdb import connect
+
     needed = [n for s in opts.services for n in NEEDS.get(s, ()) if n not in opts.services]
     with Stack(settings, [*needed, *opts.services], server=opts.server, workers=opts.workers,
                name="bench", say=say) as stack:
@@ -205,17 +227,25 @@ def _run_pass(settings: Settings, opts: BenchOptions, say: Callable[[str], None]
         if suffix:
             endpoints = [e for e in endpoints if e.service != "baseline"]
         say("")
-        for endpoint in endpoints:
-            _wait_for_idle_workers(stack, say)
-            row = measure_endpoint(endpoint, "127.0.0.1", stack.ports[endpoint.service], opts, say,
-                                   stack.auth_headers)
-            row["name"] += suffix
-            rows.append(row)
-            dead = [s for s in opts.services if s not in stack.alive()]
-            if dead:
-                raise RuntimeError(f"{', '.join(dead)} exited during the bench")
-            add_ratios(rows)
-            say(format_row(row))
+        client = connect(stack.settings.redis_url) if stack.settings.redis_url else None
+        try:
+            for endpoint in endpoints:
+                _wait_for_idle_workers(stack, say)
+                meter = CpuMeter(stack.processes(), client)
+                row = measure_endpoint(endpoint, "127.0.0.1", stack.ports[endpoint.service],
+                                       opts, say, stack.auth_headers, meter)
+                row["name"] += suffix
+                rows.append(row)
+                dead = [s for s in opts.services if s not in stack.alive()]
+                if dead:
+                    raise RuntimeError(f"{', '.join(dead)} exited during the bench")
+                add_ratios(rows)
+                say(format_row(row))
+                if row["saturation"].get("cpu"):
+                    say("    CPU " + format_cpu(row["name"], row["saturation"]["cpu"]))
+        finally:
+            if client is not None:
+                client.close()
 
 
 def run_bench(settings: Settings, opts: BenchOptions, say: Callable[[str], None] = print

@@ -160,6 +160,12 @@ def format_table(report: dict[str, Any]) -> str:
     ]
     lines += [format_row(r) for r in report["endpoints"]]
     lines.append("")
+    cpu_rows = [r for r in report["endpoints"] if (r.get("saturation") or {}).get("cpu")]
+    if cpu_rows:
+        from mlplatform.bench.cpu import format_cpu
+
+        lines.append("  CPU at saturation, per request or item (where the machine went):")
+        lines += [f"    {format_cpu(r['name'], r['saturation']['cpu'])}" for r in cpu_rows]
     for r in report["endpoints"]:
         if r.get("ratio_to_rest") is not None:
             lines.append(f"  {r['name']}: {r['ratio_to_rest']:.0%} of "
