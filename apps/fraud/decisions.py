@@ -136,7 +136,9 @@ class Decision:
 # fingerprint (what its pending marker carried), review case score ('' = not a review),
 # record (JSON: a raw SEP never occurs in it). One call appends a whole request's
 # decisions and opens its review cases: atomic, one command to send and parse, one
-# argument per decision (redis-py encodes and frames each argument: ~1 us).
+# argument per decision (redis-py encodes and frames each argument: ~1 us). A decision
+# whose key already points at a stream entry is not appended again: the same call sent
+# twice (a client's retry after a connection reset) answers the first run's ids.
 # No MAXLEN: approximate trimming would drop entries nobody archived (the worker trims).
 _APPEND = """
 local ttl, keys = ARGV[1], ARGV[2]
@@ -151,13 +153,22 @@ for i = 3, #ARGV do
     return redis.error_reply('decisions: argument ' .. i .. ' must be 4 fields joined by '
                              .. 'the separator')
   end
-  local id = redis.call('XADD', stream, '*', 'transaction_id', tid, 'record', record)
-  redis.call('SET', keys .. tid, id .. '/' .. fp, 'EX', ttl)
-  if review ~= '' then redis.call('ZADD', open, review, tid) end
-  ids[i - 2] = id
+  -- Recorded already ("<id>/<fp>", not the pending marker): this is the same call sent
+  -- again (a connection reset after the server ran it, and the client's retry), so the
+  -- first run's id is the answer and nothing is appended twice.
+  local held = redis.call('GET', keys .. tid)
+  local done = held and string.sub(held, 1, 1) ~= '@PENDING@' and match(held, '^([^/]*)/')
+  if done then
+    ids[i - 2] = done
+  else
+    local id = redis.call('XADD', stream, '*', 'transaction_id', tid, 'record', record)
+    redis.call('SET', keys .. tid, id .. '/' .. fp, 'EX', ttl)
+    if review ~= '' then redis.call('ZADD', open, review, tid) end
+    ids[i - 2] = id
+  end
 end
 return ids
-"""
+""".replace("@PENDING@", PENDING)
 SEP = "\x1f"
 
 
@@ -209,7 +220,8 @@ class DecisionLog:
         """Append ``decisions`` atomically (one script call: all or, on failure, none;
         on a cluster one per partition, see the module's note); their stream ids.
         ``fingerprints``: each transaction's payload fingerprint (its pending marker's),
-        which its key keeps beside the stream id."""
+        which its key keeps beside the stream id. Sent again after its first run (a
+        retry), a call appends nothing and answers the same ids."""
         if not decisions:
             return []
         sep = SEP

@@ -67,6 +67,37 @@ def test_every_decision_is_logged_with_its_features(app: Flask, client: Any, tx:
     assert retention < ttl <= service.decisions.key_ttl_seconds == retention + margin
 
 
+def test_a_decision_call_sent_twice_appends_once(app: Flask, client: Any, tx: Tx,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection reset after Redis ran the decision script, but before its answer,
+    makes the client send the same call again (DirectCommands and redis-py both retry
+    once): the records are appended once and the answer is the first run's ids."""
+    log = get_service(app).decisions
+    once, once_many = log._eval, log._eval_many
+    first: list[Any] = []
+
+    def twice(keys: list[str], args: list[Any]) -> Any:
+        first.append(once(keys, args))  # the run whose answer the reset lost
+        return once(keys, args)
+
+    def twice_many(calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        first.extend(once_many(calls))
+        return once_many(calls)
+
+    monkeypatch.setattr(log, "_eval", twice)
+    monkeypatch.setattr(log, "_eval_many", twice_many)
+    body = client.post("/v1/transactions/score/batch",
+                       json={"transactions": [tx(21), tx(22)]}).get_json()
+    monkeypatch.undo()
+    entries = {e[1][b"transaction_id"].decode(): e[0].decode()
+               for key in log.stream_keys for e in get_service(app).redis.xrange(key)}
+    assert sorted(entries) == ["t-test-21", "t-test-22"]
+    ran = sorted(i.decode() if isinstance(i, bytes) else str(i) for ids in first for i in ids)
+    assert ran == sorted(entries.values())
+    for r, record in zip(body["results"], log.fetch(["t-test-21", "t-test-22"])):
+        assert json.loads(record)["decision"] == r["decision"]
+
+
 def test_a_retried_transaction_gets_the_same_decision_and_counts_once(
         client: Any, app: Flask, tx: Tx) -> None:
     first = client.post("/v1/transactions/score", json=tx(7)).get_json()
