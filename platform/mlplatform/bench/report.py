@@ -40,7 +40,9 @@ TARGETS: tuple[tuple[str, str, str, float], ...] = (
     # (endpoint, figure, comparison, value)
     ("recommender.recommendations", "ratio_to_baseline", ">=", 0.30),
     ("recommender.recommendations", "half_rate.p99_ms", "<=", 10.0),
-    ("fraud.score", "ratio_to_baseline", ">=", 0.30),
+    # The fraud scorer's issue (rules, lists, reviews, reason codes on every score) set
+    # 0.25 where the first wave asked 0.30.
+    ("fraud.score", "ratio_to_baseline", ">=", 0.25),
     ("fraud.score", "half_rate.p99_ms", "<=", 10.0),
     ("fraud.batch", "saturation.items_per_s", ">=", 10_000.0),
     ("recommender.batch", "saturation.items_per_s", ">=", 5_000.0),
