@@ -260,6 +260,9 @@ def test_bench_command_writes_the_report(tmp_path: Path, redis_url: str) -> None
     cpu = row["saturation"]["cpu"]
     assert cpu["us_per_request"]["baseline"] > 0 and cpu["busy_cores"] > 0
     assert {"redis", "generator", "other"} <= set(cpu["us_per_request"])
+    # The parts measured over the window add up to no more than the machine did.
+    parts = sum(v for k, v in cpu["us_per_request"].items() if k != "other")
+    assert parts * row["saturation"]["requests_per_s"] / 1e6 <= cpu["busy_cores"] * 1.1
     assert "CPU baseline.ping: baseline " in proc.stdout
 
 

@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CpuSnapshot:
-    """CPU seconds used so far, read at ``at`` (monotonic seconds)."""
+    """CPU seconds used so far: the machine and the processes read at ``at``, Redis at
+    ``redis_at`` (monotonic seconds; a round trip to a saturated Redis can take a while,
+    so each source keeps its own time)."""
 
     at: float
     processes: dict[str, float]  # name -> the process's and its children's CPU seconds
@@ -52,13 +54,19 @@ class CpuSnapshot:
     redis_local: bool  # every node runs on this machine (its time is in ``busy``)
     busy: float  # the machine's busy CPU seconds, all cores
     cores: int
+    redis_at: float | None = None  # None: read at ``at``
 
 
 class CpuMeter:
     """Snapshots of the CPU used by ``processes`` (name -> pid) and the Redis behind
-    ``client`` (a ``redis.Redis`` or ``RedisCluster``; None: no Redis)."""
+    ``client`` (a ``redis.Redis`` or ``RedisCluster``; None: no Redis).
 
-    def __init__(self, processes: Mapping[str, int], client: Any | None = None) -> None:
+    ``generator``: also count, as "generator", this process and its other descendants
+    (the load generator's processes), leaving out the named processes' trees and a local
+    Redis started from here."""
+
+    def __init__(self, processes: Mapping[str, int], client: Any | None = None, *,
+                 generator: bool = False) -> None:
         self._procs: dict[str, psutil.Process] = {}
         for name, pid in processes.items():
             try:
@@ -66,17 +74,29 @@ class CpuMeter:
             except psutil.Error:
                 log.warning("cpu meter: process %s (pid %d) is gone; not counted", name, pid)
         self._client = client
+        self._self = psutil.Process() if generator else None
         self._redis_pids: list[int] | None = None
 
     def snapshot(self) -> CpuSnapshot:
-        times = psutil.cpu_times()
-        idle = times.idle + getattr(times, "iowait", 0.0)
+        at, busy = time.monotonic(), _machine_busy()
+        named: dict[str, float] = {}
+        seen: set[int] = set()
+        for name, proc in self._procs.items():
+            members = _members(proc)
+            named[name] = _cpu(members)
+            seen.update(m.pid for m in members)
         redis_cpu, local = self._redis()
-        return CpuSnapshot(
-            at=time.monotonic(),
-            processes={name: _tree_cpu(proc) for name, proc in self._procs.items()},
-            redis=redis_cpu, redis_local=local, busy=sum(times) - idle,
-            cores=psutil.cpu_count() or 1)
+        if self._self is not None:
+            for pid in self._redis_pids or ():  # a local Redis and its forks (a rewrite)
+                if _is_local_redis(pid):
+                    try:
+                        seen.update(m.pid for m in _members(psutil.Process(pid)))
+                    except psutil.Error:
+                        pass
+            named["generator"] = _cpu([m for m in _members(self._self) if m.pid not in seen])
+        return CpuSnapshot(at=at, processes=named, redis=redis_cpu, redis_local=local,
+                           busy=busy, cores=psutil.cpu_count() or 1,
+                           redis_at=time.monotonic())
 
     def _redis(self) -> tuple[float | None, bool]:
         if self._client is None:
@@ -91,6 +111,15 @@ class CpuMeter:
         if self._redis_pids is None:
             self._redis_pids = [int(i.get("process_id", 0)) for i in infos]
         return total, all(_is_local_redis(pid) for pid in self._redis_pids)
+
+
+def _machine_busy() -> float:
+    """The machine's busy CPU seconds: user, nice, system and interrupts. Not idle or
+    iowait, nor steal (a hypervisor ran someone else), nor guest time, which Linux
+    already counts in user and nice."""
+    t = psutil.cpu_times()
+    return (t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0)
+            + getattr(t, "softirq", 0.0))
 
 
 def _node_infos(client: Any) -> list[dict[str, Any]]:
@@ -111,14 +140,18 @@ def _is_local_redis(pid: int) -> bool:
         return False
 
 
-def _tree_cpu(proc: psutil.Process) -> float:
-    """CPU seconds of ``proc`` and its children (a server's worker processes): the live
-    ones read directly, the exited ones through their parent's children times."""
-    total = 0.0
+def _members(proc: psutil.Process) -> list[psutil.Process]:
+    """``proc`` and its live descendants (a server's worker processes)."""
     try:
-        members = [proc, *proc.children(recursive=True)]
+        return [proc, *proc.children(recursive=True)]
     except psutil.Error:
-        return 0.0
+        return []
+
+
+def _cpu(members: list[psutil.Process]) -> float:
+    """CPU seconds of ``members``: the live ones read directly, the exited ones through
+    their parent's children times."""
+    total = 0.0
     for member in members:
         try:
             t = member.cpu_times()
@@ -132,8 +165,8 @@ def per_request(a: CpuSnapshot, b: CpuSnapshot, *, requests_per_s: float,
                 items_per_request: int = 1, generator_cores: float = 0.0) -> dict[str, Any]:
     """The CPU each part spent per request between ``a`` and ``b``, in microseconds.
 
-    ``generator_cores``: the load generator's CPU seconds per second of the same window
-    (it measures its own). Each part's rate (CPU seconds per second) over the rate of
+    ``generator_cores``: the load generator's CPU seconds per second, when the meter
+    did not measure it ("generator" in the snapshots). Each part's rate (CPU seconds per second) over the rate of
     requests; "other" is the machine's busy time that no named part explains."""
     dt = b.at - a.at
     if dt <= 0 or requests_per_s <= 0:
@@ -143,8 +176,10 @@ def per_request(a: CpuSnapshot, b: CpuSnapshot, *, requests_per_s: float,
         if name in a.processes:
             rates[name] = max(0.0, used - a.processes[name]) / dt
     if a.redis is not None and b.redis is not None:
-        rates["redis"] = max(0.0, b.redis - a.redis) / dt
-    rates["generator"] = generator_cores
+        redis_dt = (b.redis_at or b.at) - (a.redis_at or a.at)
+        rates["redis"] = max(0.0, b.redis - a.redis) / (redis_dt if redis_dt > 0 else dt)
+    if "generator" not in rates:
+        rates["generator"] = generator_cores
     busy = max(0.0, b.busy - a.busy) / dt
     on_machine = sum(v for k, v in rates.items() if k != "redis" or b.redis_local)
     rates["other"] = max(0.0, busy - on_machine)

@@ -231,7 +231,9 @@ def _run_pass(settings: Settings, opts: BenchOptions, say: Callable[[str], None]
         try:
             for endpoint in endpoints:
                 _wait_for_idle_workers(stack, say)
-                meter = CpuMeter(stack.processes(), client)
+                # The generator is this process's other children, measured over the
+                # same window (its own figure spans its warm-up and drain too).
+                meter = CpuMeter(stack.processes(), client, generator=True)
                 row = measure_endpoint(endpoint, "127.0.0.1", stack.ports[endpoint.service],
                                        opts, say, stack.auth_headers, meter)
                 row["name"] += suffix
