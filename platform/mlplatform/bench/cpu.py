@@ -165,9 +165,10 @@ def per_request(a: CpuSnapshot, b: CpuSnapshot, *, requests_per_s: float,
                 items_per_request: int = 1, generator_cores: float = 0.0) -> dict[str, Any]:
     """The CPU each part spent per request between ``a`` and ``b``, in microseconds.
 
-    ``generator_cores``: the load generator's CPU seconds per second, when the meter
-    did not measure it ("generator" in the snapshots). Each part's rate (CPU seconds per second) over the rate of
-    requests; "other" is the machine's busy time that no named part explains."""
+    Each part's rate (CPU seconds per second) over the rate of requests; "other" is the
+    machine's busy time that no named part explains. ``generator_cores``: the load
+    generator's CPU seconds per second, used when the snapshots do not measure it (no
+    "generator" among their processes)."""
     dt = b.at - a.at
     if dt <= 0 or requests_per_s <= 0:
         return {}
