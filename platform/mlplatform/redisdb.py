@@ -84,9 +84,9 @@ class DirectCommands:
     reopened and the command sent once more (so, as with redis-py, a command that ran on
     a server which then closed the connection before answering can run twice: the fraud
     scripts sent this way hold for it, the velocity script by its guard and the decision
-    script by the transaction's key). A timeout
-    drops the connection (its reply could still come) and raises ``redis.TimeoutError``;
-    a server that cannot be reached raises ``redis.ConnectionError``.
+    script by the transaction's key). A timeout drops the connection (its reply could
+    still come) and raises ``redis.TimeoutError``; a server that cannot be reached
+    raises ``redis.ConnectionError``.
     """
 
     def __init__(self, client: redis.Redis) -> None:

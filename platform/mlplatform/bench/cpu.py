@@ -13,13 +13,13 @@ too; a Redis on another machine is not subtracted from this machine's time. Its 
 per item is also a ceiling: Redis runs commands on one core, so ``1e6 / us`` items/s is
 the most one Redis server can take at that cost, whatever the number of replicas.
 
->>> a = CpuSnapshot(at=0.0, processes={"fraud": 1.0}, redis=2.0, redis_local=True,
-...                 busy=10.0, cores=2)
->>> b = CpuSnapshot(at=10.0, processes={"fraud": 11.0}, redis=5.0, redis_local=True,
-...                 busy=27.0, cores=2)
->>> cpu = per_request(a, b, requests_per_s=1000.0, generator_cores=0.2)
+>>> a = CpuSnapshot(at=0.0, processes={"fraud": 1.0, "generator": 0.0}, redis=2.0,
+...                 redis_local=True, busy=10.0, cores=2)
+>>> b = CpuSnapshot(at=10.0, processes={"fraud": 11.0, "generator": 2.0}, redis=5.0,
+...                 redis_local=True, busy=27.0, cores=2)
+>>> cpu = per_request(a, b, requests_per_s=1000.0)
 >>> cpu["us_per_request"]
-{'fraud': 1000.0, 'redis': 300.0, 'generator': 200.0, 'other': 200.0}
+{'fraud': 1000.0, 'generator': 200.0, 'redis': 300.0, 'other': 200.0}
 >>> cpu["busy_cores"], cpu["redis_ceiling_per_s"]
 (1.7, 3333.3)
 >>> format_cpu("fraud.score", cpu)
@@ -75,7 +75,8 @@ class CpuMeter:
                 log.warning("cpu meter: process %s (pid %d) is gone; not counted", name, pid)
         self._client = client
         self._self = psutil.Process() if generator else None
-        self._redis_pids: list[int] | None = None
+        self._local_redis: list[int] | None = None  # its pids here (None: not read yet)
+        self._redis_local = False
 
     def snapshot(self) -> CpuSnapshot:
         at, busy = time.monotonic(), _machine_busy()
@@ -87,12 +88,11 @@ class CpuMeter:
             seen.update(m.pid for m in members)
         redis_cpu, local = self._redis()
         if self._self is not None:
-            for pid in self._redis_pids or ():  # a local Redis and its forks (a rewrite)
-                if _is_local_redis(pid):
-                    try:
-                        seen.update(m.pid for m in _members(psutil.Process(pid)))
-                    except psutil.Error:
-                        pass
+            for pid in self._local_redis or ():  # a local Redis and its forks (a rewrite)
+                try:
+                    seen.update(m.pid for m in _members(psutil.Process(pid)))
+                except psutil.Error:
+                    pass
             named["generator"] = _cpu([m for m in _members(self._self) if m.pid not in seen])
         return CpuSnapshot(at=at, processes=named, redis=redis_cpu, redis_local=local,
                            busy=busy, cores=psutil.cpu_count() or 1,
@@ -108,9 +108,11 @@ class CpuMeter:
             return None, False
         total = sum(float(i.get("used_cpu_sys", 0.0)) + float(i.get("used_cpu_user", 0.0))
                     for i in infos)
-        if self._redis_pids is None:
-            self._redis_pids = [int(i.get("process_id", 0)) for i in infos]
-        return total, all(_is_local_redis(pid) for pid in self._redis_pids)
+        if self._local_redis is None:
+            pids = [int(i.get("process_id", 0)) for i in infos]
+            self._local_redis = [pid for pid in pids if _is_local_redis(pid)]
+            self._redis_local = len(self._local_redis) == len(pids)
+        return total, self._redis_local
 
 
 def _machine_busy() -> float:
@@ -162,13 +164,11 @@ def _cpu(members: list[psutil.Process]) -> float:
 
 
 def per_request(a: CpuSnapshot, b: CpuSnapshot, *, requests_per_s: float,
-                items_per_request: int = 1, generator_cores: float = 0.0) -> dict[str, Any]:
+                items_per_request: int = 1) -> dict[str, Any]:
     """The CPU each part spent per request between ``a`` and ``b``, in microseconds.
 
     Each part's rate (CPU seconds per second) over the rate of requests; "other" is the
-    machine's busy time that no named part explains. ``generator_cores``: the load
-    generator's CPU seconds per second, used when the snapshots do not measure it (no
-    "generator" among their processes)."""
+    machine's busy time that no named part explains."""
     dt = b.at - a.at
     if dt <= 0 or requests_per_s <= 0:
         return {}
@@ -179,8 +179,6 @@ def per_request(a: CpuSnapshot, b: CpuSnapshot, *, requests_per_s: float,
     if a.redis is not None and b.redis is not None:
         redis_dt = (b.redis_at or b.at) - (a.redis_at or a.at)
         rates["redis"] = max(0.0, b.redis - a.redis) / (redis_dt if redis_dt > 0 else dt)
-    if "generator" not in rates:
-        rates["generator"] = generator_cores
     busy = max(0.0, b.busy - a.busy) / dt
     on_machine = sum(v for k, v in rates.items() if k != "redis" or b.redis_local)
     rates["other"] = max(0.0, busy - on_machine)

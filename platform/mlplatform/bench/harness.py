@@ -155,8 +155,7 @@ def measure_endpoint(endpoint: Endpoint, host: str, port: int, opts: BenchOption
     if meter is not None and "measure" in marks:
         end = marks.get("drain") or meter.snapshot()
         cpu = per_request(marks["measure"], end, requests_per_s=peak.rps,
-                          items_per_request=endpoint.items_per_request,
-                          generator_cores=peak.generator_cpu / peak.duration)
+                          items_per_request=endpoint.items_per_request)
         if cpu:
             row["saturation"]["cpu"] = cpu
     if peak.rps > 0:
