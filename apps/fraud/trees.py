@@ -3,14 +3,12 @@
 scikit-learn's ``HistGradientBoostingClassifier.predict_proba`` costs milliseconds for
 one row (input validation, thread pools), which a payment cannot wait for. Its trees are
 small arrays, though: ``TreeEnsemble.of`` copies them into one node table, and
-``raw_and_contributions`` finds the leaf each row reaches in every tree at once: a
-batch walks all trees one level per numpy step; one row (a /score request) tests every
-split at once and reads each tree's exit leaf from bit masks (QuickScorer). Each leaf's
-path is known in advance, and with it what the path owes each feature (Saabas' method:
-each split moves the row's expected value from the parent's to the child's, and that
-move is credited to the split's feature), so a reason is "what this row's path through
-the trees owes to that feature", in log-odds, and the contributions plus the ensemble's
-expected value add up to the raw score exactly.
+``raw_and_contributions`` walks each row down every tree in compiled loops
+(``fraud.tree_kernels``). Each leaf's path is known in advance, and with it what the path
+owes each feature (Saabas' method: each split moves the row's expected value from the
+parent's to the child's, and that move is credited to the split's feature), so a reason
+is "what this row's path through the trees owes to that feature", in log-odds, and the
+contributions plus the ensemble's expected value add up to the raw score.
 
 The arrays are plain data: an ensemble travels in a signed artifact or as numpy arrays,
 never as a scikit-learn object on the request path.
@@ -31,17 +29,19 @@ A model file (a signed pickle) holds the trees, not the tables derived from them
 are rebuilt on loading:
 
 >>> state = trees.__getstate__()
->>> "_tables" in state, "_tables" in vars(trees)
+>>> "_paths" in state, "_paths" in vars(trees)
 (False, True)
 >>> restored = object.__new__(TreeEnsemble)
 >>> restored.__setstate__(state)
->>> bool((restored.raw(X[:50]) == trees.raw(X[:50])).all()), "_tables" in vars(restored)
+>>> bool((restored.raw(X[:50]) == trees.raw(X[:50])).all()), "_paths" in vars(restored)
 (True, True)
 
-One row (a /score request) takes a shorter walk with the same bits as in a batch, missing
-values included:
+Missing values go where the model sent them in training, and one row (a /score request)
+gets the same bits alone as in a batch:
 
 >>> X[3, 0] = X[7, 1] = np.nan
+>>> bool(np.allclose(trees.proba(X[:50]), clf.predict_proba(X[:50])[:, 1]))
+True
 >>> raw, C = trees.raw_and_contributions(X[:50])
 >>> all(r[0] == raw[i] and (c[0] == C[i]).all() for i, (r, c) in
 ...     enumerate(trees.raw_and_contributions(X[i:i + 1]) for i in range(50)))
@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,127 +120,38 @@ class TreeEnsemble:
         ).ready()
 
     def _walk(self, X: np.ndarray, contributions: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        n, width = X.shape
-        if n == 1 and self._masks is not None:
-            leaf = self._leaves_one(X[0])
-        else:
-            leaf = self._leaves(X)
-        raw = self.baseline + self.value[leaf].reshape(n, -1).sum(axis=1)
-        if not contributions:
-            return raw, None
-        # Each leaf's path credits, precomputed (``_paths``): per row, trees in order, then
-        # the levels of each path; one bincount for the whole request.
+        from fraud import tree_kernels as k
+
+        X = np.ascontiguousarray(X)
+        leaf = k.leaves(X, self.feature, self.threshold, self.missing_left, self.left,
+                        self.right, self.roots, self.depth)
         feature, credit = self._paths
-        bins = feature[leaf]
-        if n > 1:
-            bins += (np.arange(n) * width).repeat(len(self.roots))[:, None]
-        C = np.bincount(bins.ravel(), weights=credit[leaf].ravel(), minlength=n * width)
-        return raw, C.reshape(n, width)
-
-    def _leaves(self, X: np.ndarray) -> np.ndarray:
-        """The leaf each row reaches in each tree, (row, tree) flattened: every tree at
-        once, one level per numpy step."""
-        n, width = X.shape
-        trees = len(self.roots)
-        node = np.tile(self.roots, n)
-        base = np.repeat(np.arange(n) * width, trees)
-        flat = X.ravel()
-        feature, threshold, step = self.feature, self.threshold, self._step
-        nan = bool(np.isnan(flat).any())
-        for _ in range(self.depth):
-            x = flat[base + feature[node]]
-            go_right = x > threshold[node]
-            if nan:
-                go_right = np.where(np.isnan(x), ~self.missing_left[node], go_right)
-            # Children side by side: 2 * node + (0 left, 1 right); a leaf is its own child.
-            node = step[2 * node + go_right]
-        return node
-
-    def _leaves_one(self, x: np.ndarray) -> np.ndarray:
-        """``_leaves`` of one row (a /score request) without a walk (QuickScorer, Lucchese
-        et al. 2015): every split is tested at once; a split that sends the row right
-        rules out the leaves of its left subtree, so a tree's exit leaf is the leftmost
-        leaf that no split ruled out: the lowest bit clear in the OR of those splits'
-        masks (one bit per leaf; trees of up to 64 leaves). About ten numpy calls instead
-        of five per level; the same comparisons as the walk, so the same leaves."""
-        masks = self._masks
-        assert masks is not None
-        rules_out, feature, threshold, missing_right, starts, leaves, first = masks
-        v = x[feature]
-        right = v > threshold
-        if math.isnan(np.add.reduce(x)):  # any NaN (an overflow to inf - inf only costs this)
-            right = np.where(np.isnan(v), missing_right, right)
-        # Per tree, the leaves some split ruled out; the exit is the lowest bit left.
-        out = np.bitwise_or.reduceat(rules_out & -right.astype(np.uint64), starts)
-        alive = ~out
-        lowest = alive & -alive
-        return leaves[np.log2(lowest).astype(np.int64) + first]
+        raw, C = k.scores(leaf, self.value, self.baseline, feature, credit, X.shape[1],
+                          contributions)
+        return raw, C if contributions else None
 
     @functools.cached_property
-    def _tables(self) -> tuple[Any, tuple[np.ndarray, np.ndarray]]:
-        """Per leaf, its root path's features and credits (padded with zero credits to
-        the depth); per split, the QuickScorer mask of the leaves it keeps when the row
-        goes right, with each tree's exit candidates (its leaves, left to right, from
-        ``first[tree]`` on); None when a tree has more than 64 leaves (the walk serves)."""
+    def _paths(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per node (a leaf's row is what a row ending there owes), its root path's
+        features and credits, padded with zero credits to the depth."""
         internal = self.left != np.arange(len(self.left))
         depth = max(self.depth, 1)
         size = len(self.left)
         path_feature = np.zeros((size, depth), dtype=np.int64)
         path_credit = np.zeros((size, depth))
         credit = self._credit
-        tree_of = np.repeat(np.arange(len(self.roots)), np.diff(np.append(self.roots, size)))
-        leaf_order = np.zeros(size, dtype=np.int64)  # a leaf's rank, left to right, in its tree
-        leaf_nodes: list[int] = []
-        leaf_base = np.zeros(len(self.roots), dtype=np.int64)
-        fits = True
-        for t, root in enumerate(self.roots.tolist()):
-            leaf_base[t] = len(leaf_nodes)
-            rank = 0
+        for root in self.roots.tolist():
             stack: list[tuple[int, list[int]]] = [(root, [])]
-            while stack:  # depth first, left before right: leaves numbered left to right
+            while stack:
                 node, edges = stack.pop()
                 if not internal[node]:
-                    leaf_order[node] = rank
-                    leaf_nodes.append(node)
                     for i, e in enumerate(edges):
                         path_feature[node, i] = self.feature[e >> 1]
                         path_credit[node, i] = credit[e]
-                    rank += 1
                     continue
                 stack.append((int(self.right[node]), [*edges, 2 * node + 1]))
                 stack.append((int(self.left[node]), [*edges, 2 * node]))
-            if rank > 64:
-                fits = False
-        masks = None
-        if fits:
-            # Leaves under each node, as a bit range [lo, hi) of its tree's leaf ranks.
-            lo = np.where(internal, 0, leaf_order)
-            hi = np.where(internal, 0, leaf_order + 1)
-            for node in range(size - 1, -1, -1):  # children come after their parent
-                if internal[node]:
-                    lo[node], hi[node] = lo[self.left[node]], hi[self.right[node]]
-            splits = np.flatnonzero(internal)
-            single = np.setdiff1d(np.arange(len(self.roots)), tree_of[splits])
-            # A tree that is one leaf gets one split that never rules anything out.
-            nodes = np.sort(np.concatenate([splits, self.roots[single]]))
-            left_lo, left_hi = lo[self.left[nodes]], hi[self.left[nodes]]
-            width = (left_hi - left_lo).astype(np.uint64)
-            ones = (np.uint64(1) << width) - np.uint64(1)  # a left subtree has < 64 leaves
-            left_leaves = ones << left_lo.astype(np.uint64)
-            rules_out = np.where(internal[nodes], left_leaves, np.uint64(0))
-            starts = np.searchsorted(tree_of[nodes], np.arange(len(self.roots)))
-            masks = (rules_out, self.feature[nodes], self.threshold[nodes],
-                     ~self.missing_left[nodes], starts, np.asarray(leaf_nodes, dtype=np.int64),
-                     leaf_base)
-        return masks, (path_feature, path_credit)
-
-    @property
-    def _masks(self) -> Any:
-        return self._tables[0]
-
-    @property
-    def _paths(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._tables[1]
+        return path_feature, path_credit
 
     @functools.cached_property
     def _step(self) -> np.ndarray:
@@ -282,8 +192,9 @@ class TreeEnsemble:
                    baseline=float(a["t_meta"][0]), depth=int(a["t_meta"][1])).ready()
 
     def ready(self) -> TreeEnsemble:
-        """Build the per-leaf tables now (tens of ms), not on the first request."""
-        self._tables
+        """Build the per-leaf tables and load the compiled loops now (tens of ms; a first
+        compile on this machine, about a second), not on the first request."""
+        self._walk(np.zeros((1, int(self.feature.max(initial=0)) + 1)), True)
         return self
 
     # Pickled (in a signed model file) without the derived tables, rebuilt when loaded;

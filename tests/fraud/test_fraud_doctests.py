@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 MODULES = ["config", "schema", "velocity", "features", "models", "predictors", "thresholds",
-           "drift", "bench", "business"]
+           "drift", "bench", "business", "trees"]
 
 
 @pytest.mark.parametrize("name", MODULES)
