@@ -13,6 +13,7 @@ serving a predictor, so a request never touches a model that a learner is changi
 - ``HybridPredictor``: gradient-boosted trees (``fraud.trees``, plain arrays) whose
   log-odds an online logistic layer re-weighs and corrects with the standardised
   features; contributions are the trees' path credits plus the layer's ``w_j * z_j``.
+  One row and a batch run the same compiled loops (``fraud.kernels.hybrid``).
 
 >>> p = LinearPredictor.of(["amount", "card_new_device"],
 ...     mean={"amount": 3.0, "card_new_device": 0.1}, var={"amount": 1.0, "card_new_device": 0.25},
@@ -271,80 +272,50 @@ class HybridPredictor:
     def matrix(self, xs: Sequence[Mapping[str, float]]) -> np.ndarray:
         return matrix(xs, self.feature_names)
 
-    def _z(self, X: np.ndarray) -> np.ndarray:
-        return (prep(X, self.log_mask) - self.mean) * self.inv_std
-
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return _sigmoid(self.tree_weight * self.trees.raw(X) + self._z(X) @ self.weights
-                        + self.intercept)
+        return self._run(X, 0)[0]
 
     def explain(self, X: np.ndarray, k: int) -> list[list[Reason]]:
         return self.score_matrix(X, k)[1]
 
     def score_matrix(self, X: np.ndarray, k: int) -> tuple[np.ndarray, list[list[Reason]]]:
-        raw, C = self.trees.raw_and_contributions(X)
-        linear = self._z(X) * self.weights
-        scores = _sigmoid(self.tree_weight * raw + linear.sum(axis=1) + self.intercept)
-        return scores, _top(self.feature_names, X, self.tree_weight * C + linear, k)
+        scores, C, top = self._run(X, k)
+        names = self.feature_names
+        reasons = [[Reason(names[j], x[j], c[j]) for j in js if j >= 0]
+                   for x, c, js in zip(X.tolist(), C.tolist(), top.tolist())]
+        return scores, reasons
 
     def score(self, xs: Sequence[Mapping[str, float]], k: int
               ) -> tuple[list[float], list[list[Reason]]]:
-        if len(xs) == 1:
-            score, reasons = self._score_one(xs[0], k)
-            return [score], [reasons]
         scores, reasons = self.score_matrix(self.matrix(xs), k)
-        return _clip(scores, 0.0, 1.0).tolist(), reasons
+        return scores.tolist(), reasons
 
-    def _score_one(self, x: Mapping[str, float], k: int) -> tuple[float, list[Reason]]:
-        """``score_matrix`` of one row (a /score request) with the linear layer in plain
-        Python (numpy's per-call overhead dominates at this size). The same operations in
-        the same order, numpy's own log1p and exp, and the layer summed as numpy sums a
-        row: a transaction scored alone gets the score it gets in a batch, to the bit."""
-        row = list(map(x.get, self.feature_names, itertools.repeat(0.0)))
-        X = np.array([row], dtype=np.float64)
-        raw, C = self.trees.raw_and_contributions(X)
-        logs = np.log1p(np.maximum(X[0], 0.0)).tolist()
-        a = self.tree_weight
-        linear, contribution = [], []
-        for v, lg, c, (logged, mean, inv_std, w) in zip(row, logs, C[0].tolist(),
-                                                        self._columns):
-            if logged:  # prep: log1p of the positive part, plus the negative part
-                v = lg + (v if v < 0.0 else 0.0)
-            lin = (v - mean) * inv_std * w
-            linear.append(lin)
-            contribution.append(a * c + lin)
-        z = a * float(raw[0]) + _row_sum(linear) + self.intercept
-        e = float(np.exp(np.array([-min(max(z, -35.0), 35.0)]))[0])
-        score = min(max(1.0 / (1.0 + e), 0.0), 1.0)
-        return score, _top_row(self.feature_names, row, contribution, k) if k > 0 else []
+    def _run(self, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The compiled model (``fraud.kernels.hybrid``): scores, contributions, top
+        columns. One row (a /score request) and a batch run the same loops, so a
+        transaction scored alone gets the score and reasons it gets in a batch, to the
+        bit."""
+        from fraud import kernels
+
+        node_i, node_f, roots, path_feature, path_credit = self.trees.packed
+        layer_f, layer_b, params = self._layer
+        return kernels.hybrid(  # type: ignore[no-any-return]
+            np.ascontiguousarray(X, dtype=np.float64), node_i, node_f, roots,
+            self.trees.depth, path_feature, path_credit, layer_f, layer_b, params,
+            max(int(k), 0))
 
     @functools.cached_property
-    def _columns(self) -> list[tuple[bool, float, float, float]]:
-        return list(zip(self.log_mask.tolist(), self.mean.tolist(), self.inv_std.tolist(),
-                        self.weights.tolist()))
-
-
-def _row_sum(values: list[float]) -> float:
-    """``np.sum`` of a row of float64, to the bit: numpy sums up to 8 values in order and
-    longer rows (up to its block of 128) in 8 interleaved partial sums, combined pairwise,
-    then the tail in order."""
-    n = len(values)
-    if n < 8:
-        total = 0.0
-        for v in values:
-            total += v
-        return total
-    if n > 128:
-        return float(np.sum(np.array(values)))
-    r = values[:8]
-    end = n - n % 8
-    for i in range(8, end, 8):
-        for j in range(8):
-            r[j] += values[i + j]
-    total = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
-    for i in range(end, n):
-        total += values[i]
-    return total
+    def _layer(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The layer as ``fraud.kernels.hybrid`` takes it: per feature its mean, 1 / std
+        and weight; whether it is logged and a one-hot category; then a, b and the
+        trees' baseline."""
+        layer_f = np.ascontiguousarray(np.vstack([self.mean, self.inv_std, self.weights]),
+                                       dtype=np.float64)
+        layer_b = np.vstack([np.asarray(self.log_mask, dtype=bool),
+                             np.array(_categories(self.feature_names), dtype=bool)])
+        params = np.array([self.tree_weight, self.intercept, self.trees.baseline],
+                          dtype=np.float64)
+        return layer_f, np.ascontiguousarray(layer_b), params
 
 
 _controller: Any = None

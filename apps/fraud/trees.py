@@ -4,7 +4,7 @@ scikit-learn's ``HistGradientBoostingClassifier.predict_proba`` costs millisecon
 one row (input validation, thread pools), which a payment cannot wait for. Its trees are
 small arrays, though: ``TreeEnsemble.of`` copies them into one node table, and
 ``raw_and_contributions`` walks each row down every tree in compiled loops
-(``fraud.tree_kernels``). Each leaf's path is known in advance, and with it what the path
+(``fraud.kernels``). Each leaf's path is known in advance, and with it what the path
 owes each feature (Saabas' method: each split moves the row's expected value from the
 parent's to the child's, and that move is credited to the split's feature), so a reason
 is "what this row's path through the trees owes to that feature", in log-odds, and the
@@ -29,11 +29,11 @@ A model file (a signed pickle) holds the trees, not the tables derived from them
 are rebuilt on loading:
 
 >>> state = trees.__getstate__()
->>> "_paths" in state, "_paths" in vars(trees)
+>>> "packed" in state, "packed" in vars(trees)
 (False, True)
 >>> restored = object.__new__(TreeEnsemble)
 >>> restored.__setstate__(state)
->>> bool((restored.raw(X[:50]) == trees.raw(X[:50])).all()), "_paths" in vars(restored)
+>>> bool((restored.raw(X[:50]) == trees.raw(X[:50])).all()), "packed" in vars(restored)
 (True, True)
 
 Missing values go where the model sent them in training, and one row (a /score request)
@@ -120,15 +120,24 @@ class TreeEnsemble:
         ).ready()
 
     def _walk(self, X: np.ndarray, contributions: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        from fraud import tree_kernels as k
+        from fraud import kernels as k
 
         X = np.ascontiguousarray(X)
-        leaf = k.leaves(X, self.feature, self.threshold, self.missing_left, self.left,
-                        self.right, self.roots, self.depth)
-        feature, credit = self._paths
-        raw, C = k.scores(leaf, self.value, self.baseline, feature, credit, X.shape[1],
+        node_i, node_f, roots, path_feature, path_credit = self.packed
+        leaf = k.leaves(X, node_i, node_f, roots, self.depth)
+        raw, C = k.scores(leaf, node_f, self.baseline, path_feature, path_credit, X.shape[1],
                           contributions)
         return raw, C if contributions else None
+
+    @functools.cached_property
+    def packed(self) -> tuple[np.ndarray, ...]:
+        """The node table as ``fraud.kernels`` takes it: the nodes' integers (feature,
+        left, right, NaN goes left) and floats (threshold, value) as two tables, the
+        roots, and each node's path features and credits."""
+        node_i = np.ascontiguousarray(np.vstack(
+            [self.feature, self.left, self.right, self.missing_left]).astype(np.int64))
+        node_f = np.ascontiguousarray(np.vstack([self.threshold, self.value]), dtype=np.float64)
+        return (node_i, node_f, np.ascontiguousarray(self.roots, dtype=np.int64), *self._paths)
 
     @functools.cached_property
     def _paths(self) -> tuple[np.ndarray, np.ndarray]:

@@ -161,9 +161,11 @@ def test_the_hybrid_snapshot_arrays_give_the_same_predictor() -> None:
 
 
 def test_the_hybrid_scores_one_row_as_it_scores_it_in_a_batch_to_the_bit() -> None:
-    """A /score request takes a shorter path (QuickScorer exits, plain-Python layer) than a
-    batch; after learning (the layer's weights no longer zero) and with an absent feature,
-    the two give the same score and the same reasons, bit for bit."""
+    """A /score request and a batch run the same compiled loops (``fraud.kernels``); after
+    learning (the layer's weights no longer zero), with an absent feature and a missing
+    (NaN) one, the two give the same score and the same reasons, bit for bit, and the
+    missing value gives a score, not NaN (the trees route it, the layer holds it at its
+    mean)."""
     xs, ys = _data(2000)
     model = _fit("hybrid-gbm", xs, ys)
     for x, y in zip(xs[:300], ys[:300]):
@@ -171,7 +173,9 @@ def test_the_hybrid_scores_one_row_as_it_scores_it_in_a_batch_to_the_bit() -> No
     p = model.predictor()
     rows, _ = _data(60, seed=5)
     del rows[3]["card_count_1h"]
+    rows[4]["amount"] = float("nan")
     many, many_reasons = p.score(rows, 3)
+    assert 0.0 <= many[4] <= 1.0
     for i, x in enumerate(rows):
         [one], [reasons] = p.score([x], 3)
         assert one == many[i], (i, one, many[i])
@@ -180,7 +184,7 @@ def test_the_hybrid_scores_one_row_as_it_scores_it_in_a_batch_to_the_bit() -> No
 
 
 def test_the_compiled_tree_walk_is_scikit_learns_model_on_missing_and_extreme_values() -> None:
-    """The trees are walked in compiled loops (``fraud.tree_kernels``), not by
+    """The trees are walked in compiled loops (``fraud.kernels``), not by
     scikit-learn: on rows with NaN (each split's learned side), infinities and values far
     outside training, the probabilities are scikit-learn's own, and the per-feature
     contributions add up to each row's raw score."""
