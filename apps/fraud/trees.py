@@ -201,9 +201,17 @@ class TreeEnsemble:
                    baseline=float(a["t_meta"][0]), depth=int(a["t_meta"][1])).ready()
 
     def ready(self) -> TreeEnsemble:
-        """Build the per-leaf tables and load the compiled loops now (tens of ms; a first
-        compile on this machine, about a second), not on the first request."""
-        self._walk(np.zeros((1, int(self.feature.max(initial=0)) + 1)), True)
+        """Build the per-leaf tables and load the compiled loops (the hybrid model's too)
+        now: tens of ms, or a few seconds to compile them the first time on a machine;
+        not on the first request."""
+        from fraud import kernels
+
+        X = np.zeros((1, int(self.feature.max(initial=0)) + 1))
+        self._walk(X, True)
+        node_i, node_f, roots, path_feature, path_credit = self.packed
+        kernels.hybrid(X, node_i, node_f, roots, self.depth, path_feature, path_credit,
+                       np.zeros((3, X.shape[1])), np.zeros((2, X.shape[1]), dtype=bool),
+                       np.zeros(3), 1)
         return self
 
     # Pickled (in a signed model file) without the derived tables, rebuilt when loaded;
