@@ -87,12 +87,12 @@ def scores(leaf: np.ndarray, node_f: np.ndarray, baseline: float, path_feature: 
 def hybrid(X: np.ndarray, node_i: np.ndarray, node_f: np.ndarray, roots: np.ndarray,
            depth: int, path_feature: np.ndarray, path_credit: np.ndarray,
            layer_f: np.ndarray, layer_b: np.ndarray, params: np.ndarray, k: int
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover
     """The hybrid model on the rows of ``X``: per row its score
-    ``sigmoid(a * trees + w . z + b)``, each feature's contribution
-    ``a * path credit + w_j * z_j``, and the columns of its top ``k`` positive
-    contributions, largest first (-1 past the last; an absent one-hot category never
-    counts; ties to the later column). ``layer_f`` rows: mean, 1 / std, weight per
+    ``sigmoid(a * trees + w . z + b)`` and its top ``k`` reasons: the columns with the
+    largest positive contributions ``a * path credit + w_j * z_j``, largest first (-1
+    past the last; an absent one-hot category never counts; ties to the later column),
+    those contributions and the columns' values. ``layer_f`` rows: mean, 1 / std, weight per
     feature; ``layer_b`` rows: logged (``z`` from ``log1p`` of the positive part plus the
     negative part), one-hot category. ``params``: a, b, the trees' baseline."""
     n, width = X.shape
@@ -101,6 +101,8 @@ def hybrid(X: np.ndarray, node_i: np.ndarray, node_f: np.ndarray, roots: np.ndar
     raw, C = scores(leaf, node_f, params[2], path_feature, path_credit, width, True)
     score = np.empty(n)
     top = np.full((n, max(k, 0)), -1, dtype=np.int64)
+    top_c = np.zeros((n, max(k, 0)))
+    top_x = np.zeros((n, max(k, 0)))
     for i in range(n):
         linear = 0.0
         for j in range(width):
@@ -129,5 +131,5 @@ def hybrid(X: np.ndarray, node_i: np.ndarray, node_f: np.ndarray, roots: np.ndar
                         best, most = j, c
             if best < 0:
                 break
-            top[i, r] = best
-    return score, C, top
+            top[i, r], top_c[i, r], top_x[i, r] = best, most, X[i, best]
+    return score, top, top_c, top_x

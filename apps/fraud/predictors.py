@@ -279,10 +279,10 @@ class HybridPredictor:
         return self.score_matrix(X, k)[1]
 
     def score_matrix(self, X: np.ndarray, k: int) -> tuple[np.ndarray, list[list[Reason]]]:
-        scores, C, top = self._run(X, k)
+        scores, top, top_c, top_x = self._run(X, k)
         names = self.feature_names
-        reasons = [[Reason(names[j], x[j], c[j]) for j in js if j >= 0]
-                   for x, c, js in zip(X.tolist(), C.tolist(), top.tolist())]
+        reasons = [[Reason(names[j], x, c) for j, x, c in zip(js, xs, cs) if j >= 0]
+                   for js, xs, cs in zip(top.tolist(), top_x.tolist(), top_c.tolist())]
         return scores, reasons
 
     def score(self, xs: Sequence[Mapping[str, float]], k: int
@@ -290,9 +290,10 @@ class HybridPredictor:
         scores, reasons = self.score_matrix(self.matrix(xs), k)
         return scores.tolist(), reasons
 
-    def _run(self, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The compiled model (``fraud.kernels.hybrid``): scores, contributions, top
-        columns. One row (a /score request) and a batch run the same loops, so a
+    def _run(self, X: np.ndarray, k: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The compiled model (``fraud.kernels.hybrid``): scores, then per row the top
+        columns, their contributions and values. One row (a /score request) and a batch run the same loops, so a
         transaction scored alone gets the score and reasons it gets in a batch, to the
         bit."""
         from fraud import kernels

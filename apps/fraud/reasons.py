@@ -177,12 +177,17 @@ CODES.update({
 })
 
 
-def describe(feature: str, value: float, typical: float | None = None) -> dict[str, Any]:
-    """The reason for ``feature`` at ``value``: ``{"code", "text", "feature", "value"}``;
-    ``typical`` (e.g. the training mean or median), when given, ends the sentence."""
+def describe(feature: str, value: float, typical: float | None = None,
+             contribution: float | None = None) -> dict[str, Any]:
+    """The reason for ``feature`` at ``value``: ``{"code", "text", "feature", "value"}``
+    and, when given, ``contribution`` (rounded to 4 places); ``typical`` (e.g. the
+    training mean or median), when given, ends the sentence."""
     spec = _SPECS.get(feature)
     if spec is None:
-        return _unlisted(feature, value, typical)
+        out = _unlisted(feature, value, typical)
+        if contribution is not None:
+            out["contribution"] = round(contribution, 4)
+        return out
     fmt = spec.fmt
     if fmt is None:
         text = spec.text if value >= 0.5 else spec.off
@@ -192,7 +197,10 @@ def describe(feature: str, value: float, typical: float | None = None) -> dict[s
         text = spec.text.format(fmt(value))
         if typical is not None and math.isfinite(typical):
             text += _usually(feature, fmt, typical)
-    return {"code": spec.code, "text": text, "feature": feature, "value": round(value, 4)}
+    if contribution is None:
+        return {"code": spec.code, "text": text, "feature": feature, "value": round(value, 4)}
+    return {"code": spec.code, "text": text, "feature": feature, "value": round(value, 4),
+            "contribution": round(contribution, 4)}
 
 
 # "; usually <typical>" per (feature, typical): a model's typical values are few and

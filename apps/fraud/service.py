@@ -326,13 +326,11 @@ class FraudService:
         for i, (t, x, (decision, rules)) in enumerate(zip(txs, xs, final)):
             label, n_labels, review_cut, predictor = model_of[i]
             typical = self._typical_of(predictor)
-            reasons = [{**describe(r.feature, r.value, typical.get(r.feature)),
-                        "contribution": round(r.contribution, 4)} for r in raw[i]]
+            reasons = [describe(r.feature, r.value, typical.get(r.feature), r.contribution)
+                       for r in raw[i]]
             out.append(Decision(t.transaction_id, t.timestamp, float(scores[i]), decision,
                                 reasons + rules, label, n_labels, review_cut, x, now))
-        observe = metrics.SCORES.observe
-        for s in scores:
-            observe(s)
+        metrics.observe_scores(scores)
         decisions = [d.decision for d in out]
         for name, counter in self._decision_counters.items():
             count = decisions.count(name)
