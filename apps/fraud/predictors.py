@@ -293,9 +293,9 @@ class HybridPredictor:
     def _run(self, X: np.ndarray, k: int
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The compiled model (``fraud.kernels.hybrid``): scores, then per row the top
-        columns, their contributions and values. One row (a /score request) and a batch run the same loops, so a
-        transaction scored alone gets the score and reasons it gets in a batch, to the
-        bit."""
+        columns, their contributions and values. One row (a /score request) and a batch
+        run the same loops, so a transaction scored alone gets the score and reasons it
+        gets in a batch, to the bit."""
         from fraud import kernels
 
         node_i, node_f, roots, path_feature, path_credit = self.trees.packed
