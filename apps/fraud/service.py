@@ -246,24 +246,34 @@ class FraudService:
         events = [event_of(t) for t in transactions]
         guards = [self.decisions.key(t.transaction_id) for t in transactions]
         markers = [PENDING + fingerprint(t) for t in transactions]
-        histories = self.velocity.observe_guarded(
-            events, guards, markers,
-            guard_ttl=min(PENDING_TTL_SECONDS, self.decisions.key_ttl_seconds))
-        fresh = [i for i, h in enumerate(histories) if isinstance(h, History)]
-        results: list[Decision | None] = [None] * len(transactions)
-        if fresh:
-            try:
-                decided = self._decide(state, [transactions[i] for i in fresh],
-                                       [velocity_features(events[i], histories[i])  # type: ignore[arg-type]
-                                        for i in fresh])
+        histories: list[History | Claimed | None] = [None] * len(transactions)
+        fresh: list[int] = []
+        decided: list[Decision] = []
+
+        def decide(lo: int, hi: int) -> None:  # a part of the request, once it is counted
+            part = [i for i in range(lo, hi) if isinstance(histories[i], History)]
+            if part:
+                decided.extend(self._decide(
+                    state, [transactions[i] for i in part],
+                    [velocity_features(events[i], histories[i])  # type: ignore[arg-type]
+                     for i in part]))
+                fresh.extend(part)
+
+        try:
+            self.velocity.observe_in_parts(
+                events, guards, markers,
+                min(PENDING_TTL_SECONDS, self.decisions.key_ttl_seconds), decide, histories)
+            if fresh:  # one call for the whole request's decisions: all or none
                 self.decisions.record(decided, [markers[i][1:] for i in fresh])
-            except BaseException:
-                self._undo_velocity(events, histories, guards, markers)
-                raise
-            for i, d in zip(fresh, decided):
-                results[i] = d
+        except BaseException:
+            if any(isinstance(h, History) for h in histories):
+                self._undo_velocity(events, histories, guards, markers)  # type: ignore[arg-type]
+            raise
+        results: list[Decision | None] = [None] * len(transactions)
+        for i, d in zip(fresh, decided):
+            results[i] = d
         if len(fresh) < len(transactions):
-            self._fill_duplicates(transactions, results, histories)
+            self._fill_duplicates(transactions, results, histories)  # type: ignore[arg-type]
         return results  # type: ignore[return-value]
 
     def _undo_velocity(self, events: Sequence[Any], histories: Sequence[History | Claimed],

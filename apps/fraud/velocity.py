@@ -5,8 +5,10 @@ card, device and merchant; two stores of that history with the same semantics:
 
 - ``RedisVelocityStore``: shared by every replica. One Lua script call reads the prior
   history of each transaction of a request and records it, in order and atomically (one
-  command per request up to ``CHUNK`` transactions; larger batches pipeline the chunks),
-  so concurrent replicas see a consistent serial order.
+  command per request up to ``CHUNK`` transactions; larger batches pipeline the chunks;
+  ``observe_in_parts`` sends a batch's two halves at once, so the service scores the
+  first while Redis counts the second), so concurrent replicas see a consistent serial
+  order.
   On a Redis Cluster the card's, merchant's and device's keys live on different masters:
   the store claims each transaction's guard first, then runs one script per entity (see
   ``RedisVelocityStore._observe_cluster``); the card keys carry the card id as their hash
@@ -39,7 +41,7 @@ import bisect
 import hashlib
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -707,6 +709,8 @@ _CLUSTER_SCRIPTS = {"claim": _CLAIM, "card": _CARD, "merchant": _MERCHANT, "devi
 
 # Transactions per script call: bounds how long one call holds Redis.
 CHUNK = 256
+# ``observe_in_parts`` splits a request of at least twice this many transactions.
+PART_MIN = 16
 # Transactions per pipeline of a load (``RedisVelocityStore.load``).
 LOAD_BATCH = 8 * CHUNK
 _TTLS = (str(WINDOW_KEY_TTL), str(CARD_KEY_TTL))
@@ -765,6 +769,66 @@ class RedisVelocityStore:
                 raise failed
             replies = [r for chunk in chunks for r in chunk]
         return [_decode(e, r) for e, r in zip(events, replies)]
+
+    def observe_in_parts(
+        self, events: Sequence[Event], guards: Sequence[str], markers: Sequence[str],
+        guard_ttl: int, consume: Callable[[int, int], None],
+        into: list[History | Claimed | None],
+    ) -> None:
+        """``observe_guarded`` into ``into``, calling ``consume(lo, hi)`` as soon as the
+        events ``lo:hi`` are observed, while Redis counts the later ones: a request
+        scores its first half as Redis counts the second (a batch's worker otherwise
+        idles for the whole script). Two script calls sent at once on a single server
+        with ``commands`` that can ``send`` (``DirectCommands``) and at least
+        ``2 * PART_MIN`` events (up to ``CHUNK``); otherwise ``observe_guarded`` and one
+        ``consume``.
+
+        On an error (a part's reply, or ``consume`` raising), the later parts' replies
+        are still read, ``into`` holds what every part applied (None where nothing was),
+        and the error is raised: the caller takes back what ``into`` holds (``undo``).
+        If the connection fails, what its unread parts applied is unknown; their guards
+        stay pending until their TTL, as a request whose process dies."""
+        n = len(events)
+        send = None if self._cluster else getattr(self._commands, "send", None)
+        if send is None or n < 2 * PART_MIN or n > CHUNK:
+            into[:] = self.observe_guarded(events, guards, markers, guard_ttl)
+            consume(0, n)
+            return
+        head = [self._prefix, *_TTLS, str(int(guard_ttl)), ""]
+        packed = self._pack(events, guards, markers)
+        half = (n + 1) // 2
+        parts = [(0, half), (half, n)]
+        receive = send([["EVALSHA", self._sha, 0, *head, *packed[lo:hi]] for lo, hi in parts])
+        read = 0
+        try:
+            for lo, hi in parts:
+                reply = receive()
+                read += 1
+                if isinstance(reply, redis.exceptions.NoScriptError) and lo == 0:
+                    # A restarted Redis lost the script: read the other part's answer (also
+                    # NOSCRIPT unless the script was loaded in between), then one call.
+                    other = receive()
+                    read += 1
+                    if not isinstance(other, Exception):
+                        into[half:] = [_decode(e, r) for e, r in zip(events[half:], other)]
+                        raise reply
+                    self._sha = self._redis.script_load(_OBSERVE)
+                    into[:] = self.observe_guarded(events, guards, markers, guard_ttl)
+                    consume(0, n)
+                    return
+                if isinstance(reply, Exception):
+                    raise reply
+                into[lo:hi] = [_decode(e, r) for e, r in zip(events[lo:hi], reply)]
+                consume(lo, hi)
+        except BaseException:
+            for lo, hi in parts[read:]:  # keep the connection in step, note what ran
+                try:
+                    reply = receive()
+                except redis.RedisError:
+                    break
+                if not isinstance(reply, Exception):
+                    into[lo:hi] = [_decode(e, r) for e, r in zip(events[lo:hi], reply)]
+            raise
 
     def load(self, events: Sequence[Event]) -> int:
         """Record ``events`` in order without reading back what each one saw (``seed``):

@@ -28,9 +28,10 @@ import subprocess
 import threading
 import time
 import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 from urllib.parse import parse_qs, unquote
 
 import hiredis
@@ -119,6 +120,36 @@ class DirectCommands:
             return reply
         raise AssertionError("unreachable")
 
+    def send(self, commands: Sequence[Sequence[Any]]) -> Callable[[], Any]:
+        """Send ``commands`` in one write, without waiting; returns what reads their
+        replies, one per call, in order (an error reply is returned, not raised), so the
+        caller can work while Redis runs the later ones. Every reply must be read before
+        this thread sends again. Not retried: after a connection failure which commands
+        ran is unknown, so the connection is dropped and ``redis.ConnectionError`` (or
+        ``redis.TimeoutError``) raised, from either call."""
+        sock, reader = self._connection()
+        try:
+            sock.sendall(b"".join(hiredis.pack_command(tuple(c)) for c in commands))
+        except BaseException as exc:
+            self._drop()
+            _reraise(exc)
+
+        def receive() -> Any:
+            try:
+                while (reply := reader.gets()) is False:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        raise ConnectionResetError("Redis closed the connection")
+                    reader.feed(chunk)
+            except BaseException as exc:  # a half-read reply would answer the next command
+                self._drop()
+                _reraise(exc)
+            if isinstance(reply, hiredis.ReplyError):
+                return BaseParser.parse_error(str(reply))
+            return reply
+
+        return receive
+
     def _connection(self) -> tuple[Any, Any]:
         """This thread's socket and reply reader (held: the process id, the connection,
         the reader)."""
@@ -137,6 +168,15 @@ class DirectCommands:
     def close(self) -> None:
         """Close this thread's connection (the others close with their threads)."""
         self._drop()
+
+
+def _reraise(exc: BaseException) -> NoReturn:
+    """Raise redis-py's error for a failed socket call; anything else as it is."""
+    if isinstance(exc, TimeoutError):
+        raise redis.TimeoutError(f"Redis did not answer in time: {exc}") from exc
+    if isinstance(exc, OSError):
+        raise redis.ConnectionError(f"Redis connection failed: {exc}") from exc
+    raise exc
 
 
 def is_cluster_url(url: str | None) -> bool:

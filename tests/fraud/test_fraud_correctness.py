@@ -178,6 +178,74 @@ def test_a_score_failing_after_the_velocity_update_leaves_no_state(
     assert _features(app, "t-test-fail")["card_history_count"] == 2.0
 
 
+def _evalsha_calls(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_a_batch_counted_in_two_parts_fails_as_one(
+        app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch of at least 2 * PART_MIN transactions is counted by two script calls sent
+    at once, its first half scored while Redis counts the second (velocity
+    ``observe_in_parts``). The model failing on the second half takes back both halves:
+    the state is as before, and the retry scores every transaction once, the repeated
+    card's history counting its earlier transactions once each."""
+    from fraud.velocity import PART_MIN
+
+    service = get_service(app)
+    client = app.test_client()
+    # A first score loads the scripts (a fresh Redis answers NOSCRIPT: the next test).
+    assert client.post("/v1/transactions/score", json=make_tx("warm")).status_code == 200
+    n = 2 * PART_MIN + 3
+    bodies = [make_tx(f"part-{i}", card_id="c-parts" if i % 4 == 0 else f"c-part-{i}",
+                      timestamp=f"2025-01-20T12:{i:02d}:00Z") for i in range(n)]
+    before = _velocity_state(service.redis)
+    predictor = type(service.model.state().predictor)
+    real = predictor.score
+    parts: list[int] = []
+
+    def second_half_fails(self: Any, xs: Any, k: int) -> Any:
+        parts.append(len(xs))
+        if len(parts) == 2:
+            raise RuntimeError("model failure injected by the test")
+        return real(self, xs, k)
+
+    txs = [parse_transaction(b) for b in bodies]
+    calls = _evalsha_calls(service.redis)
+    with monkeypatch.context() as patch:
+        patch.setattr(predictor, "score", second_half_fails)
+        with pytest.raises(RuntimeError, match="injected"):
+            service.score(txs)
+    assert parts == [(n + 1) // 2, n // 2], "the batch was not scored in two parts"
+    assert _evalsha_calls(service.redis) - calls >= 3  # two counts, then the take-back
+    assert _velocity_state(service.redis) == before, "the failed batch left velocity state"
+    response = client.post("/v1/transactions/score/batch", json={"transactions": bodies})
+    assert response.status_code == 200, response.get_json()
+    results = response.get_json()["results"]
+    assert len(results) == n and not any(r.get("duplicate") for r in results)
+    last_on_card = max(i for i in range(n) if i % 4 == 0)
+    assert _features(app, f"t-test-part-{last_on_card}")["card_history_count"] == \
+        last_on_card // 4
+
+
+def test_a_batch_in_two_parts_survives_a_redis_that_lost_its_scripts(app: Flask) -> None:
+    """Both parts answer NOSCRIPT after a script flush (a restarted Redis): nothing ran,
+    so the script is loaded and the batch counted in one call, answered as usual."""
+    from fraud.velocity import PART_MIN
+
+    service = get_service(app)
+    n = 2 * PART_MIN
+    bodies = [make_tx(f"flush-{i}", card_id=f"c-flush-{i}",
+                      timestamp=f"2025-01-20T13:{i:02d}:00Z") for i in range(n)]
+    service.redis.script_flush()
+    response = app.test_client().post("/v1/transactions/score/batch",
+                                      json={"transactions": bodies})
+    assert response.status_code == 200, response.get_json()
+    assert [r["transaction_id"] for r in response.get_json()["results"]] == \
+        [f"t-test-flush-{i}" for i in range(n)]
+    assert all(_features(app, f"t-test-flush-{i}")["card_history_count"] == 0.0
+               for i in range(n))
+
+
 # ------------------------------------------------------------------------------- labels
 
 
