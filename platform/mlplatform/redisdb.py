@@ -95,6 +95,7 @@ class DirectCommands:
         self._local = threading.local()
 
     def execute_command(self, *args: Any) -> Any:
+        self._check_in_step()
         for attempt in (0, 1):
             sock, reader = self._connection()
             try:
@@ -124,17 +125,24 @@ class DirectCommands:
         """Send ``commands`` in one write, without waiting; returns what reads their
         replies, one per call, in order (an error reply is returned, not raised), so the
         caller can work while Redis runs the later ones. Every reply must be read before
-        this thread sends again. Not retried: after a connection failure which commands
-        ran is unknown, so the connection is dropped and ``redis.ConnectionError`` (or
-        ``redis.TimeoutError``) raised, from either call."""
+        this thread sends again (a command before then is refused). Not retried: after a
+        connection failure which commands ran is unknown, so the connection is dropped
+        and ``redis.ConnectionError`` (or ``redis.TimeoutError``) raised, from either
+        call."""
+        self._check_in_step()
         sock, reader = self._connection()
+        local = self._local
         try:
             sock.sendall(b"".join(hiredis.pack_command(tuple(c)) for c in commands))
         except BaseException as exc:
             self._drop()
             _reraise(exc)
+        local.unread = len(commands)
 
         def receive() -> Any:
+            if getattr(local, "held", None) is None or local.held[1]._sock is not sock:
+                raise redis.ConnectionError("Redis connection failed before this reply")
+            local.unread -= 1
             try:
                 while (reply := reader.gets()) is False:
                     chunk = sock.recv(65536)
@@ -150,6 +158,13 @@ class DirectCommands:
 
         return receive
 
+    def _check_in_step(self) -> None:
+        """Refuse a command while this thread's connection owes replies to a ``send``:
+        its reply would be read as theirs."""
+        if getattr(self._local, "unread", 0) > 0:
+            raise RuntimeError("DirectCommands: read every reply of send() before another "
+                               "command on this thread")
+
     def _connection(self) -> tuple[Any, Any]:
         """This thread's socket and reply reader (held: the process id, the connection,
         the reader)."""
@@ -162,6 +177,7 @@ class DirectCommands:
 
     def _drop(self) -> None:
         held, self._local.held = getattr(self._local, "held", None), None
+        self._local.unread = 0
         if held is not None:
             held[1].disconnect()  # redis-py's: shuts the socket down only in its own process
 

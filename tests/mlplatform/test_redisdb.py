@@ -77,6 +77,23 @@ def test_direct_commands_answer_as_the_client_does(redis_client: redis.Redis) ->
     direct.close()
 
 
+def test_direct_commands_send_several_and_read_their_replies_in_turn(
+        redis_client: redis.Redis) -> None:
+    """``send`` writes commands at once and hands back their replies one per call (an
+    error reply returned, not raised); until all are read, another command on the
+    thread is refused, since it would read their replies as its own."""
+    direct = DirectCommands(redis_client)
+    receive = direct.send([("EVAL", _SLOW_SCRIPT, 0, 20_000), ("EVALSHA", "0" * 40, 0),
+                           ("INCR", "sent")])
+    with pytest.raises(RuntimeError, match="every reply"):
+        direct.execute_command("PING")
+    assert receive() == b"late"
+    assert isinstance(receive(), redis.exceptions.NoScriptError)
+    assert receive() == 1
+    assert direct.execute_command("GET", "sent") == b"1"  # in step again
+    direct.close()
+
+
 def test_direct_commands_use_one_connection_per_thread_and_per_process(
         redis_client: redis.Redis) -> None:
     direct = DirectCommands(redis_client)
