@@ -5,9 +5,10 @@ contributions and top reasons (``fraud.predictors.HybridPredictor``).
 numpy cannot walk a tree without one call per level over every row and tree, and at one
 row (a /score request) its per-call cost is most of the work: a bincount, a dozen
 gathers, the QuickScorer masks over every split. Here a row visits only the nodes on its
-paths. Compiled once per machine and cached on disk (next to this file, or numba's user cache
-when that is read-only; in memory per process when neither can be written); imported on
-first use, so a command that scores nothing does not pay numba's import (0.4 s).
+paths. Compiled once per machine and cached on disk (next to this file, or numba's user
+cache when that is read-only; in memory per process when neither can be written);
+imported on first use, so a command that scores nothing does not pay numba's import
+(0.4 s).
 
 The loops fix the order of every floating-point sum (trees in order, then each path's
 levels from the root; features in order), so one row gets the same bits alone as inside

@@ -799,6 +799,10 @@ class RedisVelocityStore:
         half = (n + 1) // 2
         parts = [(0, half), (half, n)]
         receive = send([["EVALSHA", self._sha, 0, *head, *packed[lo:hi]] for lo, hi in parts])
+
+        def note(lo: int, hi: int, reply: Any) -> None:  # what the part lo:hi applied
+            into[lo:hi] = [_decode(e, r) for e, r in zip(events[lo:hi], reply)]
+
         read = 0
         try:
             for lo, hi in parts:
@@ -810,7 +814,7 @@ class RedisVelocityStore:
                     other = receive()
                     read += 1
                     if not isinstance(other, Exception):
-                        into[half:] = [_decode(e, r) for e, r in zip(events[half:], other)]
+                        note(half, n, other)
                         raise reply
                     self._sha = self._redis.script_load(_OBSERVE)
                     into[:] = self.observe_guarded(events, guards, markers, guard_ttl)
@@ -818,7 +822,7 @@ class RedisVelocityStore:
                     return
                 if isinstance(reply, Exception):
                     raise reply
-                into[lo:hi] = [_decode(e, r) for e, r in zip(events[lo:hi], reply)]
+                note(lo, hi, reply)
                 consume(lo, hi)
         except BaseException:
             for lo, hi in parts[read:]:  # keep the connection in step, note what ran
@@ -827,7 +831,7 @@ class RedisVelocityStore:
                 except redis.RedisError:
                     break
                 if not isinstance(reply, Exception):
-                    into[lo:hi] = [_decode(e, r) for e, r in zip(events[lo:hi], reply)]
+                    note(lo, hi, reply)
             raise
 
     def load(self, events: Sequence[Event]) -> int:
