@@ -330,3 +330,46 @@ def test_live_values_are_counted_as_one_value_at_a_time_would_count_them() -> No
     assert _category_counts([-0.0, 0.0, 0, False]) == {"-0": 1, "0": 3}
     # What Python's JSON reads and msgspec refuses still reads (NaN from a json.dumps).
     assert math.isnan(_json_row('{"x": NaN}')["x"]) and _json_row('{"x": 1}') == {"x": 1}
+
+
+def test_featurise_folds_one_hot_keys_whatever_the_vector_layout() -> None:
+    """A vector's keys go plain or fold into their one-hot feature, whichever layout the
+    rows have (rows of one layout share a plan); a plain key named like a one-hot feature
+    is assigned in the vector's order, as one by one."""
+    from mlplatform.monitoring.reference import NONE, featurise
+
+    source = {"vector": "f", "onehot": {"mcat=": "merchant_category"}}
+    rows = [{"f": {"amount": 5.0, "mcat=food": 0.0, "mcat=toys": 1.0}},
+            {"f": {"amount": 7.0, "mcat=food": 1.0, "mcat=toys": 0.0}},
+            {"f": {"mcat=food": 0.0, "amount": 9.0}},
+            {"f": {"mcat=food": 1.0, "merchant_category": 3.0}},
+            {"f": {"merchant_category": 3.0, "mcat=food": 1.0}},
+            {"f": None}]
+    assert featurise(rows, source) == [
+        {"merchant_category": "toys", "amount": 5.0},
+        {"merchant_category": "food", "amount": 7.0},
+        {"merchant_category": NONE, "amount": 9.0},
+        {"merchant_category": 3.0},
+        {"merchant_category": "food"},
+        {"merchant_category": NONE}]
+
+
+def test_a_vector_source_reads_only_the_vector_of_each_record(
+        settings: Settings, redis_client: Any) -> None:
+    """The decision records' other fields are skipped, not built; a record msgspec
+    refuses (NaN) is read by json; one that is not JSON, or lacks the field, is skipped."""
+    from mlplatform.monitoring.driftreport import live_rows
+
+    stream, now = "test:vector-only", 1_800_000_000.0
+    records = [json.dumps({"features": {"amount": 1.0}, "reasons": [{"code": "x"}]}),
+               '{"features": {"amount": NaN}, "score": 0.5}', "{not json", None,
+               json.dumps({"score": 0.1})]
+    for i, record in enumerate(records):
+        fields = {"other": "1"} if record is None else {"record": record}
+        redis_client.xadd(stream, fields, id=f"{int((now - 10 + i) * 1000)}-0")
+    source = {"stream": stream, "json_field": "record", "vector": "features"}
+    window = live_rows(redis_client, Lake.from_settings(settings), source, now - 60, now)
+    assert window.skipped == 2 and len(window.rows) == 3
+    assert window.rows[0] == {"features": {"amount": 1.0}}
+    assert math.isnan(window.rows[1]["features"]["amount"])
+    assert window.rows[2] == {"features": None}

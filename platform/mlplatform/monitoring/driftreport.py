@@ -227,16 +227,20 @@ def live_rows(client: redis.Redis | None, lake: Lake, source: Mapping[str, Any],
                    default=0.0)
     stream, start_ms = source["stream"], int((since - lookback) * 1000)
     until_ms = int(until * 1000)
-    entries: list[tuple[int, int, dict[str, Any]]] = []  # (ms, seq, fields)
+    json_field = source.get("json_field")
+    # (ms, seq, the record's JSON when the source names its field, else every field)
+    entries: list[tuple[int, int, Any]] = []
     # Per partition key: the first id Redis still holds (None: nothing there). Without a
     # client the whole window comes from the lake (every partition's folder).
     firsts: dict[str, str | None] = {stream: None}
     if client is not None:
         # Every partition of the stream (on a cluster the writers append to {p<k>}:...).
+        wanted = json_field.encode() if json_field else b""
         for entry in read_recent(client, stream, max_rows, since_ms=start_ms,
                                  until_ms=until_ms, chunk=CHUNK):
-            entries.append((*id_key(entry.id), {_text(k): _text(v)
-                                                for k, v in entry.fields.items()}))
+            fields = entry.fields
+            entries.append((*id_key(entry.id), fields.get(wanted, fields.get(json_field))
+                            if json_field else {_text(k): _text(v) for k, v in fields.items()}))
         firsts = first_ids(client, stream)
     if len(entries) < max_rows:
         # The worker archived and trimmed the start of the window: the lake holds it, in
@@ -244,18 +248,25 @@ def live_rows(client: redis.Redis | None, lake: Lake, source: Mapping[str, Any],
         for key, first in firsts.items():
             before = None if first is None else id_key(first)
             if before is None or before[0] > start_ms:
-                entries.extend(_from_lake(lake, key, start_ms, before, until))
+                entries.extend((ms, seq, fields.get(json_field) if json_field else fields)
+                               for ms, seq, fields
+                               in _from_lake(lake, key, start_ms, before, until))
         entries.sort(key=lambda e: (e[0], e[1]))
         entries = entries[-max_rows:]
-    json_field = source.get("json_field")
     window_ms = since * 1000
     window = LiveWindow([], [], truncated=len(entries) >= max_rows, skipped=0)
-    for ms, _, fields in entries:
-        try:
-            row = _json_row(fields[json_field]) if json_field else fields
-        except (KeyError, ValueError):
-            window.skipped += 1
-            continue
+    decode = _row_decoder(source)
+    for ms, _, value in entries:
+        if json_field:
+            try:
+                if value is None:
+                    raise KeyError(json_field)
+                row = decode(value)
+            except (KeyError, ValueError):
+                window.skipped += 1
+                continue
+        else:
+            row = value
         window.rows.append(row)
         window.in_window.append(ms >= window_ms)
     return window
@@ -281,15 +292,35 @@ def _from_lake(lake: Lake, stream: str, start_ms: int, before: tuple[int, int] |
 _decode_json = msgspec.json.Decoder().decode
 
 
-def _json_row(text: str) -> Any:
+def _json_row(text: bytes | str, decode: Callable[[bytes | str], Any] = _decode_json) -> Any:
     """A JSON record: msgspec's decoder (a third of the time of ``json.loads`` on a
     decision record, for tens of thousands of them per report), and ``json.loads`` for
-    what it refuses but Python's JSON accepts (NaN, Infinity, numbers out of range), so
-    the rows are the same either way."""
+    what it refuses but Python's JSON accepts (NaN, Infinity, numbers out of range, text
+    that is not UTF-8), so the rows are the same either way."""
     try:
-        return _decode_json(text)
+        return decode(text)
     except msgspec.MsgspecError:
-        return json.loads(text)
+        return json.loads(_text(text))
+
+
+def _row_decoder(source: Mapping[str, Any]) -> Callable[[bytes | str], Any]:
+    """What turns a record's JSON into the row ``featurise`` reads. A source that reads
+    only its vector (the fraud decisions: ``features``) gets ``{vector: ...}`` and no
+    other key: msgspec then skips the rest of the record (reasons, scores, ids) without
+    building it, about half the time of a whole decision record."""
+    vector = source.get("vector")
+    if not vector or source.get("fields") or source.get("lookups") or source.get("counts"):
+        return _json_row
+    only = msgspec.json.Decoder(msgspec.defstruct(
+        "VectorOnly", [("vector", Any, None)], rename={"vector": vector})).decode
+
+    def row(text: bytes | str) -> Any:
+        decoded = _json_row(text, only)
+        if isinstance(decoded, msgspec.Struct):
+            return {vector: decoded.vector}  # type: ignore[attr-defined]
+        return decoded  # what msgspec refused, as json.loads reads it
+
+    return row
 
 
 def _text(value: bytes | str) -> str:

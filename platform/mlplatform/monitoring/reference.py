@@ -90,20 +90,34 @@ def featurise(rows: Sequence[Row], source: Mapping[str, Any]) -> list[Features]:
     counts = {name: _rolling_counts(rows, spec) for name, spec in
               dict(source.get("counts") or {}).items()}
     prefix_of: dict[str, str | None] = {}  # vector key -> its one-hot prefix, if any
+    # Per vector layout (its keys in order: a service logs the same layout row after
+    # row), its plain keys and its one-hot keys (key, feature, prefix length); None when
+    # a plain key is also a one-hot feature's name (then the keys go one by one, in order).
+    layouts: dict[tuple[str, ...], tuple[tuple[str, ...], list[tuple[str, str, int]]] | None] = {}
     out: list[Features] = []
     for n, row in enumerate(rows):
         x: Features = {}
         if vector is not None:
             for name in onehot.values():
                 x[name] = NONE
-            for key, value in (row.get(vector) or {}).items():
-                if key not in prefix_of:
-                    prefix_of[key] = next((p for p in onehot if key.startswith(p)), None)
-                folded = prefix_of[key]
-                if folded is None:
-                    x[key] = value
-                elif value:
-                    x[onehot[folded]] = key[len(folded):]
+            values = row.get(vector) or {}
+            keys = tuple(values)
+            if keys not in layouts:
+                layouts[keys] = _layout(keys, onehot, prefix_of)
+            layout = layouts[keys]
+            if layout is not None:
+                plain, folded = layout
+                x.update(zip(plain, map(values.__getitem__, plain)))
+                for key, name, cut in folded:
+                    if values[key]:
+                        x[name] = key[cut:]
+            else:
+                for key, value in values.items():
+                    folded_prefix = prefix_of[key]
+                    if folded_prefix is None:
+                        x[key] = value
+                    elif value:
+                        x[onehot[folded_prefix]] = key[len(folded_prefix):]
         for name in fields:
             x[name] = row.get(name, MISSING)
         for name, spec in lookups.items():
@@ -114,6 +128,21 @@ def featurise(rows: Sequence[Row], source: Mapping[str, Any]) -> list[Features]:
             x[name] = float(values[n])
         out.append(x)
     return out
+
+
+def _layout(keys: tuple[str, ...], onehot: Mapping[str, str],
+            prefix_of: dict[str, str | None]) -> tuple[tuple[str, ...],
+                                                      list[tuple[str, str, int]]] | None:
+    """``featurise``'s plan for a vector with ``keys``: its plain keys, and its one-hot
+    keys as (key, feature, prefix length); None when a plain key is also a one-hot
+    feature's name (the order of the assignments then decides)."""
+    for key in keys:
+        if key not in prefix_of:
+            prefix_of[key] = next((p for p in onehot if key.startswith(p)), None)
+    plain = tuple(k for k in keys if prefix_of[k] is None)
+    if set(plain) & set(onehot.values()):
+        return None
+    return plain, [(k, onehot[p], len(p)) for k in keys if (p := prefix_of[k]) is not None]
 
 
 def _rolling_counts(rows: Sequence[Row], spec: Mapping[str, Any]) -> list[int]:
