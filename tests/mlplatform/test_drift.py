@@ -373,3 +373,25 @@ def test_a_vector_source_reads_only_the_vector_of_each_record(
     assert window.rows[0] == {"features": {"amount": 1.0}}
     assert math.isnan(window.rows[1]["features"]["amount"])
     assert window.rows[2] == {"features": None}
+
+
+def test_the_console_shows_a_fresh_published_report_and_computes_a_stale_one(
+        settings: Settings, redis_client: Any) -> None:
+    """A worker publishes its report every minute: the console shows it while it is at
+    most two minutes old, instead of computing its own; an older one is computed again."""
+    import time
+
+    from mlplatform.monitoring.collector import Collector
+    from mlplatform.monitoring.driftreport import publish
+
+    now = time.time()
+    report = {"service": "fraud", "model": "fraud-online:v9", "rows": 123,
+              "drift_share": 0.0, "features": {}, "at": now - 30}
+    publish(redis_client, "fraud", report)
+    collector = Collector(settings, redis_client, services=("fraud",))
+    shown = collector._drift("fraud", now)
+    assert shown == {"available": True, **report}
+    # Three minutes later the worker has not published again: computed here (this
+    # settings folder has no fraud model, so the console says why).
+    stale = collector._drift("fraud", now + 150)
+    assert stale["available"] is False and "fraud" in stale["reason"]
