@@ -366,7 +366,7 @@ def test_a_vector_source_reads_only_the_vector_of_each_record(
                json.dumps({"score": 0.1})]
     for i, record in enumerate(records):
         fields = {"other": "1"} if record is None else {"record": record}
-        redis_client.xadd(stream, fields, id=f"{int((now - 10 + i) * 1000)}-0")
+        redis_client.xadd(stream, fields, id=f"{int((now - 10 + i) * 1000)}-0", maxlen=10)
     source = {"stream": stream, "json_field": "record", "vector": "features"}
     window = live_rows(redis_client, Lake.from_settings(settings), source, now - 60, now)
     assert window.skipped == 2 and len(window.rows) == 3

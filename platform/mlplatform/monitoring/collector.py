@@ -141,7 +141,7 @@ class Collector:
         """The service worker's published report while it is fresh (at most
         ``published_seconds`` old), else one computed here. A report over a busy window
         costs seconds of CPU (about 2.5 s for 50,000 decision records): every console
-        process computing its own every ``drift_seconds`` would cost a fifth of a core
+        process computing its own every ``drift_seconds`` would cost a sixth of a core
         each, for what the worker publishes every minute anyway."""
         published = published_drift(self.client, service, now, self.published_seconds)
         if published is not None:
