@@ -107,11 +107,11 @@ class DirectCommands:
                     reader.feed(chunk)
             except TimeoutError as exc:
                 self._drop()
-                raise redis.TimeoutError(f"Redis did not answer in time: {exc}") from exc
+                _reraise(exc)
             except OSError as exc:
                 self._drop()
                 if attempt:
-                    raise redis.ConnectionError(f"Redis connection failed: {exc}") from exc
+                    _reraise(exc)
                 continue
             except BaseException:  # a half-read reply would answer the next command
                 self._drop()
