@@ -14,7 +14,7 @@ import time
 from importlib.metadata import entry_points
 
 from mlplatform.config import Settings
-from mlplatform.serving import sigterm_interrupts
+from mlplatform.serving import sigterm_interrupts, stop_requests
 
 __all__ = ["run_demo", "prepare_models"]
 
@@ -56,13 +56,16 @@ def run_demo(settings: Settings, services: list[str]) -> int:
     try:
         with sigterm_interrupts():
             urls = stack.start()
-            for service in services:
-                print(f"{service}: {urls[service]}{_PATHS.get(service, '')}", flush=True)
-            if stack.api_key:  # every scope; revoked when the demo stops
-                print(f"api key: {stack.api_key}", flush=True)
-            print("demo running; Ctrl-C stops it", flush=True)
-            while not stack.dead():
-                time.sleep(0.2)
+            with stop_requests() as stop:
+                for service in services:
+                    print(f"{service}: {urls[service]}{_PATHS.get(service, '')}", flush=True)
+                if stack.api_key:  # every scope; revoked when the demo stops
+                    print(f"api key: {stack.api_key}", flush=True)
+                print("demo running; Ctrl-C stops it", flush=True)
+                while not stop and not stack.dead():
+                    time.sleep(0.2)
+                if stop:
+                    return 0
             log.error("%s exited; stopping the demo", ", ".join(stack.dead()))
             return 1
     except KeyboardInterrupt:

@@ -38,7 +38,8 @@ from mlplatform.errors import ConfigError
 
 __all__ = ["service_names", "service_target", "service_interface", "server_command", "spawn", "spawn_worker",
            "ServerProcess", "metrics_dir", "wait_ready",
-           "stop_process", "serve", "sigterm_interrupts", "data_ready"]
+           "stop_process", "serve", "sigterm_interrupts", "stop_requests", "StopRequest",
+           "data_ready"]
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +235,43 @@ def sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+class StopRequest:
+    """What ``stop_requests`` noted: the first stop signal's name, or None."""
+
+    __slots__ = ("signal",)
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[StopRequest]:
+    """Inside, SIGTERM and Ctrl-C only note that a stop was asked; a supervisor's loop
+    checks between its passes and then stops everything in order.
+
+    For the loop that runs once everything has started. ``sigterm_interrupts``'s
+    KeyboardInterrupt can land anywhere, midway through a restart or inside a library's
+    own cleanup; a noted request is acted on where the loop chooses.
+    """
+    request = StopRequest()
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if request.signal is None:
+            log.info("received %s, shutting down", name)
+            request.signal = name
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield request
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def serve(service: str, settings: Settings, *, port: int, workers: int, server: str,
           restart: bool = True) -> int:
     """Run ``service`` until Ctrl-C / SIGTERM, restarting it when it dies (with
@@ -246,15 +284,19 @@ def serve(service: str, settings: Settings, *, port: int, workers: int, server: 
     try:
         with sigterm_interrupts():
             urls = stack.start()
-            print(f"{service}: {urls[service]}", flush=True)
-            reported = 0
-            while not (dead := stack.supervise()):
-                total = sum(stack.restarts.values())
-                if total != reported:  # one line per restart, for people and scripts
-                    reported = total
-                    counts = ", ".join(f"{k} {n}" for k, n in sorted(stack.restarts.items()))
-                    print(f"restarts: {counts}", flush=True)
-                time.sleep(0.2)
+            with stop_requests() as stop:
+                print(f"{service}: {urls[service]}", flush=True)
+                reported = 0
+                while not stop and not (dead := stack.supervise()):
+                    total = sum(stack.restarts.values())
+                    if total != reported:  # one line per restart, for people and scripts
+                        reported = total
+                        counts = ", ".join(f"{k} {n}"
+                                           for k, n in sorted(stack.restarts.items()))
+                        print(f"restarts: {counts}", flush=True)
+                    time.sleep(0.2)
+                if stop:
+                    return 0
             log.error("%s exited", ", ".join(dead))
             return 1
     except KeyboardInterrupt:

@@ -71,7 +71,9 @@ def test_metrics_count_every_request_across_worker_processes(server: int) -> Non
     assert match and float(match.group(1)) == sent
 
 
-def test_embedded_redis_is_started_and_stopped_with_the_service(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_embedded_redis_is_started_and_stopped_with_the_service(tmp_path: Path,
+                                                                 stop: signal.Signals) -> None:
     port = free_port()
     proc = _serve(tmp_path, port, {"MLSUITE_REDIS_URL": ""})
     try:
@@ -79,7 +81,7 @@ def test_embedded_redis_is_started_and_stopped_with_the_service(tmp_path: Path) 
         assert ready["checks"]["redis"]["ok"] is True  # type: ignore[index]
         assert (tmp_path / "redis" / "redis.url").is_file()
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(stop)
         assert proc.wait(timeout=30) == 0
     assert not (tmp_path / "redis" / "redis.url").exists()
     assert (tmp_path / "redis" / "appendonly.aof").exists()

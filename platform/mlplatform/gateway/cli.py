@@ -154,7 +154,7 @@ def up(replicas: int, with_gateway: bool, port: int, services: str, workers: int
     Data, Redis, Feast and models are prepared as for `mlsuite demo` (the data folder's
     embedded Redis unless MLSUITE_REDIS_URL is set); each app has one background worker.
     A replica that dies is started again after a backoff; the gateway routes around it."""
-    from mlplatform.serving import sigterm_interrupts
+    from mlplatform.serving import sigterm_interrupts, stop_requests
 
     settings = _settings()
     names = [s.strip() for s in services.split(",") if s.strip()]
@@ -170,12 +170,15 @@ def up(replicas: int, with_gateway: bool, port: int, services: str, workers: int
     try:
         with sigterm_interrupts():
             run.start()
-            print_urls(run, echo=lambda line: click.echo(line))
-            click.echo(f"up: {replicas} replica{'s' if replicas > 1 else ''} per app "
-                       "service; Ctrl-C stops everything")
-            sys.stdout.flush()
-            while not (dead := run.supervise()):
-                time.sleep(0.2)
+            with stop_requests() as stop:
+                print_urls(run, echo=lambda line: click.echo(line))
+                click.echo(f"up: {replicas} replica{'s' if replicas > 1 else ''} per app "
+                           "service; Ctrl-C stops everything")
+                sys.stdout.flush()
+                while not stop and not (dead := run.supervise()):
+                    time.sleep(0.2)
+                if stop:
+                    return
             click.echo(f"up: {', '.join(dead)} exited; stopping", err=True)
             sys.exit(1)
     except KeyboardInterrupt:
