@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,36 @@ def test_embedded_server_keeps_acknowledged_writes_across_a_restart(tmp_path: Pa
         connect(server.url, socket_timeout=0.3).ping()
     with EmbeddedRedis(tmp_path) as again:
         assert connect(again.url).xlen("events") == 1
+
+
+def test_embedded_server_keeps_writes_across_a_rewrite_of_its_file(tmp_path: Path) -> None:
+    """The append-only file's rewrite writes an uncompressed base (its child copies, it
+    does not compress); what was written before and after it is there after a restart."""
+    record = '{"features": {"amount": 12.5, "card_count_1h": 0.0}}' * 20
+    with EmbeddedRedis(tmp_path) as server:
+        client = connect(server.url)
+        assert client.config_get("rdbcompression") == {"rdbcompression": "no"}
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        for i in range(200):
+            client.xadd("decisions", {"transaction_id": f"t{i}", "record": record})
+        client.bgrewriteaof()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            info = client.info("persistence")
+            if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"] \
+                    and info["aof_last_bgrewrite_status"] == "ok" and info["aof_base_size"]:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"the rewrite did not finish: {client.info('persistence')}")
+        client.xadd("decisions", {"transaction_id": "after", "record": record})
+    base = (tmp_path / "redis" / "appendonly.aof").read_bytes()
+    assert base.startswith(b"REDIS")  # the rewrite's RDB base
+    assert base.count(record[:40].encode()) >= 200  # stored as is, not LZF-compressed
+    with EmbeddedRedis(tmp_path) as again:
+        client = connect(again.url)
+        assert client.xlen("decisions") == 201
+        assert client.xrevrange("decisions", count=1)[0][1][b"transaction_id"] == b"after"
 
 
 def test_second_process_reuses_a_running_server(tmp_path: Path) -> None:
