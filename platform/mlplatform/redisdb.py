@@ -438,25 +438,54 @@ class EmbeddedRedis:
         # AF_UNIX paths are limited to ~107 bytes; a deep data folder falls back to TCP.
         url = (f"unix://{self.socket_path}?db=0" if len(str(self.socket_path)) < 100
                else f"redis://127.0.0.1:{port}/0")
+        try:
+            self._wait_started(url, timeout)
+            self.url, self.owned = url, True
+            self.url_file.write_text(url)
+        except BaseException:
+            # Failed, or interrupted (Ctrl-C, SIGTERM) while it loads: a server left
+            # running here has no URL file, so the next start would run a second server
+            # on the same append-only file.
+            self._abandon()
+            raise
+        return url
+
+    def _wait_started(self, url: str, timeout: float) -> None:
+        proc = self._proc
+        assert proc is not None
         client = connect(url, socket_timeout=0.5)
         deadline = time.monotonic() + timeout
-        while True:
-            if self._proc.poll() is not None:
-                err = self._proc.stderr.read().decode() if self._proc.stderr else ""
-                raise ConfigError(f"embedded redis-server exited at start: {err.strip() or 'see ' + str(self.dir / 'redis.log')}")
-            try:
-                # Loading a large AOF answers LOADING errors until done: keep waiting.
-                if client.ping():
-                    break
-            except redis.RedisError:
-                if time.monotonic() > deadline:
-                    self._proc.kill()
-                    raise ConfigError(f"embedded redis-server did not answer within {timeout}s")
-                time.sleep(0.05)
-        client.close()
-        self.url, self.owned = url, True
-        self.url_file.write_text(url)
-        return url
+        try:
+            while True:
+                if proc.poll() is not None:
+                    err = proc.stderr.read().decode() if proc.stderr else ""
+                    raise ConfigError("embedded redis-server exited at start: "
+                                      f"{err.strip() or 'see ' + str(self.dir / 'redis.log')}")
+                try:
+                    # Loading a large AOF answers LOADING errors until done: keep waiting.
+                    if client.ping():
+                        return
+                except redis.RedisError:
+                    if time.monotonic() > deadline:
+                        raise ConfigError(
+                            f"embedded redis-server did not answer within {timeout}s") from None
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    def _abandon(self) -> None:
+        """Stop the server this start launched (SIGTERM: a clean shutdown, even while
+        loading; SIGKILL after 10 s)."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        log.info("stopping the embedded redis-server this start launched (pid %d)", proc.pid)
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
     def stop(self) -> None:
         if not self.owned or self._proc is None:
