@@ -58,6 +58,27 @@ def test_embedded_server_keeps_writes_across_a_rewrite_of_its_file(tmp_path: Pat
         assert client.xrevrange("decisions", count=1)[0][1][b"transaction_id"] == b"after"
 
 
+def test_embedded_server_loading_a_large_file_is_waited_for(tmp_path: Path) -> None:
+    """A data folder's append-only file that takes longer to load than the start's
+    timeout: the wait allows for its size, and the server starts with all of it."""
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    members = b"".join(b"$%d\r\n%s\r\n" % (len(m), m) for m in (b"m%d" % j for j in range(100)))
+    with open(folder / "appendonly.aof", "wb") as aof:  # 60,000 SADDs: seconds to load
+        aof.write(b"".join(b"*102\r\n$4\r\nSADD\r\n$%d\r\n%s\r\n" % (len(k), k) + members
+                           for k in (b"s%d" % i for i in range(60_000))))
+    started = time.monotonic()
+    with EmbeddedRedis(tmp_path) as server:
+        server.stop()
+    took = time.monotonic() - started
+    server = EmbeddedRedis(tmp_path)
+    server.start(timeout=min(0.5, took / 4))
+    try:
+        assert connect(server.url).dbsize() == 60_000
+    finally:
+        server.stop()
+
+
 def test_second_process_reuses_a_running_server(tmp_path: Path) -> None:
     with EmbeddedRedis(tmp_path) as first:
         second = EmbeddedRedis(tmp_path)
