@@ -149,3 +149,20 @@ def _wait_for(what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any
 def wait_for() -> Callable[..., Any]:
     """Wait for a condition with a deadline: ``wait_for("what", check, timeout=10.0)``."""
     return _wait_for
+
+
+def _write_slow_aof(folder: Path, keys: int = 60_000) -> int:
+    """An append-only file in ``folder`` that takes a redis-server seconds to load:
+    ``keys`` SADDs of 100 members each. Returns the number of keys."""
+    folder.mkdir(parents=True, exist_ok=True)
+    members = b"".join(b"$%d\r\n%s\r\n" % (len(m), m) for m in (b"m%d" % j for j in range(100)))
+    (folder / "appendonly.aof").write_bytes(b"".join(
+        b"*102\r\n$4\r\nSADD\r\n$%d\r\n%s\r\n" % (len(k), k) + members
+        for k in (b"s%d" % i for i in range(keys))))
+    return keys
+
+
+@pytest.fixture
+def slow_aof() -> Callable[..., int]:
+    """Write an append-only file that takes seconds to load: ``slow_aof(folder)``."""
+    return _write_slow_aof

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -28,7 +30,8 @@ def test_embedded_server_keeps_acknowledged_writes_across_a_restart(tmp_path: Pa
         assert connect(again.url).xlen("events") == 1
 
 
-def test_embedded_server_keeps_writes_across_a_rewrite_of_its_file(tmp_path: Path) -> None:
+def test_embedded_server_keeps_writes_across_a_rewrite_of_its_file(
+        tmp_path: Path, wait_for: Callable[..., Any]) -> None:
     """The append-only file's rewrite writes an uncompressed base (its child copies, it
     does not compress); what was written before and after it is there after a restart."""
     record = '{"features": {"amount": 12.5, "card_count_1h": 0.0}}' * 20
@@ -36,19 +39,18 @@ def test_embedded_server_keeps_writes_across_a_rewrite_of_its_file(tmp_path: Pat
         client = connect(server.url)
         assert client.config_get("rdbcompression") == {"rdbcompression": "no"}
         assert client.config_get("appendonly") == {"appendonly": "yes"}
-        for i in range(200):
-            client.xadd("decisions", {"transaction_id": f"t{i}", "record": record})
+        for fields in ({"transaction_id": f"t{i}", "record": record} for i in range(200)):
+            client.xadd("decisions", fields, maxlen=1000)  # type: ignore[arg-type]
         client.bgrewriteaof()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+
+        def rewritten() -> bool:
             info = client.info("persistence")
-            if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"] \
-                    and info["aof_last_bgrewrite_status"] == "ok" and info["aof_base_size"]:
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail(f"the rewrite did not finish: {client.info('persistence')}")
-        client.xadd("decisions", {"transaction_id": "after", "record": record})
+            return (not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]
+                    and info["aof_last_bgrewrite_status"] == "ok"
+                    and bool(info["aof_base_size"]))
+
+        wait_for("the append-only file's rewrite", rewritten, timeout=20)
+        client.xadd("decisions", {"transaction_id": "after", "record": record}, maxlen=1000)
     base = (tmp_path / "redis" / "appendonly.aof").read_bytes()
     assert base.startswith(b"REDIS")  # the rewrite's RDB base
     assert base.count(record[:40].encode()) >= 200  # stored as is, not LZF-compressed
@@ -58,15 +60,11 @@ def test_embedded_server_keeps_writes_across_a_rewrite_of_its_file(tmp_path: Pat
         assert client.xrevrange("decisions", count=1)[0][1][b"transaction_id"] == b"after"
 
 
-def test_embedded_server_loading_a_large_file_is_waited_for(tmp_path: Path) -> None:
+def test_embedded_server_loading_a_large_file_is_waited_for(
+        tmp_path: Path, slow_aof: Callable[..., int]) -> None:
     """A data folder's append-only file that takes longer to load than the start's
     timeout: the wait allows for its size, and the server starts with all of it."""
-    folder = tmp_path / "redis"
-    folder.mkdir()
-    members = b"".join(b"$%d\r\n%s\r\n" % (len(m), m) for m in (b"m%d" % j for j in range(100)))
-    with open(folder / "appendonly.aof", "wb") as aof:  # 60,000 SADDs: seconds to load
-        aof.write(b"".join(b"*102\r\n$4\r\nSADD\r\n$%d\r\n%s\r\n" % (len(k), k) + members
-                           for k in (b"s%d" % i for i in range(60_000))))
+    keys = slow_aof(tmp_path / "redis")
     started = time.monotonic()
     with EmbeddedRedis(tmp_path) as server:
         server.stop()
@@ -74,7 +72,7 @@ def test_embedded_server_loading_a_large_file_is_waited_for(tmp_path: Path) -> N
     server = EmbeddedRedis(tmp_path)
     server.start(timeout=min(0.5, took / 4))
     try:
-        assert connect(server.url).dbsize() == 60_000
+        assert connect(server.url).dbsize() == keys
     finally:
         server.stop()
 

@@ -9,8 +9,7 @@ import re
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,44 +89,41 @@ def test_embedded_redis_is_started_and_stopped_with_the_service(tmp_path: Path,
     assert (tmp_path / "redis" / "appendonly.aof").exists()
 
 
-def test_a_stop_while_the_embedded_redis_loads_leaves_no_server_behind(tmp_path: Path) -> None:
+def test_a_stop_while_the_embedded_redis_loads_leaves_no_server_behind(
+        tmp_path: Path, slow_aof: Callable[..., int], wait_for: Callable[..., Any]) -> None:
     """SIGTERM while the embedded server still loads its append-only file: the server is
     stopped too (left running, without its URL file, the next start would run a second
     server on the same file), and the file loads whole at the next start."""
     folder = tmp_path / "redis"
-    folder.mkdir()
-    members = b"".join(b"$%d\r\n%s\r\n" % (len(m), m) for m in (b"m%d" % j for j in range(100)))
-    with open(folder / "appendonly.aof", "wb") as aof:  # 60,000 SADDs: seconds to load
-        aof.write(b"".join(b"*102\r\n$4\r\nSADD\r\n$%d\r\n%s\r\n" % (len(k), k) + members
-                           for k in (b"s%d" % i for i in range(60_000))))
+    keys = slow_aof(folder)
     env = {**os.environ, "MLSUITE_DATA_DIR": str(tmp_path), "MLSUITE_REDIS_URL": ""}
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlplatform", "serve", "baseline-conventions",
-         "--port", str(free_port()), "--workers", "2"], env=env, stderr=subprocess.PIPE)
+         "--port", str(free_port()), "--workers", "2"], env=env)
     try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if b"starting embedded redis-server" in line:
-                break
-        time.sleep(0.3)  # past its start: it loads for seconds, and only then is it ready
+        wait_for("the embedded redis-server", lambda: _servers_in(folder), timeout=30)
         assert not (folder / "redis.url").exists(), "loaded already: make the file bigger"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.communicate()
-    time.sleep(0.2)
-    left = [p for p in psutil.process_iter(["name"]) if _cwd(p) == folder]
+            proc.wait()
+    left = _servers_in(folder)  # serve waits for the server it stops before it exits
     for process in left:  # this test's failure must not leave a server behind either
         process.kill()
     assert left == [], f"redis-server still running in {folder}: {left}"
     with EmbeddedRedis(tmp_path) as server:
-        assert connect(server.url).dbsize() == 60_000
+        assert connect(server.url).dbsize() == keys
 
 
-def _cwd(process: Any) -> Path | None:
-    try:
-        return Path(process.cwd())
-    except Exception:  # noqa: BLE001 - gone, or not ours to read
-        return None
+def _servers_in(folder: Path) -> list[psutil.Process]:
+    """The processes whose working folder is ``folder``."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if Path(process.cwd()) == folder:
+                found.append(process)
+        except (psutil.Error, OSError):  # gone, or not ours to read
+            continue
+    return found
