@@ -40,7 +40,7 @@ def test_embedded_server_keeps_writes_across_a_rewrite_of_its_file(
         assert client.config_get("rdbcompression") == {"rdbcompression": "no"}
         assert client.config_get("appendonly") == {"appendonly": "yes"}
         for fields in ({"transaction_id": f"t{i}", "record": record} for i in range(200)):
-            client.xadd("decisions", fields, maxlen=1000)  # type: ignore[arg-type]
+            client.xadd("decisions", fields, maxlen=1000)
         client.bgrewriteaof()
 
         def rewritten() -> bool:
