@@ -589,24 +589,24 @@ class EmbeddedCluster:
     def start(self, timeout: float = 20.0) -> str:
         """Start the nodes, form the cluster; its ``redis+cluster://`` URL."""
         taken: set[int] = set()
-        for i in range(self.nodes):
-            port = _free_cluster_port(taken)
-            taken.add(port)
-            self.ports.append(port)
-            node_dir = self.dir / f"node-{i}"
-            node_dir.mkdir(parents=True, exist_ok=True)
-            args = [
-                redis_server_binary(),
-                "--port", str(port), "--bind", "127.0.0.1",
-                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", "5000",
-                "--dir", str(node_dir), *persistence_args(self.fsync),
-                "--logfile", "redis.log", "--daemonize", "no",
-            ]
-            self._procs.append(subprocess.Popen(args, cwd=node_dir, start_new_session=True,
-                                                stdout=subprocess.DEVNULL,
-                                                stderr=subprocess.PIPE))
-        try:
+        try:  # a failed or interrupted start stops the nodes it launched
+            for i in range(self.nodes):
+                port = _free_cluster_port(taken)
+                taken.add(port)
+                self.ports.append(port)
+                node_dir = self.dir / f"node-{i}"
+                node_dir.mkdir(parents=True, exist_ok=True)
+                args = [
+                    redis_server_binary(),
+                    "--port", str(port), "--bind", "127.0.0.1",
+                    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                    "--cluster-node-timeout", "5000",
+                    "--dir", str(node_dir), *persistence_args(self.fsync),
+                    "--logfile", "redis.log", "--daemonize", "no",
+                ]
+                self._procs.append(subprocess.Popen(args, cwd=node_dir, start_new_session=True,
+                                                    stdout=subprocess.DEVNULL,
+                                                    stderr=subprocess.PIPE))
             self._form(time.monotonic() + timeout)
         except BaseException:
             self.stop()

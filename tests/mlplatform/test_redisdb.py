@@ -193,3 +193,30 @@ def test_direct_commands_drop_a_connection_that_timed_out(redis_url: str,
     # The script's late reply must not answer the next command.
     assert direct.execute_command("GET", "k") == b"mine"
     direct.close()
+
+
+def test_a_cluster_start_that_fails_midway_stops_the_nodes_it_launched(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second node's binary is missing: the first node, already running, is stopped
+    with the failure, not left behind."""
+    import psutil
+
+    from mlplatform import redisdb
+
+    real = redisdb.redis_server_binary()
+    binaries = iter([real, str(tmp_path / "no-such-redis-server")])
+    monkeypatch.setattr(redisdb, "redis_server_binary", lambda: next(binaries))
+    cluster = redisdb.EmbeddedCluster(tmp_path / "cluster")
+    with pytest.raises(FileNotFoundError):
+        cluster.start()
+    node = tmp_path / "cluster" / "node-0"
+    left = []
+    for process in psutil.process_iter():
+        try:
+            if Path(process.cwd()) == node:
+                left.append(process)
+        except (psutil.Error, OSError):
+            continue
+    for process in left:
+        process.kill()
+    assert left == [], f"a node of the failed start still runs: {left}"
