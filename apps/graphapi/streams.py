@@ -98,6 +98,9 @@ class StreamTails:
                                     socket_timeout=block_ms / 1000 + 5)
         self.block_ms = block_ms
         self._tails: dict[str, _Tail] = {}
+        # Every tail task until it has ended, also those cancelled when their last
+        # subscriber left: close() waits for them before it closes the connections.
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @contextlib.asynccontextmanager
     async def subscribe(self, stream: str) -> AsyncIterator[asyncio.Queue[Entry]]:
@@ -106,6 +109,8 @@ class StreamTails:
         if tail is None:
             tail = self._tails[stream] = _Tail(self.client, stream, self.block_ms)
             tail.task = asyncio.create_task(tail.run(), name=f"tail {stream}")
+            self._tasks.add(tail.task)
+            tail.task.add_done_callback(self._tasks.discard)
         queue: asyncio.Queue[Entry] = asyncio.Queue(QUEUE_SIZE)
         tail.queues.add(queue)
         gauge = SUBSCRIBERS.labels(stream)
@@ -127,8 +132,16 @@ class StreamTails:
         return await self.client.ping()
 
     async def close(self) -> None:
-        for tail in list(self._tails.values()):
-            if tail.task is not None:
-                tail.task.cancel()
+        """Stop every tail and wait until its reads have ended, then close the client: a
+        connection closed under a blocking read still in flight could leave that read's
+        task unable to finish, and the event loop's shutdown waiting for it forever."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
         self._tails.clear()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.block_ms / 1000 + 5)
+            if pending:
+                log.warning("graphql: %d stream tail(s) still reading after cancel; closing "
+                            "their connections anyway", len(pending))
         await self.client.aclose()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -91,3 +92,29 @@ def test_a_subscription_tail_hears_every_partition(cluster_url: str,
             await tails.close()
 
     assert asyncio.run(run()) == [str(p) for p in range(parts)]
+
+
+def test_closing_the_tails_ends_every_read_before_the_client_closes(cluster_url: str) -> None:
+    """close() with a subscriber still listening: every tail task has ended before the
+    client's connections close (a blocking read cut by the close could keep the loop from
+    ever shutting down), and none is left afterwards."""
+
+    async def run() -> tuple[list[set[asyncio.Task[Any]]], set[asyncio.Task[Any]]]:
+        async with asyncio.timeout(30):
+            tails = StreamTails(cluster_url, block_ms=200)
+            running_at_close: list[set[asyncio.Task[Any]]] = []
+            close_client = tails.client.aclose
+
+            async def aclose() -> None:  # the real close, noting what still runs
+                running_at_close.append(asyncio.all_tasks() - {asyncio.current_task()})
+                await close_client()
+
+            tails.client.aclose = aclose  # type: ignore[method-assign]
+            async with tails.subscribe(STREAM):
+                await asyncio.sleep(0.3)  # the tail is inside a blocking XREAD now
+                await tails.close()
+            return running_at_close, asyncio.all_tasks() - {asyncio.current_task()}
+
+    running_at_close, left = asyncio.run(run())
+    assert running_at_close == [set()], f"still reading when the client closed: {running_at_close}"
+    assert left == set(), f"tasks still running after close(): {left}"
