@@ -496,13 +496,10 @@ class EmbeddedRedis:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
+        from mlplatform.serving import stop_process  # serving imports nothing of ours
+
         log.info("stopping the embedded redis-server this start launched (pid %d)", proc.pid)
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=10)
 
     def stop(self) -> None:
         if not self.owned or self._proc is None:
