@@ -34,6 +34,7 @@ __all__ = [
     "BASE_FEATURES",
     "LOG_FEATURES",
     "CATEGORY_PREFIX",
+    "CLOCK_FEATURES",
 ]
 
 CATEGORY_PREFIX = "mcat="
@@ -44,6 +45,8 @@ BASE_FEATURES: tuple[str, ...] = (
     "merchant_profile_missing", "merchant_risk_score", "merchant_cross_border",
     *VELOCITY_FEATURES,
 )  # fmt: skip
+# Functions of the time of day alone: an hour of live traffic holds one value of them.
+CLOCK_FEATURES: tuple[str, ...] = ("hour_of_day", "hour_sin", "hour_cos")
 # Heavy-tailed, non-negative: linear models see log1p of these.
 LOG_FEATURES = frozenset(
     {"amount", "card_age_days", "card_avg_amount", "amount_vs_card_avg"}

@@ -31,7 +31,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from fraud.config import FraudConfig
-from fraud.features import CATEGORY_PREFIX, offline_vectors
+from fraud.features import CATEGORY_PREFIX, CLOCK_FEATURES, offline_vectors
 from fraud.keys import Keys
 from fraud.models import Artifact, BatchGBM, feature_names_of, fit_model, make_model
 from fraud.pii import data_dir_of, folder_tokeniser
@@ -172,10 +172,12 @@ def drift_reference(vectors: Sequence[dict[str, float]], config: FraudConfig, *,
                     served: bool) -> dict[str, Any]:
     """The drift reference of a model trained on ``vectors``: the features the decision
     records log (``mlplatform.monitoring``); the one-hot merchant category folds back
-    into one categorical feature, so a new category mix reads as one drifted feature."""
+    into one categorical feature, so a new category mix reads as one drifted feature. The
+    hour features follow the clock: judged on windows of a day or more only."""
     source = {"stream": Keys(config.key_prefix, config.model_name).decisions,
               "json_field": "record", "vector": "features",
-              "onehot": {CATEGORY_PREFIX: "merchant_category"}}
+              "onehot": {CATEGORY_PREFIX: "merchant_category"},
+              "clock": list(CLOCK_FEATURES)}
     rows = featurise([{"features": x} for x in vectors], source)
     return build_profile(rows, source=source, service="fraud", served=served)
 

@@ -120,7 +120,31 @@ def test_shifted_amounts_flag_the_amount_features(
     assert amount["value"] > amount["threshold"] and amount["psi"] > 0.1
     assert amount["live_mean"] == pytest.approx(5 * amount["reference_mean"], rel=0.01)
     assert report["window"] == "15m"
-    assert report["drift_share"] == round(len(flagged) / len(report["features"]), 4)
+    judged = [n for n, r in report["features"].items() if "not_judged" not in r]
+    assert report["drift_share"] == round(len(flagged) / len(judged), 4)
+
+
+def test_the_time_of_day_is_judged_on_a_day_not_on_an_hour(
+        app: Flask, bodies: list[dict[str, Any]], cli: Callable[..., Any]) -> None:
+    """Live traffic of one hour holds one hour of the day: against the all-day reference
+    the hour features would drift every hour. Under an hour's window they are shown,
+    not flagged, and say why; under a day's window they are judged, and here flagged."""
+    from fraud.features import CLOCK_FEATURES
+
+    hour = 14 * 3600.0  # every transaction made between 14:00 and 15:00 (UTC)
+    _replay(app, [{**b, "timestamp": b["timestamp"] - b["timestamp"] % 86400 + hour
+                   + b["timestamp"] % 3600} for b in bodies[:3000]])
+    report = cli()
+    for name in CLOCK_FEATURES:
+        feature = report["features"][name]
+        assert feature["drifted"] is False and feature["value"] > feature["threshold"], name
+        assert "1h window" in feature["not_judged"], feature
+    judged = [n for n, r in report["features"].items() if "not_judged" not in r]
+    assert len(judged) == len(report["features"]) - len(CLOCK_FEATURES)
+    assert report["drift_share"] == round(len(_flagged(report)) / len(judged), 4)
+    day = cli("--window", "1d")
+    assert {"hour_of_day", "hour_sin"} <= _flagged(day), day["features"]["hour_of_day"]
+    assert not any("not_judged" in r for r in day["features"].values())
 
 
 def test_a_handful_of_transactions_flags_nothing(

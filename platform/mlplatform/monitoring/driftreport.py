@@ -13,7 +13,11 @@ never renamed)::
                              "value": 0.42, "threshold": 0.1, "drifted": true, "psi": 1.3}}}
 
 With fewer than ``MIN_ROWS`` live rows the statistics are still shown but nothing is
-flagged (``enough_data: false``). The worker of each service publishes a report every
+flagged (``enough_data: false``). Features that follow the time of day (the profile
+source's ``clock``: an hour, its sine and cosine) are compared with an all-day reference
+only on windows of a day or more: an hour of live traffic holds one hour of the day, so
+they would be flagged every time. On a shorter window their statistics are shown, they
+are not flagged, ``not_judged`` says why, and they do not count in ``drift_share``. The worker of each service publishes a report every
 ``INTERVAL_SECONDS`` (``publish``: one Redis key per service, and Prometheus gauges);
 ``latest`` reads it back for the console.
 """
@@ -58,6 +62,7 @@ __all__ = ["drift_report", "live_rows", "LiveWindow", "publish", "latest", "repo
 log = logging.getLogger(__name__)
 
 MIN_ROWS = 50  # fewer live rows than this: too noisy to flag anything
+DAY_SECONDS = 86400  # windows shorter than this do not judge the time-of-day features
 MAX_ROWS = 50_000  # the newest rows of a busy window: plenty for every statistic
 CHUNK = 1000  # stream entries per read
 INTERVAL_SECONDS = 60.0
@@ -113,7 +118,14 @@ def drift_report(settings: Settings, service: str, *, window_seconds: float = 36
     enough = len(features) >= MIN_ROWS
     results = {name: _feature(spec, [x[name] for x in features if name in x], enough)
                for name, spec in profile["features"].items()}
-    judged = [r for r in results.values() if r.get("value") is not None]
+    clock = set(source.get("clock") or ()) if window_seconds < DAY_SECONDS else set()
+    for name in clock & results.keys():
+        results[name]["drifted"] = False
+        results[name]["not_judged"] = (
+            f"follows the time of day: a {format_window(window_seconds)} window holds part of "
+            "the day, so it is compared with the all-day reference on windows of 1d or more")
+    judged = [r for name, r in results.items()
+              if r.get("value") is not None and name not in clock]
     drifted = sum(1 for r in judged if r["drifted"])
     share = round(drifted / len(judged), 4) if judged and enough else 0.0
     return {

@@ -21,7 +21,9 @@ importing it, and training and live rows go through one function (no skew). Keys
 - ``fields``: row fields taken as they are;
 - ``lookups``: ``{name: {"field", "table", "missing"}}``: ``table[row[field]]``;
 - ``counts``: ``{name: {"by", "time", "seconds"}}``: rows of the same ``by`` within the
-  last ``seconds`` (by the ``time`` field), this one included.
+  last ``seconds`` (by the ``time`` field), this one included;
+- ``clock``: features that follow the time of day (an hour, its sine and cosine): drift
+  reports judge them only on windows of a day or more (``driftreport``).
 
 >>> rows = [{"v": {"amount": 10.0, "mcat=food": 1.0}}, {"v": {"amount": 30.0}}]
 >>> featurise(rows, {"vector": "v", "onehot": {"mcat=": "merchant_category"}})
