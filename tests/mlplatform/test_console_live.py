@@ -128,6 +128,9 @@ def test_drift_on_traffic_like_training_flags_nothing(
     assert d["enough_data"] is True
     assert "amount" in d["features"]
     assert d["features"]["amount"]["drifted"] is False, d["features"]["amount"]
+    # An hour's window does not judge the time of day (it holds part of the day).
+    hour = d["features"]["hour_of_day"]
+    assert hour["drifted"] is False and "not_judged" in hour, hour
 
 
 # -- the page in a real browser ------------------------------------------------------------
@@ -197,6 +200,12 @@ def test_page_loads_plots_fill_and_injected_drift_shows(
         return any(n.startswith("amount") for n in names)
 
     wait_for("the drift table to flag amount", drift_flagged, timeout=120)
+    # The hour features are shown, not judged on the page's 1-hour window, and say why.
+    hours = browser.execute_script(
+        "return [...document.querySelectorAll('#drift-tables tr')]"
+        ".filter(tr => tr.querySelector('th') && tr.querySelector('th').textContent"
+        ".startsWith('hour_of_day')).map(tr => tr.lastElementChild.innerHTML)")
+    assert hours and "not judged" in hours[0] and "time of day" in hours[0], hours
 
     def alert_shown() -> bool:
         text = browser.execute_script("return document.getElementById('alert-list').textContent")

@@ -197,6 +197,8 @@ class DriftFeature(msgspec.Struct, forbid_unknown_fields=True):
     value: float | None
     threshold: float | None
     drifted: bool | None
+    # Why it was not judged (a time-of-day feature on a window shorter than a day).
+    not_judged: str | None = None
 
 
 class DriftSummary(msgspec.Struct, forbid_unknown_fields=True):

@@ -218,7 +218,8 @@ def drift_summary(report: dict[str, Any] | None) -> dict[str, Any]:
             "dataset_drift", "at")
     return {"available": True, **{k: report.get(k) for k in keep},
             "features": [{"name": n, **{k: f.get(k) for k in (
-                "kind", "statistic", "value", "threshold", "drifted")}} for n, f in features]}
+                "kind", "statistic", "value", "threshold", "drifted", "not_judged")}}
+                         for n, f in features]}
 
 
 def alerts(c: Collector) -> dict[str, Any]:

@@ -170,7 +170,8 @@
     for (const [svc, d] of Object.entries(drift)) {
       if (!d.available) { html += `<p class="muted">${esc(svc)}: ${esc(d.reason)}</p>`; continue; }
       const rows = d.features.map((x) => [esc(x.name) + (x.drifted ? ' <span class="flag">DRIFTED</span>' : ""),
-        esc(x.kind), esc(x.statistic), num(x.value, 4), num(x.threshold, 3), x.drifted ? "yes" : "no"]);
+        esc(x.kind), esc(x.statistic), num(x.value, 4), num(x.threshold, 3),
+        x.drifted ? "yes" : x.not_judged ? `<span title="${esc(x.not_judged)}">not judged</span>` : "no"]);
       html += table(`${svc}: ${d.model}, ${d.rows} live rows over ${d.window}; drift share ${pct(d.drift_share)}` +
         (d.enough_data ? "" : " (too few rows to flag)"),
         ["feature", "kind", "statistic", "value", "threshold", "drifted"], rows,
