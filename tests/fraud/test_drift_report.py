@@ -142,6 +142,9 @@ def test_the_time_of_day_is_judged_on_a_day_not_on_an_hour(
     judged = [n for n, r in report["features"].items() if "not_judged" not in r]
     assert len(judged) == len(report["features"]) - len(CLOCK_FEATURES)
     assert report["drift_share"] == round(len(_flagged(report)) / len(judged), 4)
+    table = cli(as_json=False).splitlines()
+    assert "~ not judged: follows the time of day" in table[0], table[0]
+    assert {line.split()[1] for line in table if line.startswith("~")} == set(CLOCK_FEATURES)
     day = cli("--window", "1d")
     assert {"hour_of_day", "hour_sin"} <= _flagged(day), day["features"]["hour_of_day"]
     assert not any("not_judged" in r for r in day["features"].values())

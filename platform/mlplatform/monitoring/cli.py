@@ -86,28 +86,36 @@ def drift(service: str, window: float, as_json: bool) -> None:
 
 
 def render(report: Mapping[str, Any]) -> str:
-    """The report as a table: one line per feature, drifted first, marked with '!'.
+    """The report as a table: one line per feature, drifted first, marked with '!';
+    those the window does not judge (``not_judged``) marked with '~'.
 
     >>> print(render({"model": "m:v1", "reference": "m:v1", "window": "1h", "rows": 80,
     ...     "enough_data": True, "drift_share": 0.5, "n_drifted": 1, "features": {
     ...     "amount": {"kind": "numeric", "statistic": "wasserstein", "value": 1.2,
     ...                "threshold": 0.1, "drifted": True, "psi": 2.0},
     ...     "channel": {"kind": "categorical", "statistic": "jensenshannon", "value": 0.01,
-    ...                 "threshold": 0.1, "drifted": False}}}))
-    m:v1 (reference m:v1): 80 live rows in the last 1h, 1/2 features drifted (50%)
+    ...                 "threshold": 0.1, "drifted": False},
+    ...     "hour": {"kind": "numeric", "statistic": "wasserstein", "value": 0.9,
+    ...              "threshold": 0.1, "drifted": False, "not_judged": "time of day"}}}))
+    m:v1 (reference m:v1): 80 live rows in the last 1h, 1/2 features drifted (50%); ~ not judged: time of day
       feature  kind         statistic      value  threshold    psi
     ! amount   numeric      wasserstein   1.2000     0.1000 2.0000
       channel  categorical  jensenshannon 0.0100     0.1000      -
+    ~ hour     numeric      wasserstein   0.9000     0.1000      -
     """
     features = report["features"]
     head = (f"{report['model']} (reference {report['reference']}): {report['rows']} live rows "
             f"in the last {report['window']}, ")
+    unjudged = [n for n in features if features[n].get("not_judged")]
     if report["enough_data"]:
-        head += (f"{report['n_drifted']}/{len(features)} features drifted "
+        head += (f"{report['n_drifted']}/{len(features) - len(unjudged)} features drifted "
                  f"({report['drift_share']:.0%})")
     else:
         head += "too few to flag anything"
-    order = sorted(features, key=lambda n: (not features[n]["drifted"], n))
+    if unjudged:
+        head += f"; ~ not judged: {features[unjudged[0]]['not_judged']}"
+    order = sorted(features, key=lambda n: (not features[n]["drifted"],
+                                            bool(features[n].get("not_judged")), n))
     width = max([len("feature"), *map(len, features)])
 
     def number(value: Any) -> str:
@@ -117,7 +125,8 @@ def render(report: Mapping[str, Any]) -> str:
                    f"{'threshold':>10} {'psi':>6}"]
     for name in order:
         r = features[name]
-        lines.append(f"{'!' if r['drifted'] else ' '} {name:<{width}}  {r['kind']:<11}  "
+        mark = "!" if r["drifted"] else "~" if r.get("not_judged") else " "
+        lines.append(f"{mark} {name:<{width}}  {r['kind']:<11}  "
                      f"{r['statistic']:<13} {number(r['value']):>6} {number(r['threshold']):>10} "
                      f"{number(r.get('psi')):>6}")
     return "\n".join(lines)

@@ -17,9 +17,11 @@ flagged (``enough_data: false``). Features that follow the time of day (the prof
 source's ``clock``: an hour, its sine and cosine) are compared with an all-day reference
 only on windows of a day or more: an hour of live traffic holds one hour of the day, so
 they would be flagged every time. On a shorter window their statistics are shown, they
-are not flagged, ``not_judged`` says why, and they do not count in ``drift_share``. The worker of each service publishes a report every
-``INTERVAL_SECONDS`` (``publish``: one Redis key per service, and Prometheus gauges);
-``latest`` reads it back for the console.
+are not flagged, ``not_judged`` says why, and they do not count in ``drift_share``.
+
+The worker of each service publishes a report every ``INTERVAL_SECONDS`` (``publish``:
+one Redis key per service, and Prometheus gauges); ``latest`` reads it back for the
+console.
 """
 
 from __future__ import annotations
