@@ -35,7 +35,8 @@ DEPENDS_ON = {
     "mlsuite_feature_drifted", "mlsuite_feature_drift_share", "mlsuite_feature_drift_value",
     "mlsuite_fraud_online_quality", "mlsuite_fraud_label_lag_seconds_bucket",
     "mlsuite_stream_backlog", "mlsuite_stream_length", "mlsuite_redis_up",
-    "mlsuite_redis_used_memory_bytes", "mlsuite_stream_dead_letters_total",
+    "mlsuite_redis_used_memory_bytes", "mlsuite_redis_memory_limit_bytes",
+    "mlsuite_stream_dead_letters_total",
     "mlsuite_process_cpu_seconds", "mlsuite_process_resident_memory_bytes",
     "mlsuite_fraud_loss_prevented_amount_total", "mlsuite_fraud_loss_amount_total",
     "mlsuite_fraud_false_decline_amount_total",
@@ -57,6 +58,7 @@ CASES = [
     ("LabelLagHigh", {}, 46 * 86400.0, 45 * 86400.0),
     ("StreamBacklog", {"stream": "fraud:labels", "group": "learner"}, 10_001, 10_000),
     ("RedisDown", {}, 0.0, 1.0),
+    ("RedisMemoryHigh", {}, 0.81, 0.8),
     ("DeadLetters", {"stream": "shop:events", "group": "popularity"}, 1.0, 0.0),
 ]
 

@@ -210,6 +210,37 @@ def test_a_long_backlog_is_counted_or_estimated(redis_client: redis.Redis) -> No
     assert backlog == {"fresh": total, "behind": 500 + (total - 500), "close": total}
 
 
+def test_redis_memory_is_measured_against_its_limit_and_alerts_near_it(
+        redis_client: redis.Redis, settings: Any) -> None:
+    """The limit is Redis's maxmemory, or the machine's memory while none is set; the
+    console's RedisMemoryHigh fires above 80% of it (a stream outgrowing its retention
+    would otherwise end in Redis refusing every write)."""
+    from mlplatform.monitoring.alerts import evaluate
+    from mlplatform.monitoring.collector import Collector, readings
+
+    def scraped(name: str) -> float:
+        [family] = [f for f in RedisCollector(redis_client).collect() if f.name == name]
+        return float(family.samples[0].value)
+
+    def firing() -> list[str]:
+        collector = Collector(settings, redis_client, services=())
+        collector.redis = collector._redis_state()
+        return [a.name for a in evaluate(readings(collector))]
+
+    system = float(redis_client.info("memory")["total_system_memory"])
+    assert scraped("mlsuite_redis_memory_limit_bytes") == system
+    assert "RedisMemoryHigh" not in firing()
+    used = float(redis_client.info("memory")["used_memory"])
+    try:
+        redis_client.config_set("maxmemory", int(used * 1.1))  # used: about 90% of it
+        assert scraped("mlsuite_redis_memory_limit_bytes") == int(used * 1.1)
+        assert "RedisMemoryHigh" in firing()
+        redis_client.config_set("maxmemory", int(used * 2))
+        assert "RedisMemoryHigh" not in firing()
+    finally:
+        redis_client.config_set("maxmemory", 0)
+
+
 def test_docstring_examples() -> None:
     from mlplatform.monitoring import resources
 

@@ -115,6 +115,12 @@ CONDITIONS: tuple[Condition, ...] = (
               "mlsuite_stream_backlog > 10000", "10m"),
     Condition("RedisDown", "redis_up", "==", 0, "critical",
               "Redis does not answer", "mlsuite_redis_up == 0", "1m"),
+    # Streams grow with rate x retention (a fraud decision record is about 1.9 KB): at its
+    # maxmemory Redis refuses writes, and scoring fails closed.
+    Condition("RedisMemoryHigh", "redis_memory_used", ">", 0.8, "warning",
+              "Redis uses {value:.0%} of the memory it may use (maxmemory, else the "
+              "machine's): lower the streams' retention or give it more",
+              "mlsuite_redis_used_memory_bytes / mlsuite_redis_memory_limit_bytes > 0.8", "5m"),
     Condition("DeadLetters", "dead_letters", ">", 0, "warning",
               "{stream}: {value:.0f} entries of group {group} went to the dead-letter stream",
               "increase(mlsuite_stream_dead_letters_total[10m]) > 0", "0m"),

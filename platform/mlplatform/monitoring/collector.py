@@ -26,6 +26,7 @@ import redis
 from mlplatform.config import Settings
 from mlplatform.monitoring.alerts import Alert, Notifier, Reading, evaluate
 from mlplatform.monitoring.history import History
+from mlplatform.monitoring.resources import redis_memory
 from mlplatform.monitoring.scrape import Scrape, buckets, label_is, parse, quantile, total
 from mlplatform.security.keys import bearer
 
@@ -132,8 +133,8 @@ class Collector:
         if self.client is None:
             return {"up": None, "detail": "no Redis configured"}
         try:
-            info: Any = self.client.info("memory")
-            return {"up": True, "used_memory_bytes": int(info.get("used_memory", 0))}
+            used, limit = redis_memory(self.client)
+            return {"up": True, "used_memory_bytes": int(used), "memory_limit_bytes": int(limit)}
         except redis.RedisError as exc:
             return {"up": False, "detail": f"{type(exc).__name__}: {exc}"}
 
@@ -215,6 +216,9 @@ def readings(c: Collector) -> list[Reading]:
                                        1.0))
     if c.redis.get("up") is not None:
         out.append(Reading("redis_up", {}, 1.0 if c.redis["up"] else 0.0))
+    if c.redis.get("up") and c.redis.get("memory_limit_bytes"):
+        out.append(Reading("redis_memory_used", {},
+                           c.redis["used_memory_bytes"] / c.redis["memory_limit_bytes"]))
     return out
 
 

@@ -73,7 +73,8 @@ class ServicePanel(msgspec.Struct, forbid_unknown_fields=True):
 
 RedisState = Annotated[dict[str, Any], msgspec.Meta(
     description="Redis as the collector last read it: up (true, false, or null when no "
-                "Redis is configured), used_memory_bytes when up, detail otherwise")]
+                "Redis is configured), used_memory_bytes and memory_limit_bytes (maxmemory, "
+                "else the machine's memory) when up, detail otherwise")]
 
 
 class Services(msgspec.Struct, forbid_unknown_fields=True):

@@ -19,9 +19,10 @@ gauges stop showing them. Without a multiprocess folder (tests, the CLI) the col
 reports the current process.
 
 ``RedisCollector`` reports ``mlsuite_redis_up``, ``mlsuite_redis_used_memory_bytes``,
-``mlsuite_stream_length{stream}`` and ``mlsuite_stream_backlog{stream,group}``: one
-pipelined round trip (INFO memory, XLEN and XINFO GROUPS per stream). When Redis does not
-answer the scrape still succeeds, with ``mlsuite_redis_up 0``.
+``mlsuite_redis_memory_limit_bytes`` (``redis_memory``), ``mlsuite_stream_length{stream}``
+and ``mlsuite_stream_backlog{stream,group}``: one pipelined round trip (INFO memory, XLEN
+and XINFO GROUPS per stream). When Redis does not answer the scrape still succeeds, with
+``mlsuite_redis_up 0``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from prometheus_client import multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-__all__ = ["ProcessCollector", "RedisCollector", "process_ids", "reap"]
+__all__ = ["ProcessCollector", "RedisCollector", "process_ids", "reap", "redis_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,20 @@ def _live(pid: int, written: float) -> bool:
         return bool(psutil.Process(pid).create_time() <= written + 1.0)
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
+
+
+def redis_memory(client: Any) -> tuple[float, float]:
+    """(used, limit) bytes of a Redis server, or of a cluster's nodes summed: INFO memory's
+    ``used_memory``, and its ``maxmemory`` or, where none is set (0, the default), the
+    machine's memory (``total_system_memory``): what Redis can use before its writes fail
+    (maxmemory) or the machine runs out. INFO runs outside any pipeline: a cluster pipeline
+    refuses it, and on a cluster it answers per node."""
+    info: Any = client.info("memory")
+    nodes = [info] if "used_memory" in info else [i for i in info.values() if isinstance(i, dict)]
+    used = sum(float(n["used_memory"]) for n in nodes)
+    limit = sum(float(n.get("maxmemory") or 0) or float(n.get("total_system_memory") or 0)
+                for n in nodes)
+    return used, limit
 
 
 def process_ids(folder: Path | None) -> list[int]:
@@ -215,11 +230,7 @@ class RedisCollector:
 
     def _read(self) -> Iterable[Metric]:
         streams = self.streams()
-        # INFO outside the pipeline: a cluster pipeline refuses it, and on a cluster it
-        # answers per node (summed here: the memory of the whole cluster).
-        info: Any = self.client.info("memory")
-        used = (sum(float(i["used_memory"]) for i in info.values() if isinstance(i, dict))
-                if "used_memory" not in info else float(info["used_memory"]))
+        used, limit = redis_memory(self.client)
         pipe = self.client.pipeline(transaction=False)
         pipe.execute_command("PING")  # keeps the replies' layout: stream i at 1 + 2i
         for stream in streams:
@@ -232,6 +243,10 @@ class RedisCollector:
         memory = GaugeMetricFamily("mlsuite_redis_used_memory_bytes",
                                    "Memory Redis uses (INFO memory used_memory)")
         memory.add_metric([], used)
+        ceiling = GaugeMetricFamily(
+            "mlsuite_redis_memory_limit_bytes",
+            "Memory Redis may use: its maxmemory, or the machine's memory where none is set")
+        ceiling.add_metric([], limit)
         length = GaugeMetricFamily("mlsuite_stream_length", "Entries in each Redis stream",
                                    labels=["stream"])
         backlog = GaugeMetricFamily(
@@ -269,4 +284,4 @@ class RedisCollector:
                 undelivered = _undelivered(delivered, after, oldest, newest,
                                            sizes.get(stream, 0))
                 backlog.add_metric([stream, name], float(pending + undelivered))
-        return [memory, length, backlog]
+        return [memory, ceiling, length, backlog]

@@ -96,7 +96,8 @@
       plot(`${name}:memory`, [{ label: "MB" }], [t, scale(s.series.memory_bytes, 1 / 1048576)]);
     }
     document.getElementById("redis-state").textContent = redis.up === null ? "Redis: not configured"
-      : redis.up ? `Redis: up, ${mb(redis.used_memory_bytes)} used` : `Redis: DOWN (${redis.detail})`;
+      : redis.up ? `Redis: up, ${mb(redis.used_memory_bytes)} used` +
+        (redis.memory_limit_bytes ? ` of ${mb(redis.memory_limit_bytes)}` : "") : `Redis: DOWN (${redis.detail})`;
   }
 
   function renderModels(models, rollouts) {
