@@ -266,6 +266,17 @@ def test_bench_command_writes_the_report(tmp_path: Path, redis_url: str) -> None
     assert "CPU baseline.ping: baseline " in proc.stdout
 
 
+# Keeps Redis busy for ARGV[1] microseconds of its clock (TIME), whatever its speed.
+_BUSY_REDIS = """
+local function now() local t = redis.call('TIME') return t[1] * 1000000 + t[2] end
+local start, x = now(), 0
+repeat
+  for i = 1, 100000 do x = x + i end
+until now() - start >= tonumber(ARGV[1])
+return 1
+"""
+
+
 def test_the_cpu_meter_counts_a_servers_children_and_redis(redis_client: Any) -> None:
     """A parent whose child burns CPU is charged with it (a server's request workers are
     children of its master), and a script Redis runs is charged to Redis."""
@@ -280,8 +291,9 @@ def test_the_cpu_meter_counts_a_servers_children_and_redis(redis_client: Any) ->
         before = meter.snapshot()
         parent.stdin.write("go\n")
         parent.stdin.flush()
-        # Redis runs a Lua loop: some 0.1 s of its own CPU.
-        redis_client.eval("local x = 0 for i = 1, 3000000 do x = x + i end return 1", 0)
+        # Redis runs a Lua loop for 0.1 s by its own clock (a count of iterations took
+        # 0.1 s on one machine and 18 ms on a faster one): some 0.1 s of its CPU.
+        redis_client.eval(_BUSY_REDIS, 0, 100_000)
         assert parent.stdout.readline().strip() == "done"
         after = meter.snapshot()
     finally:
