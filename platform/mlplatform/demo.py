@@ -14,7 +14,7 @@ import time
 from importlib.metadata import entry_points
 
 from mlplatform.config import Settings
-from mlplatform.serving import sigterm_interrupts, stop_requests
+from mlplatform.serving import interrupted, sigterm_interrupts, stop_requests
 
 __all__ = ["run_demo", "prepare_models"]
 
@@ -68,7 +68,9 @@ def run_demo(settings: Settings, services: list[str]) -> int:
                     return 0
             log.error("%s exited; stopping the demo", ", ".join(stack.dead()))
             return 1
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        if not interrupted(exc):
+            raise
         return 0
     finally:
         stack.stop()

@@ -272,6 +272,31 @@ def stop_requests() -> Iterator[StopRequest]:
             signal.signal(sig, handler)
 
 
+def interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` is a KeyboardInterrupt or was raised from one. During start-up
+    ``sigterm_interrupts`` raises it wherever the main thread is, and some places wrap it:
+    inside an import's class creation Python 3.11 raises ``RuntimeError("Error calling
+    __set_name__ ...")`` from it (seen: SIGINT while ``Stack.start`` imported a module).
+
+    >>> try:
+    ...     try:
+    ...         raise KeyboardInterrupt
+    ...     except KeyboardInterrupt as e:
+    ...         raise RuntimeError("wrapped") from e
+    ... except RuntimeError as e:
+    ...     interrupted(e), interrupted(ValueError())
+    (True, False)
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def serve(service: str, settings: Settings, *, port: int, workers: int, server: str,
           restart: bool = True) -> int:
     """Run ``service`` until Ctrl-C / SIGTERM, restarting it when it dies (with
@@ -299,7 +324,9 @@ def serve(service: str, settings: Settings, *, port: int, workers: int, server: 
                     return 0
             log.error("%s exited", ", ".join(dead))
             return 1
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        if not interrupted(exc):
+            raise
         return 0
     finally:
         stack.stop()

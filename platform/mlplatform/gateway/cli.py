@@ -154,7 +154,7 @@ def up(replicas: int, with_gateway: bool, port: int, services: str, workers: int
     Data, Redis, Feast and models are prepared as for `mlsuite demo` (the data folder's
     embedded Redis unless MLSUITE_REDIS_URL is set); each app has one background worker.
     A replica that dies is started again after a backoff; the gateway routes around it."""
-    from mlplatform.serving import sigterm_interrupts, stop_requests
+    from mlplatform.serving import interrupted, sigterm_interrupts, stop_requests
 
     settings = _settings()
     names = [s.strip() for s in services.split(",") if s.strip()]
@@ -181,7 +181,8 @@ def up(replicas: int, with_gateway: bool, port: int, services: str, workers: int
                     return
             click.echo(f"up: {', '.join(dead)} exited; stopping", err=True)
             sys.exit(1)
-    except KeyboardInterrupt:
-        pass
+    except BaseException as exc:
+        if not interrupted(exc):
+            raise
     finally:
         run.stop()
