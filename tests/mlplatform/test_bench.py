@@ -342,3 +342,57 @@ def test_the_fraud_pool_keeps_the_files_times_moved_to_now(tmp_path: Path) -> No
     # The latest 20 of the file (amounts 0..19: the file was written newest first).
     assert [t["amount"] for t in txs] == [float(i) for i in reversed(range(20))]
     assert "device_id" not in txs[0] and txs[1]["device_id"] == "d18"
+
+
+def test_the_recorded_floor_claims_counts_and_records_once(settings: Settings,
+                                                            redis_client: Any) -> None:
+    """baseline-recorded makes fraud.score's two Redis calls and nothing else: a
+    transaction is claimed and counted once, recorded once, and a repeat is answered as
+    a duplicate; bad input is a 400 naming the field."""
+    from mlplatform.baseline import create_recorded_app
+    from mlplatform.redisdb import partition
+    from mlplatform.streams import partition_count
+
+    client = create_recorded_app(settings).test_client()
+    # On a cluster the count lives in the transaction's partition: t2 shares t1's.
+    n = partition_count(redis_client)
+    t2 = next(f"t{i}" for i in range(2, 10_000) if partition(f"t{i}", n) == partition("t1", n))
+    first = client.post("/v1/record", json={"transaction_id": "t1", "card_id": "c1", "amount": 5})
+    assert first.status_code == 200, first.get_data(as_text=True)
+    assert first.json["count"] == 1 and first.json["recorded"]
+    again = client.post("/v1/record", json={"transaction_id": "t1", "card_id": "c1"})
+    assert again.status_code == 200 and again.json == {"transaction_id": "t1", "duplicate": True}
+    second = client.post("/v1/record", json={"transaction_id": t2, "card_id": "c1"})
+    assert second.json["count"] == 2
+    # One stream on a server; on a cluster, one per partition (hash tags).
+    records = [json.loads(f[b"record"])
+               for key in redis_client.scan_iter(match="*baseline:recorded:stream")
+               for _, f in redis_client.xrange(key)]
+    assert sorted(r["transaction_id"] for r in records) == sorted(["t1", t2])
+    assert [r.get("amount") for r in records if r["transaction_id"] == "t1"] == [5]
+    missing = client.post("/v1/record", json={"transaction_id": "t3"})
+    assert missing.status_code == 400 and missing.json["error"]["field"] == "card_id"
+    listed = client.post("/v1/record", json=[1, 2])
+    assert listed.status_code == 400 and listed.json["error"]["field"] == "body"
+
+
+def test_the_bench_measures_the_recorded_floor(tmp_path: Path, redis_url: str,
+                                               payments_dir: Path) -> None:
+    """``--services baseline,baseline-recorded`` serves the floor under granian and drives
+    it with the fraud pool's transactions, each request a new id (no duplicates)."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(payments_dir, data / "payments")
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "MLSUITE_DATA_DIR": str(data), "MLSUITE_REDIS_URL": redis_url}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlplatform", "bench", "--services", "baseline,baseline-recorded",
+         "--duration", "1", "--warmup", "0", "--connections", "4", "--json", str(out)],
+        env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {r["name"]: r for r in json.loads(out.read_text())["endpoints"]}
+    row = rows["recorded.record"]
+    assert row["saturation"]["requests"] > 0 and row["saturation"]["errors"] == 0
+    assert 0 < row["ratio_to_baseline"] < 1.5
+    assert row["saturation"]["cpu"]["us_per_request"]["redis"] > 0

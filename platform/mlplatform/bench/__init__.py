@@ -38,7 +38,9 @@ def _services(value: str) -> list[str]:
               help="Also write the report as JSON to this file.")
 @click.option("--services", default="baseline,recommender,fraud", show_default=True,
               help="Comma-separated services to bench (the baseline gives the ratios); add "
-                   "baseline-conventions to see what mlsuite's HTTP conventions cost.")
+                   "baseline-conventions to see what mlsuite's HTTP conventions cost, "
+                   "baseline-recorded for the floor under fraud.score (conventions plus its "
+                   "two Redis script calls, no scoring).")
 @click.option("--only", default="", metavar="TEXT[,TEXT]",
               help="Only endpoints whose name contains one of these (e.g. fraud.score); "
                    "the baseline is always measured.")

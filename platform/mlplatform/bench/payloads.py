@@ -25,7 +25,11 @@ __all__ = ["SERVICES", "NEEDS", "Endpoint", "endpoints_for", "pool_size"]
 
 # "baseline-conventions" (opt-in) is the baseline plus mlsuite's HTTP conventions (JSON
 # errors, request ids, metrics): between it and the baseline is what the platform costs.
-SERVICES = ("baseline", "baseline-conventions", "recommender", "fraud", "graphql")
+# "baseline-recorded" (opt-in) adds the two Redis script calls a recorded score makes
+# (claim and count, then record), with fraud.score's transactions and no scoring: the
+# floor under fraud.score.
+SERVICES = ("baseline", "baseline-conventions", "baseline-recorded", "recommender", "fraud",
+            "graphql")
 # What GraphQL needs running behind it (its resolvers call these over HTTP).
 NEEDS = {"graphql": ("recommender", "fraud")}
 EVENT_MIX = (("view", 0.80), ("add_to_cart", 0.15), ("purchase", 0.05))
@@ -71,6 +75,11 @@ def endpoints_for(services: Sequence[str], data_dir: Path, *, batch_size: int = 
         elif service == "baseline-conventions":
             out.append(Endpoint("conventions.ping", service, "GET", "GET /v1/ping (conventions)",
                                 "requests", 1, (("/v1/ping", None),)))
+        elif service == "baseline-recorded":
+            out.append(Endpoint("recorded.record", service, "POST",
+                                "POST /v1/record (claim + count, record: two Redis scripts)",
+                                "requests", 1, _singles(Path(data_dir) / "payments",
+                                                        "/v1/record")))
         elif service == "recommender":
             out += _recommender(Path(data_dir) / "shop", rng, batch_size)
         elif service == "fraud":
@@ -159,10 +168,16 @@ def _transactions(payments: Path, n: int) -> list[dict[str, Any]]:
             for ts, row in zip(stamps, rows)]
 
 
+def _singles(payments: Path, path: str, txs: list[dict[str, Any]] | None = None
+             ) -> tuple[tuple[str, bytes], ...]:
+    """One request per transaction of the pool, each with an id of its own."""
+    txs = _transactions(payments, FRAUD_POOL) if txs is None else txs
+    return tuple((path, _json({"transaction_id": f"bench-{UNIQUE}", **t})) for t in txs)
+
+
 def _fraud(payments: Path, rng: random.Random, batch_size: int) -> list[Endpoint]:
     txs = _transactions(payments, FRAUD_POOL)
-    singles = tuple(("/v1/transactions/score",
-                     _json({"transaction_id": f"bench-{UNIQUE}", **t})) for t in txs)
+    singles = _singles(payments, "/v1/transactions/score", txs)
     batches = []
     for b in range(max(1, len(txs) // batch_size)):
         chunk = [{"transaction_id": f"bench-{UNIQUE}-{k}", **txs[(b * batch_size + k) % len(txs)]}
