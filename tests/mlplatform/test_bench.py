@@ -374,12 +374,29 @@ def test_the_recorded_floor_claims_counts_and_records_once(settings: Settings,
     assert missing.status_code == 400 and missing.json["error"]["field"] == "card_id"
     listed = client.post("/v1/record", json=[1, 2])
     assert listed.status_code == 400 and listed.json["error"]["field"] == "body"
+    # A batch: one call each for the claims and the records; a repeat is a duplicate.
+    batch = client.post("/v1/record/batch", json={"transactions": [
+        {"transaction_id": "t1", "card_id": "c1"}, {"transaction_id": "b1", "card_id": "c9"},
+        {"transaction_id": "b2", "card_id": "c9"}]})
+    assert batch.status_code == 200, batch.get_data(as_text=True)
+    results = batch.json["results"]
+    assert results[0] == {"transaction_id": "t1", "duplicate": True}
+    assert [r["transaction_id"] for r in results[1:]] == ["b1", "b2"]
+    assert all(r["recorded"] for r in results[1:])
+    bad = client.post("/v1/record/batch", json={"transactions": [
+        {"transaction_id": "b3", "card_id": "c1"}, {"transaction_id": "b4"}]})
+    assert bad.status_code == 400 and bad.json["error"]["field"] == "transactions[1].card_id"
+    twice = client.post("/v1/record/batch", json={"transactions": [
+        {"transaction_id": "b5", "card_id": "c1"}, {"transaction_id": "b5", "card_id": "c1"}]})
+    assert twice.status_code == 400 and twice.json["error"]["field"] == "transactions"
+    empty = client.post("/v1/record/batch", json={"transactions": []})
+    assert empty.status_code == 400 and empty.json["error"]["field"] == "transactions"
 
 
 def test_the_bench_measures_the_recorded_floor(tmp_path: Path, redis_url: str,
                                                payments_dir: Path) -> None:
     """``--services baseline,baseline-recorded`` serves the floor under granian and drives
-    it with the fraud pool's transactions, each request a new id (no duplicates)."""
+    it with the fraud pool's transactions, singly and in batches, each a new id."""
     import shutil
 
     data = tmp_path / "data"
@@ -396,3 +413,5 @@ def test_the_bench_measures_the_recorded_floor(tmp_path: Path, redis_url: str,
     assert row["saturation"]["requests"] > 0 and row["saturation"]["errors"] == 0
     assert 0 < row["ratio_to_baseline"] < 1.5
     assert row["saturation"]["cpu"]["us_per_request"]["redis"] > 0
+    batch = rows["recorded.batch"]["saturation"]
+    assert batch["errors"] == 0 and batch["items_per_s"] > batch["requests_per_s"] > 0

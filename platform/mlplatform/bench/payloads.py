@@ -76,10 +76,7 @@ def endpoints_for(services: Sequence[str], data_dir: Path, *, batch_size: int = 
             out.append(Endpoint("conventions.ping", service, "GET", "GET /v1/ping (conventions)",
                                 "requests", 1, (("/v1/ping", None),)))
         elif service == "baseline-recorded":
-            out.append(Endpoint("recorded.record", service, "POST",
-                                "POST /v1/record (claim + count, record: two Redis scripts)",
-                                "requests", 1, _singles(Path(data_dir) / "payments",
-                                                        "/v1/record")))
+            out += _recorded(Path(data_dir) / "payments", batch_size)
         elif service == "recommender":
             out += _recommender(Path(data_dir) / "shop", rng, batch_size)
         elif service == "fraud":
@@ -175,20 +172,39 @@ def _singles(payments: Path, path: str, txs: list[dict[str, Any]] | None = None
     return tuple((path, _json({"transaction_id": f"bench-{UNIQUE}", **t})) for t in txs)
 
 
-def _fraud(payments: Path, rng: random.Random, batch_size: int) -> list[Endpoint]:
-    txs = _transactions(payments, FRAUD_POOL)
-    singles = _singles(payments, "/v1/transactions/score", txs)
-    batches = []
+def _batches(txs: list[dict[str, Any]], path: str, batch_size: int
+             ) -> tuple[tuple[str, bytes], ...]:
+    """The pool in batches of ``batch_size``, each transaction with an id of its own."""
+    out = []
     for b in range(max(1, len(txs) // batch_size)):
         chunk = [{"transaction_id": f"bench-{UNIQUE}-{k}", **txs[(b * batch_size + k) % len(txs)]}
                  for k in range(batch_size)]
-        batches.append(("/v1/transactions/score/batch", _json({"transactions": chunk})))
+        out.append((path, _json({"transactions": chunk})))
+    return tuple(out)
+
+
+def _recorded(payments: Path, batch_size: int) -> list[Endpoint]:
+    txs = _transactions(payments, FRAUD_POOL)
+    return [
+        Endpoint("recorded.record", "baseline-recorded", "POST",
+                 "POST /v1/record (claim + count, record: two Redis scripts)", "requests", 1,
+                 _singles(payments, "/v1/record", txs)),
+        Endpoint("recorded.batch", "baseline-recorded", "POST",
+                 f"POST /v1/record/batch ({batch_size} transactions)", "transactions",
+                 batch_size, _batches(txs, "/v1/record/batch", batch_size)),
+    ]
+
+
+def _fraud(payments: Path, rng: random.Random, batch_size: int) -> list[Endpoint]:
+    txs = _transactions(payments, FRAUD_POOL)
+    singles = _singles(payments, "/v1/transactions/score", txs)
+    batches = _batches(txs, "/v1/transactions/score/batch", batch_size)
     return [
         Endpoint("fraud.score", "fraud", "POST", "POST /v1/transactions/score", "requests", 1,
                  singles),
         Endpoint("fraud.batch", "fraud", "POST",
                  f"POST /v1/transactions/score/batch ({batch_size} transactions)",
-                 "transactions", batch_size, tuple(batches)),
+                 "transactions", batch_size, batches),
     ]
 
 
