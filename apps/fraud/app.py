@@ -47,6 +47,7 @@ from fraud.ops_views import init_app as init_ops
 from fraud.profiles import CachedProfiles, FeastProfiles, ProfileSource
 from fraud.schema import batch_type, decode_transaction, decode_transactions, transaction_type
 from fraud.service import FraudService
+from mlplatform import lifecycle
 from mlplatform.config import Settings, get_settings
 from mlplatform.errors import BadRequest
 from mlplatform.http import (
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
         add_readiness_check(app, "feast", feast.ping)
     app.register_blueprint(bp)
     init_ops(app, service)  # lists, rules policy, review queue: app.extensions["fraud.*"]
+    lifecycle.settle_server_worker()  # last: what start-up built stays put
     return app
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 from flask import Flask
 
+from mlplatform import lifecycle
 from mlplatform.assignment import Experiment, load_experiments
 from mlplatform.config import Settings, get_settings
 from mlplatform.errors import ConfigError
@@ -122,6 +123,7 @@ def create_app(settings: Settings | None = None,
 
     add_readiness_check(app, "model", lambda: engine.current().version.label)
     add_readiness_check(app, "item_features", lambda: _items_detail(engine))
+    lifecycle.settle_server_worker()  # last: what start-up built stays put
     return app
 
 

@@ -156,3 +156,32 @@ def test_an_interrupt_wrapped_during_start_up_still_stops_cleanly(
     with pytest.raises(ValueError):  # anything else still propagates
         monkeypatch.setattr(Stack, "start", lambda self: int("x"))
         serving.serve("baseline", settings, port=free_port(), workers=1, server="granian")
+
+
+_SETTLE = """
+import gc
+from mlplatform import lifecycle
+built = [[i] for i in range(20_000)]  # what an app's start-up leaves: long-lived containers
+lifecycle.settle_server_worker()
+print(gc.get_freeze_count(), len(gc.get_objects()))
+"""
+
+
+@pytest.mark.parametrize("under_server", [True, False], ids=["server-worker", "other"])
+def test_a_server_worker_freezes_what_start_up_built(under_server: bool) -> None:
+    """In a request worker (its master carries the instance token), what start-up built
+    is frozen: a full collection no longer walks it (208 ms in a fraud worker). Anywhere
+    else (tests, scripts) nothing is frozen, so their cycles are still collected."""
+    env = {k: v for k, v in os.environ.items() if k != "MLSUITE_INSTANCE"}
+    if under_server:
+        env["MLSUITE_INSTANCE"] = "settle-test"
+    # sh stays the parent (the "; true" keeps it from exec'ing python): it carries the
+    # token, as a server's master does.
+    proc = subprocess.run(["sh", "-c", f'"{sys.executable}" -c "$SETTLE"; true'],
+                          env={**env, "SETTLE": _SETTLE}, capture_output=True, text=True,
+                          timeout=60, check=True)
+    frozen, tracked = map(int, proc.stdout.split())
+    if under_server:
+        assert frozen > 20_000 and tracked < 1_000, proc.stdout + proc.stderr
+    else:
+        assert frozen == 0 and tracked > 20_000, proc.stdout + proc.stderr
