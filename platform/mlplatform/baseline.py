@@ -98,9 +98,8 @@ def create_recorded_app(settings: Settings | None = None) -> Flask:
     between it and the fraud rows is what the scoring itself costs. Needs Redis."""
     app = create_service_app("baseline", settings)
     client = get_redis(app)
-    cluster = is_cluster(client)
     # One connection per thread, hiredis framing: the fraud scorer's scoring calls.
-    commands: Any = None if cluster else DirectCommands(client)
+    commands: Any = None if is_cluster(client) else DirectCommands(client)
     sources = {"claim": _CLAIM, "record": _RECORD}
     shas = {name: client.register_script(src).sha for name, src in sources.items()}
     # On a cluster a script's keys share one slot: a transaction's claim, count and

@@ -165,10 +165,8 @@ def _transactions(payments: Path, n: int) -> list[dict[str, Any]]:
             for ts, row in zip(stamps, rows)]
 
 
-def _singles(payments: Path, path: str, txs: list[dict[str, Any]] | None = None
-             ) -> tuple[tuple[str, bytes], ...]:
+def _singles(txs: list[dict[str, Any]], path: str) -> tuple[tuple[str, bytes], ...]:
     """One request per transaction of the pool, each with an id of its own."""
-    txs = _transactions(payments, FRAUD_POOL) if txs is None else txs
     return tuple((path, _json({"transaction_id": f"bench-{UNIQUE}", **t})) for t in txs)
 
 
@@ -188,7 +186,7 @@ def _recorded(payments: Path, batch_size: int) -> list[Endpoint]:
     return [
         Endpoint("recorded.record", "baseline-recorded", "POST",
                  "POST /v1/record (claim + count, record: two Redis scripts)", "requests", 1,
-                 _singles(payments, "/v1/record", txs)),
+                 _singles(txs, "/v1/record")),
         Endpoint("recorded.batch", "baseline-recorded", "POST",
                  f"POST /v1/record/batch ({batch_size} transactions)", "transactions",
                  batch_size, _batches(txs, "/v1/record/batch", batch_size)),
@@ -197,7 +195,7 @@ def _recorded(payments: Path, batch_size: int) -> list[Endpoint]:
 
 def _fraud(payments: Path, rng: random.Random, batch_size: int) -> list[Endpoint]:
     txs = _transactions(payments, FRAUD_POOL)
-    singles = _singles(payments, "/v1/transactions/score", txs)
+    singles = _singles(txs, "/v1/transactions/score")
     batches = _batches(txs, "/v1/transactions/score/batch", batch_size)
     return [
         Endpoint("fraud.score", "fraud", "POST", "POST /v1/transactions/score", "requests", 1,
