@@ -158,8 +158,8 @@ def settle_server_worker() -> None:
     models, clients and caches) out of the cycle collector's reach, after one last full
     collection (``gc.freeze``). A no-op in any other process.
 
-    A full collection walks every tracked object: in a fraud worker, some 340,000 of them,
-    208 ms during which that worker answers nothing (a p99.9 spike); CPython runs one
+    A full collection walks every tracked object: in a process with the fraud app built,
+    some 340,000 of them, 208 ms during which a worker would answer nothing (a p99.9 spike); CPython runs one
     whenever the objects that survived since the last reach a quarter of the long-lived
     ones. Frozen, they are no longer walked: the same collection took under 0.1 ms.
     Start-up objects are still freed when nothing refers to them; only cycles among them

@@ -169,14 +169,14 @@ print(gc.get_freeze_count(), len(gc.get_objects()))
 
 @pytest.mark.parametrize("under_server", [True, False], ids=["server-worker", "other"])
 def test_a_server_worker_freezes_what_start_up_built(under_server: bool) -> None:
-    """In a request worker (its master carries the instance token), what start-up built
+    """In a request worker (started with its server's instance token), what start-up built
     is frozen: a full collection no longer walks it (208 ms in a fraud worker). Anywhere
     else (tests, scripts) nothing is frozen, so their cycles are still collected."""
     env = {k: v for k, v in os.environ.items() if k != "MLSUITE_INSTANCE"}
     if under_server:
         env["MLSUITE_INSTANCE"] = "settle-test"
-    # sh stays the parent (the "; true" keeps it from exec'ing python): it carries the
-    # token, as a server's master does.
+    # sh stays the parent (the "; true" keeps it from exec'ing python), as a server's
+    # master does; settle_server_worker itself reads only the token.
     proc = subprocess.run(["sh", "-c", f'"{sys.executable}" -c "$SETTLE"; true'],
                           env={**env, "SETTLE": _SETTLE}, capture_output=True, text=True,
                           timeout=60, check=True)
