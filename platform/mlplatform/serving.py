@@ -38,7 +38,7 @@ from mlplatform.errors import ConfigError
 
 __all__ = ["service_names", "service_target", "service_interface", "server_command", "spawn", "spawn_worker",
            "ServerProcess", "metrics_dir", "wait_ready",
-           "stop_process", "serve", "sigterm_interrupts", "stop_requests", "StopRequest",
+           "stop_process", "serve", "sigterm_interrupts", "Interrupted", "stop_requests", "StopRequest",
            "data_ready"]
 
 log = logging.getLogger(__name__)
@@ -220,19 +220,39 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
         proc.wait()
 
 
+class Interrupted(KeyboardInterrupt):
+    """What ``sigterm_interrupts`` raises for SIGTERM and Ctrl-C: a KeyboardInterrupt, but
+    not the built-in one itself.
+
+    CPython 3.11 notes a bare KeyboardInterrupt that leaves code run by ``exec``/``eval``
+    of a string (``dataclasses`` and ``namedtuple`` build their methods that way, so any
+    import can) as "unhandled", even when a caller catches it; ``python -m ...`` then ends
+    with ``kill(getpid(), SIGINT)`` after its clean exit (seen: ``mlsuite serve`` stopped
+    everything, then died by SIGINT with nothing printed). Only the exact built-in type is
+    noted, so a subclass is not.
+    """
+
+
 @contextlib.contextmanager
 def sigterm_interrupts() -> Iterator[None]:
-    """Inside, SIGTERM raises KeyboardInterrupt like Ctrl-C, so one cleanup path serves both."""
+    """Inside, SIGTERM and Ctrl-C raise ``Interrupted``, so one cleanup path serves both.
+
+    Ctrl-C is taken over only from Python's default handler: an ignored SIGINT (a
+    process started in the background) stays ignored.
+    """
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         log.info("received %s, shutting down", signal.Signals(signum).name)
-        raise KeyboardInterrupt
+        raise Interrupted
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, interrupt)}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class StopRequest:
@@ -329,7 +349,10 @@ def serve(service: str, settings: Settings, *, port: int, workers: int, server: 
             raise
         return 0
     finally:
-        stack.stop()
+        # A second Ctrl-C or SIGTERM while stopping is noted, not raised: the stop goes on
+        # in order instead of leaving servers or Redis behind.
+        with stop_requests():
+            stack.stop()
 
 
 def data_ready(data_dir: Path) -> bool:

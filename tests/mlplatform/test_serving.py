@@ -158,6 +158,40 @@ def test_an_interrupt_wrapped_during_start_up_still_stops_cleanly(
         serving.serve("baseline", settings, port=free_port(), workers=1, server="granian")
 
 
+_CTRL_C_IN_EXEC = """
+import os, signal, sys
+from pathlib import Path
+from mlplatform import serving
+from mlplatform.config import Settings
+from mlplatform.stack import Stack
+
+def start(self):  # Ctrl-C lands in code that exec() runs from a string, as a dataclass's do
+    exec("os.kill(os.getpid(), signal.SIGINT)\\nfor _ in range(10 ** 7): pass",
+         {"os": os, "signal": signal})
+    raise AssertionError("not interrupted")
+
+Stack.start = start
+settings = Settings.from_env({}).with_(data_dir=Path(sys.argv[1]))
+code = serving.serve("baseline", settings, port=8000, workers=1, server="granian")
+print("serve returned", code, flush=True)
+sys.exit(code)
+"""
+
+
+def test_a_ctrl_c_caught_during_start_up_still_exits_0_under_python_m(tmp_path: Path) -> None:
+    """A Ctrl-C that lands in code run by exec() of a string (an import building a
+    dataclass, say) and that serve catches: ``python -m`` still exits 0. CPython 3.11
+    notes a bare KeyboardInterrupt leaving such code as unhandled, and ``python -m`` then
+    kills itself with SIGINT after a clean exit (seen: status -2, nothing printed)."""
+    (tmp_path / "ctrl_c_probe.py").write_text(_CTRL_C_IN_EXEC)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    proc = subprocess.run([sys.executable, "-m", "ctrl_c_probe", str(tmp_path / "data")],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert "serve returned 0" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 _SETTLE = """
 import gc
 from mlplatform import lifecycle
