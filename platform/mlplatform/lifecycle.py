@@ -159,9 +159,9 @@ def settle_server_worker() -> None:
     collection (``gc.freeze``). A no-op in any other process.
 
     A full collection walks every tracked object: in a process with the fraud app built,
-    some 340,000 of them, 208 ms during which a worker would answer nothing (a p99.9 spike); CPython runs one
-    whenever the objects that survived since the last reach a quarter of the long-lived
-    ones. Frozen, they are no longer walked: the same collection took under 0.1 ms.
+    some 340,000 of them, 208 ms during which a worker would answer nothing (a p99.9
+    spike); CPython runs one whenever the objects that survived since the last reach a
+    quarter of the long-lived ones. Frozen, they are no longer walked: the same collection took under 0.1 ms.
     Start-up objects are still freed when nothing refers to them; only cycles among them
     stay (a process lifetime's, once). Not in tests: a test process builds many apps, and
     their cycles must still be collected.

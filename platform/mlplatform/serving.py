@@ -27,7 +27,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import FrameType
@@ -245,14 +245,23 @@ def sigterm_interrupts() -> Iterator[None]:
         log.info("received %s, shutting down", signal.Signals(signum).name)
         raise Interrupted
 
-    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, interrupt)}
+    taken = [signal.SIGTERM]
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        previous[signal.SIGINT] = signal.signal(signal.SIGINT, interrupt)
+        taken.append(signal.SIGINT)
+    with _handling(taken, interrupt):
+        yield
+
+
+@contextlib.contextmanager
+def _handling(signals: list[signal.Signals],
+              handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """Inside, ``handler`` handles ``signals``; their previous handlers are put back after."""
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 class StopRequest:
@@ -284,12 +293,8 @@ def stop_requests() -> Iterator[StopRequest]:
             log.info("received %s, shutting down", name)
             request.signal = name
 
-    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with _handling([signal.SIGTERM, signal.SIGINT], note):
         yield request
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def interrupted(exc: BaseException) -> bool:
